@@ -1,0 +1,50 @@
+# The two commands of a fresh machine are `make demo` and `make test`;
+# both install what they need first (system packages, .venv, the project).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# netcat-openbsd: the demo tour talks to the VIP with nc.
+APT_PACKAGES := netcat-openbsd
+STAMP  := $(VENV)/.installed
+
+.PHONY: install system-packages demo test lint docs bench clean
+
+install: $(STAMP)
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	    else \
+	        echo "missing system packages:$$missing (run: sudo apt-get install$$missing)"; \
+	    fi; \
+	fi
+
+$(STAMP): pyproject.toml | system-packages
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/python -m ocsbal.demo
+
+lint: install
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/mypy
+
+docs: install
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
+
+test: install lint docs
+	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist site .coverage .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""ocsbal: a SIP-aware software load balancer for SIP server pools."""
