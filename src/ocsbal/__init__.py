@@ -1,1 +1,35 @@
-"""ocsbal: a SIP-aware software load balancer for SIP server pools."""
+"""ocsbal: a SIP-aware software load balancer for SIP server pools.
+
+The public API: the pool model (:mod:`ocsbal.config`), the service that
+balances it (:class:`PoolService`) and, importable on their own, the
+schedulers (:mod:`ocsbal.scheduling`).
+"""
+
+from ocsbal.config import (
+    OCS_PORTS,
+    ConfigError,
+    NatMode,
+    Pool,
+    PoolKind,
+    Port,
+    PortProtocol,
+    Problem,
+    Server,
+)
+from ocsbal.service import PoolService
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OCS_PORTS",
+    "ConfigError",
+    "NatMode",
+    "Pool",
+    "PoolKind",
+    "PoolService",
+    "Port",
+    "PortProtocol",
+    "Problem",
+    "Server",
+    "__version__",
+]

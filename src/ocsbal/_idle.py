@@ -1,0 +1,66 @@
+"""Idle-timeout accounting, free of I/O.
+
+A pool holds tens of thousands of mostly idle SIP connections.  Resetting a
+reactor timer on every read would cost a heap operation per read, so each
+connection only stamps the time of its last activity, and a coarse periodic
+sweep closes those whose stamp is older than the timeout.  A connection is
+therefore closed between ``timeout`` and ``timeout + sweep_interval`` seconds
+after it went quiet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
+import attrs
+
+#: The sweep runs at least this often, so the overshoot stays within 30 s of
+#: the configured timeout even for an idle timeout of hours.
+MAX_SWEEP_INTERVAL = 30.0
+
+#: ...and never more often than this, so a tiny test timeout doesn't spin.
+MIN_SWEEP_INTERVAL = 0.05
+
+#: How finely the timeout is divided into sweeps: the overshoot is at most
+#: 1/SWEEPS_PER_TIMEOUT of the timeout (when the bounds above allow).
+SWEEPS_PER_TIMEOUT = 20
+
+
+class Stamped(Protocol):
+    """Anything that records when it last saw activity."""
+
+    @property
+    def last_activity(self) -> float:
+        """Seconds (on the injected clock) of the last byte seen."""
+
+
+_T = TypeVar("_T", bound=Stamped)
+
+
+@attrs.frozen
+class IdleTimeout:
+    """Decide which connections have been idle too long.
+
+    :param timeout: seconds without activity after which a connection is
+        idle.
+    """
+
+    timeout: float = attrs.field(validator=attrs.validators.gt(0))
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often the sweep should run for this timeout."""
+        return min(
+            MAX_SWEEP_INTERVAL,
+            max(MIN_SWEEP_INTERVAL, self.timeout / SWEEPS_PER_TIMEOUT),
+        )
+
+    def expired(self, connections: Iterable[_T], now: float) -> list[_T]:
+        """Return the connections idle for at least :attr:`timeout` at ``now``.
+
+        A list, not a generator: the caller closes them, which may remove
+        them from the collection being iterated.
+        """
+        deadline = now - self.timeout
+        return [c for c in connections if c.last_activity <= deadline]

@@ -1,0 +1,188 @@
+"""A demo pool on loopback: ``python -m ocsbal.demo --config examples/demo.ini``.
+
+For every server of the pool, a demo front end listens on the server's
+address on every pool port: SIP ports (``sip`` and ``sips``) answer OPTIONS
+and REGISTER with a response naming the server, every other port echoes.
+The ``sips`` ports speak plain SIP here, which is enough for a demo because
+the balancer passes TLS ports through untouched.  A :class:`PoolService`
+balances the pool's VIP over them.
+
+The demo front ends are also the integration tests' servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import cast
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.wire import Echo
+
+from ocsbal.config import ConfigError, Pool, PortProtocol, Server, load
+from ocsbal.service import PoolService
+
+#: A demo server drops a client that sends a header block larger than this.
+MAX_MESSAGE = 65536
+
+_SIP_PORTS = (PortProtocol.SIP, PortProtocol.SIPS)
+
+
+class DemoSIP(Protocol):
+    """Answer SIP requests with a response naming this server.
+
+    OPTIONS and REGISTER get ``200 OK``, other requests ``501``; a CRLFCRLF
+    keep-alive ping gets its CRLF pong (RFC 5626).  Every response carries
+    ``Server: ocsbal-demo NAME (ADDRESS)``.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Answer every complete message received so far."""
+        self._buffer += data
+        while self._next():
+            pass
+        if len(self._buffer) > MAX_MESSAGE:
+            self.transport.loseConnection()
+
+    def _next(self) -> bool:
+        """Handle one complete message at the head of the buffer, if any."""
+        if self._buffer.startswith(b"\r\n\r\n"):
+            self._buffer = self._buffer[4:]
+            self.transport.write(b"\r\n")
+            return True
+        if self._buffer.startswith(b"\r\n"):
+            if b"\r\n\r\n".startswith(self._buffer):
+                return False  # maybe a ping still arriving
+            self._buffer = self._buffer[2:]  # a stray CRLF between messages
+            return True
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        head = self._buffer[:end].decode("utf-8", "replace").split("\r\n")
+        headers = [tuple(p.strip() for p in h.split(":", 1)) for h in head[1:]]
+        length = next(
+            (int(v) for k, v in headers if k.lower() in ("content-length", "l")), 0
+        )
+        if len(self._buffer) < end + 4 + length:
+            return False
+        self._buffer = self._buffer[end + 4 + length :]
+        if not head[0].startswith("SIP/2.0"):
+            self.transport.write(self._respond(head[0].split(" ", 1)[0], headers))
+        return True
+
+    def _respond(self, method: str, headers: list[tuple[str, ...]]) -> bytes:
+        status = (
+            "200 OK" if method in ("OPTIONS", "REGISTER") else "501 Not Implemented"
+        )
+        copied = {"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"}
+        if method == "REGISTER":
+            copied |= {"contact", "m", "expires"}
+        lines = [f"SIP/2.0 {status}"]
+        lines += [f"{k}: {v}" for k, v in headers if k.lower() in copied]
+        lines += [
+            f"Server: ocsbal-demo {self.server.name} ({self.server.address})",
+            "Content-Length: 0",
+            "",
+            "",
+        ]
+        return "\r\n".join(lines).encode()
+
+
+def demo_servers(pool: Pool) -> MultiService:
+    """A service running a demo front end for every server on every pool port.
+
+    :param pool: the pool whose servers and ports to serve.
+    """
+    servers = MultiService()
+    for server in pool.servers:
+        for port in pool.ports:
+            factory = (
+                Factory.forProtocol(DemoSIP, server)
+                if port.protocol in _SIP_PORTS
+                else Factory.forProtocol(Echo)
+            )
+            address = server.address.replace(":", r"\:")
+            endpoint = f"tcp:{port.number}:interface={address}"
+            strports.service(endpoint, factory).setServiceParent(servers)
+    return servers
+
+
+def tour(pool: Pool) -> str:
+    """What a newcomer can type to see the demo pool balance."""
+    sip = next(p.number for p in pool.ports if p.protocol is PortProtocol.SIP)
+    other = next(p.number for p in pool.ports if p.protocol is PortProtocol.TCP)
+    servers = ", ".join(f"{s.name} {s.address}" for s in pool.servers)
+    options = (
+        rf"OPTIONS sip:{pool.fqdn} SIP/2.0\r\nCall-ID: demo-$i\r\n"
+        r"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    return f"""\
+ocsbal demo: pool {pool.name} ({pool.fqdn}), VIP {pool.vip}, \
+{len(pool.ports)} ports, scheduler {pool.scheduler}
+servers: {servers}
+
+Each connection goes to one server; the answer names it.  Try:
+
+  for i in 1 2 3 4 5 6; do
+    printf '{options}' | nc -q1 {pool.vip} {sip} | grep Server
+  done
+
+  echo hello | nc -q1 {pool.vip} {other}     # the other ports echo
+
+  .venv/bin/ocsbal check examples/pool.ini   # validate a real pool
+
+Ctrl-C stops the demo.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo pool in the foreground until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m ocsbal.demo")
+    parser.add_argument("--config", default="examples/demo.ini")
+    parser.add_argument(
+        "--servers-only",
+        action="store_true",
+        help="run only the demo front ends, not the balancer (to put them "
+        "behind another balancer, or behind twistd ocsbal)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        pool = load(args.config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+    from twisted.internet import reactor
+
+    top = MultiService()
+    demo_servers(pool).setServiceParent(top)
+    if not args.servers_only:
+        PoolService(pool).setServiceParent(top)
+    try:
+        top.privilegedStartService()
+        top.startService()
+    except CannotListenError as e:
+        print(f"ocsbal demo: {e}", file=sys.stderr)
+        print("(ports below 1024 need root)", file=sys.stderr)
+        return 1
+    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+        "before", "shutdown", cast(IService, top).stopService
+    )
+    if args.servers_only:
+        print(f"ocsbal demo: {len(pool.servers)} demo servers running", flush=True)
+    else:
+        print(tour(pool), flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+""":class:`PoolService`: a pool's listeners as a Twisted service.
+
+Add it to any service tree (``pool_service.setServiceParent(application)``),
+or let ``twistd ocsbal`` do so.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import TYPE_CHECKING, cast
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ocsbal._proxy import Balancer, ReactorTCPTime
+from ocsbal.scheduling import scheduler_class
+
+if TYPE_CHECKING:
+    from ocsbal.config import Pool
+
+log = Logger(namespace="ocsbal")
+
+#: After the grace period, connections are closed politely; those that still
+#: have not flushed their buffers this many seconds later are aborted.
+CLOSE_TIMEOUT = 5.0
+
+
+class PoolService(MultiService):
+    """Balance a pool's VIP ports over its servers.
+
+    Listeners are bound in :meth:`privilegedStartService` (so ``twistd`` can
+    bind ports below 1024 before dropping privileges) or, for embedders who
+    call :meth:`startService` directly, there.  Either all ports bind or the
+    start fails and none stays bound.
+
+    Later capabilities (health monitors, the admin interface) are child
+    services, which is why this is a :class:`MultiService`.
+
+    :param pool: the pool to balance.
+    :param reactor: provides TCP and time; the global reactor by default.
+    :param grace_period: seconds :meth:`stopService` lets open connections
+        run to completion before closing them.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        reactor: ReactorTCPTime | None = None,
+        grace_period: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = cast(ReactorTCPTime, _reactor)
+        self.pool = pool
+        self.grace_period = grace_period
+        self._reactor = reactor
+        self.balancer = Balancer(pool, reactor, scheduler_class(pool.scheduler)())
+        self._ports: list[IListeningPort] = []
+        self._sweep = LoopingCall(self.balancer.sweep)
+        self._sweep.clock = reactor
+
+    def privilegedStartService(self) -> None:
+        """Bind every VIP port."""
+        self._bind()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Bind every VIP port if not bound yet, and start the idle sweep."""
+        if not self._ports:
+            self._bind()
+        super().startService()
+        self._sweep.start(self.balancer.idle.sweep_interval, now=False)
+        log.info(
+            "pool {pool} ({fqdn}) balancing {ports} ports on {vip} over "
+            "{servers} servers with {scheduler}",
+            pool=self.pool.name,
+            fqdn=self.pool.fqdn,
+            ports=len(self._ports),
+            vip=self.pool.vip,
+            servers=len(self.pool.servers),
+            scheduler=self.pool.scheduler,
+        )
+
+    def _bind(self) -> None:
+        try:
+            for port in self.pool.ports:
+                self._ports.append(
+                    self._reactor.listenTCP(
+                        port.number,
+                        self.balancer.listener(port),
+                        interface=self.pool.vip,
+                    )
+                )
+        except Exception:
+            # Nothing starts half-way: release the ports already bound.
+            for bound in self._ports:
+                bound.stopListening()
+            self._ports = []
+            raise
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting, then close open connections after the grace period.
+
+        The returned Deferred fires once every connection is closed.
+        """
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        ports, self._ports = self._ports, []
+        await DeferredList([maybeDeferred(p.stopListening) for p in ports])
+        if self._sweep.running:
+            self._sweep.stop()
+        await super().stopService()
+        balancer = self.balancer
+        if balancer.splices and self.grace_period > 0:
+            await self._within(balancer.whenEmpty(), self.grace_period)
+        for splice in list(balancer.splices):
+            splice.close()
+        if balancer.splices:
+            await self._within(balancer.whenEmpty(), CLOSE_TIMEOUT)
+        for splice in list(balancer.splices):
+            splice.abort()
+
+    async def _within(self, d: Deferred[None], seconds: float) -> None:
+        """Wait for ``d``, but no longer than ``seconds``."""
+        with suppress(TimeoutError):
+            await d.addTimeout(seconds, self._reactor)

@@ -1,0 +1,52 @@
+"""The ``twistd ocsbal`` command: options and service maker.
+
+The configuration is loaded and validated while the options are parsed, so
+a bad file stops ``twistd`` with its problems listed (exit status 1) before
+anything is bound or daemonised.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from ocsbal.config import ConfigError, Pool, load
+from ocsbal.service import PoolService
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd ocsbal``."""
+
+    synopsis = "--config POOL.INI [--grace SECONDS]"
+    longdesc = (
+        "Balance an Office Communications Server pool's VIP ports over its "
+        "servers, as described by an INI file (see docs/configuration.md)."
+    )
+    optParameters = [  # noqa: RUF012 -- usage.Options reads this class attribute
+        ["config", "c", None, "The pool's INI configuration file."],
+        [
+            "grace",
+            "g",
+            0.0,
+            "Seconds open connections may run on at shutdown before they are closed.",
+            float,
+        ],
+    ]
+
+    pool: Pool
+
+    def postOptions(self) -> None:
+        """Load and validate the configuration file."""
+        if self["config"] is None:
+            raise usage.UsageError("--config is required")
+        if self["grace"] < 0:
+            raise usage.UsageError("--grace must be 0 or more seconds")
+        try:
+            self.pool = load(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(f"invalid configuration:\n{e}") from e
+
+
+def makeService(options: Options) -> IService:
+    """Build the pool service described by the parsed options."""
+    return PoolService(options.pool, grace_period=options["grace"])

@@ -1,0 +1,207 @@
+"""The relay, driven deterministically: no sockets, a memory reactor and clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ocsbal.config import Pool, Port, PortProtocol, Server
+from ocsbal.scheduling import RoundRobin
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+
+from ocsbal._proxy import Balancer
+
+SIP = Port(5060, PortProtocol.SIP)
+
+
+def makePool(servers: int = 3, **kw: Any) -> Pool:
+    kw.setdefault("scheduler", "round-robin")
+    return Pool(
+        name="pool01",
+        fqdn="pool01.example.com",
+        vip="127.0.1.10",
+        servers=tuple(Server(f"fe{i}", f"127.0.1.{11 + i}") for i in range(servers)),
+        ports=(SIP,),
+        **kw,
+    )
+
+
+class Harness:
+    """A balancer on a memory reactor, with helpers to play the network."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.reactor = MemoryReactorClock()
+        self.balancer = Balancer(makePool(**kw), self.reactor, RoundRobin())
+
+    def accept(self, client_port: int = 40000) -> tuple[Any, StringTransport]:
+        factory = self.balancer.listener(SIP)
+        peer = IPv4Address("TCP", "127.0.0.1", client_port)
+        protocol = factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def attempts(self) -> list[str]:
+        return [host for host, *_ in self.reactor.tcpClients]
+
+    def succeed(self, index: int = -1) -> tuple[Any, StringTransport]:
+        """Let connection attempt ``index`` succeed."""
+        host, port, factory, *_ = self.reactor.tcpClients[index]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def refuse(self, index: int = -1) -> None:
+        """Let connection attempt ``index`` fail."""
+        factory = self.reactor.tcpClients[index][2]
+        factory.clientConnectionFailed(
+            self.reactor.connectors[index], Failure(ConnectionRefusedError())
+        )
+
+    def active(self) -> dict[str, int]:
+        return {b.name: b.active for b in self.balancer.backends}
+
+
+def test_client_is_paused_until_a_server_is_connected() -> None:
+    """Nothing is read from the client before there is somewhere to send it."""
+    h = Harness()
+    _, client = h.accept()
+    assert client.producerState == "paused"
+    assert h.attempts() == ["127.0.1.11"]
+    assert h.reactor.tcpClients[0][1] == 5060  # the server's port is the VIP port
+    h.succeed()
+    assert client.producerState == "producing"
+
+
+def test_bytes_are_relayed_both_ways_unchanged() -> None:
+    h = Harness()
+    client, client_t = h.accept()
+    server, server_t = h.succeed()
+    request = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n\x00\xff"
+    client.dataReceived(request)
+    server.dataReceived(b"SIP/2.0 200 OK\r\n\r\n")
+    assert server_t.value() == request
+    assert client_t.value() == b"SIP/2.0 200 OK\r\n\r\n"
+
+
+def test_each_transport_is_the_producer_of_the_other() -> None:
+    """Flow control: a slow reader on one side pauses reading on the other."""
+    h = Harness()
+    _, client_t = h.accept()
+    _, server_t = h.succeed()
+    assert client_t.producer is server_t
+    assert client_t.streaming
+    assert server_t.producer is client_t
+    assert server_t.streaming
+
+
+def test_refused_server_is_retried_on_another_never_the_same_twice() -> None:
+    h = Harness(servers=3, retries=2)
+    _, client_t = h.accept()
+    h.refuse()
+    h.refuse()
+    assert h.attempts() == ["127.0.1.11", "127.0.1.12", "127.0.1.13"]
+    h.succeed()
+    assert not client_t.disconnecting
+    assert h.active() == {"fe0": 0, "fe1": 0, "fe2": 1}
+
+
+def test_retries_are_bounded_then_the_client_is_closed() -> None:
+    h = Harness(servers=3, retries=1)
+    _, client_t = h.accept()
+    h.refuse()
+    h.refuse()
+    assert len(h.attempts()) == 2
+    assert client_t.disconnecting
+    assert h.active() == {"fe0": 0, "fe1": 0, "fe2": 0}
+
+
+def test_no_server_available_closes_the_client_without_connecting() -> None:
+    h = Harness(servers=1, retries=5)
+    _, client_t = h.accept()
+    h.refuse()
+    assert len(h.attempts()) == 1  # the only server failed; no second try on it
+    assert client_t.disconnecting
+
+
+def test_rejection_is_logged_with_its_reason() -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = Harness(servers=1, retries=0)
+        h.accept()
+        h.refuse()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert len(lines) == 2
+    assert "to server fe0 (127.0.1.11:5060) failed" in lines[0]
+    assert "Connection was refused" in lines[0]
+    assert lines[1].startswith("rejected connection from")
+    assert "server fe0 failed" in lines[1]
+
+
+def test_active_counts_follow_connections_open_and_closed() -> None:
+    h = Harness(servers=2)
+    h.accept(40001)
+    h.succeed()
+    h.accept(40002)
+    s2, _ = h.succeed()
+    assert h.active() == {"fe0": 1, "fe1": 1}
+    s2.connectionLost(Failure(ConnectionRefusedError()))
+    assert h.active() == {"fe0": 1, "fe1": 0}
+
+
+def test_close_on_either_side_closes_the_other() -> None:
+    h = Harness()
+    client, client_t = h.accept()
+    server, server_t = h.succeed()
+    server.connectionLost(Failure(Exception("gone")))
+    assert client_t.disconnecting
+    h2 = Harness()
+    client, client_t = h2.accept()
+    server, server_t = h2.succeed()
+    client.connectionLost(Failure(Exception("gone")))
+    assert server_t.disconnecting
+    assert not h2.balancer.splices
+
+
+def test_client_gone_while_connecting_cancels_the_attempt() -> None:
+    h = Harness()
+    client, _ = h.accept()
+    client.connectionLost(Failure(Exception("client went away")))
+    assert h.reactor.connectors[0].stoppedConnecting
+    assert h.active() == {"fe0": 0, "fe1": 0, "fe2": 0}
+    assert not h.balancer.splices
+
+
+def test_idle_connection_is_closed_by_the_sweep_and_activity_defers_it() -> None:
+    h = Harness(idle_timeout=60)
+    client, client_t = h.accept()
+    _, server_t = h.succeed()
+    h.reactor.advance(50)
+    client.dataReceived(b"\r\n\r\n")  # a keep-alive is activity
+    h.reactor.advance(50)
+    h.balancer.sweep()
+    assert not client_t.disconnecting
+    h.reactor.advance(10)
+    h.balancer.sweep()
+    assert client_t.disconnecting
+    assert server_t.disconnecting
+
+
+def test_idle_connection_that_cannot_flush_is_aborted_at_the_next_sweep() -> None:
+    h = Harness(idle_timeout=60)
+    _, client_t = h.accept()
+    h.succeed()
+    h.reactor.advance(60)
+    h.balancer.sweep()
+    assert client_t.disconnecting
+    assert not client_t.disconnected
+    h.reactor.advance(3)
+    h.balancer.sweep()
+    assert client_t.disconnected  # StringTransport's abortConnection
