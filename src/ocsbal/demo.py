@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import cast
 
 from twisted.application import strports
@@ -105,7 +106,7 @@ def demo_servers(pool: Pool) -> MultiService:
     for server in pool.servers:
         for port in pool.ports:
             factory = (
-                Factory.forProtocol(DemoSIP, server)
+                Factory.forProtocol(partial(DemoSIP, server))
                 if port.protocol in _SIP_PORTS
                 else Factory.forProtocol(Echo)
             )

@@ -8,9 +8,7 @@ import time
 from collections import Counter
 
 import pytest
-from ocsbal.config import OCS_PORTS
-
-from .conftest import (
+from harness import (
     WAIT,
     Launcher,
     connect,
@@ -20,6 +18,7 @@ from .conftest import (
     require_root,
     who_answers,
 )
+from ocsbal.config import OCS_PORTS
 
 SIP_ONLY = {15060: "sip"}
 
@@ -121,13 +120,18 @@ def test_half_close_passes_through(launch: Launcher) -> None:
     listener.settimeout(WAIT)
 
     def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(WAIT)
-            total = 0
-            while chunk := conn.recv(65536):
-                total += len(chunk)
-            conn.sendall(b"got %d bytes" % total)
+        # Bounded: the balancer's readiness probe and the test's connection.
+        for _ in range(5):
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed by the test, or timed out
+                return
+            with conn:
+                conn.settimeout(WAIT)
+                total = 0
+                while chunk := conn.recv(65536):
+                    total += len(chunk)
+                conn.sendall(b"got %d bytes" % total)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -142,8 +146,8 @@ def test_half_close_passes_through(launch: Launcher) -> None:
                 reply += chunk
         assert reply == b"got 100000 bytes"
     finally:
-        thread.join(WAIT)
         listener.close()
+        thread.join(WAIT)
 
 
 def test_refused_server_is_retried_on_another(launch: Launcher) -> None:
@@ -156,7 +160,7 @@ def test_refused_server_is_retried_on_another(launch: Launcher) -> None:
     answers = Counter(who_answers("127.0.14.10", 15060) for _ in range(12))
     assert set(answers) == {"fe1", "fe3"}
     assert sum(answers.values()) == 12
-    balancer.stop()
+    balancer.assert_stops_cleanly()
     assert "to server fe2 (127.0.14.12:15060) failed" in balancer.output
 
 
@@ -185,5 +189,5 @@ def test_no_server_running_closes_clients_and_logs_why(launch: Launcher) -> None
     balancer = launch.balancer(ini)
     with connect("127.0.16.10", 15060) as sock:
         assert sock.recv(1) == b""
-    assert balancer.stop() == 0
+    balancer.assert_stops_cleanly()
     assert "rejected connection from" in balancer.output

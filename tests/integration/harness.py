@@ -1,0 +1,210 @@
+"""
+Helpers for the integration tests: real processes, real sockets on loopback.
+
+The balancer runs as ``twistd -n ocsbal`` and the servers as the demo front
+ends (``python -m ocsbal.demo --servers-only``), each in its own process, so
+these tests exercise exactly what an operator runs.  Every test uses its own
+127.0.x.0/24 block so no two tests, nor a running ``make demo``
+(127.0.0.10-13), share an address.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+WAIT = 15.0  # seconds any one start, stop or reply may take at most
+
+
+def pool_ini(
+    vip: str,
+    servers: dict[str, tuple[str, int]],
+    ports: dict[int, str],
+    **pool: object,
+) -> str:
+    """An INI file for a pool: ``servers`` maps name to (address, weight)."""
+    lines = ["[pool]", "name = itest", "fqdn = itest.example.com", f"vip = {vip}"]
+    lines += [f"{k} = {v}" for k, v in pool.items()]
+    lines += ["", "[ports]"] + [f"{n} = {p}" for n, p in ports.items()]
+    for name, (address, weight) in servers.items():
+        lines += ["", f"[server:{name}]", f"address = {address}", f"weight = {weight}"]
+    return "\n".join(lines) + "\n"
+
+
+def connect(host: str, port: int) -> socket.socket:
+    return socket.create_connection((host, port), timeout=WAIT)
+
+
+def wait_listening(host: str, port: int, process: Process | None = None) -> None:
+    """Return once ``host:port`` accepts; fail if ``process`` exits first."""
+    end = time.monotonic() + WAIT
+    while True:
+        if process is not None and process.popen.poll() is not None:
+            pytest.fail(f"process exited early:\n{process.output}")
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > end:
+                detail = process.output if process else ""
+                pytest.fail(f"{host}:{port} never listened\n{detail}")
+            time.sleep(0.05)
+
+
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before {marker!r}; got {data!r}")
+        data += chunk
+    return data
+
+
+def options(sock: socket.socket, n: int = 1) -> str:
+    """Send a SIP OPTIONS on ``sock``; return the name of the server answering."""
+    sock.sendall(
+        b"OPTIONS sip:itest.example.com SIP/2.0\r\n"
+        b"Call-ID: %d@itest\r\nCSeq: %d OPTIONS\r\nContent-Length: 0\r\n\r\n" % (n, n)
+    )
+    response = read_until(sock, b"\r\n\r\n").decode()
+    assert response.startswith("SIP/2.0 200 OK"), response
+    server = next(h for h in response.split("\r\n") if h.startswith("Server:"))
+    return server.split()[2]  # "Server: ocsbal-demo NAME (ADDRESS)"
+
+
+def who_answers(host: str, port: int) -> str:
+    """Open a connection, ask one OPTIONS, close: the server that answered."""
+    with connect(host, port) as sock:
+        return options(sock)
+
+
+class Process:
+    """A child process whose output goes to a file the test can read."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self._out = log.open("wb")
+        self.popen = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).parents[2],
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait(self) -> int:
+        code = self.popen.wait(timeout=WAIT)
+        self._out.close()
+        return code
+
+    def stop(self) -> int:
+        """SIGTERM, as an init system would; return the exit status."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        return self.wait()
+
+    def assert_stops_cleanly(self, signalled: bool = False) -> None:
+        """
+        SIGTERM (sent here unless ``signalled``) shuts twistd down in order.
+
+        twistd reports the signal that stopped it by exiting with that signal
+        (Twisted's ``_exitWithSignal``), so a clean stop is status -SIGTERM.
+        """
+        code = self.wait() if signalled else self.stop()
+        assert code == -signal.SIGTERM, self.output
+        assert "Server Shut Down." in self.output
+        assert "Traceback" not in self.output, self.output
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=WAIT)
+        self._out.close()
+
+
+class Launcher:
+    """Starts balancers and demo servers for one test, and stops them all."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.processes: list[Process] = []
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.tmp_path / name
+        path.write_text(text)
+        return path
+
+    def spawn(self, name: str, args: list[str]) -> Process:
+        process = Process(args, self.tmp_path / f"{name}.log")
+        self.processes.append(process)
+        return process
+
+    def twistd(self, config: Path, *extra: str) -> Process:
+        """Run ``twistd -n ocsbal --config CONFIG``, exactly as an operator would."""
+        return self.spawn(
+            "twistd",
+            [
+                *(str(Path(sys.executable).with_name("twistd")), "--nodaemon"),
+                *("--pidfile=", "ocsbal", "--config", str(config), *extra),
+            ],
+        )
+
+    def balancer(self, ini: str, *extra: str) -> Process:
+        """Run ``twistd -n ocsbal`` on ``ini``; return once its VIP accepts."""
+        config = self.write("pool.ini", ini)
+        process = self.twistd(config, *extra)
+        self._await_listening(process, ini)
+        return process
+
+    def servers(self, ini: str) -> Process:
+        """Run demo front ends for the servers of ``ini``; return once listening."""
+        config = self.write("servers.ini", ini)
+        process = self.spawn(
+            "servers",
+            [
+                sys.executable,
+                "-m",
+                "ocsbal.demo",
+                "--servers-only",
+                "--config",
+                str(config),
+            ],
+        )
+        self._await_listening(process, ini, servers=True)
+        return process
+
+    def _await_listening(
+        self, process: Process, ini: str, servers: bool = False
+    ) -> None:
+        from ocsbal.config import parse
+
+        pool = parse(ini)
+        hosts = [s.address for s in pool.servers] if servers else [pool.vip]
+        for host in hosts:
+            wait_listening(host, pool.ports[0].number, process)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            process.kill()
+
+
+def require_root(what: str) -> None:
+    """Skip locally, fail in CI, when not root."""
+    if os.geteuid() == 0:
+        return
+    message = f"{what} needs root (ports below 1024); run the tests as root"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -1,0 +1,141 @@
+"""PoolService on a memory reactor: binding, the idle sweep, and stopping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from ocsbal import OCS_PORTS, Pool, PoolService, Server
+
+
+def makePool(**kw: Any) -> Pool:
+    kw.setdefault("scheduler", "round-robin")
+    return Pool(
+        name="pool01",
+        fqdn="pool01.example.com",
+        vip="127.0.1.10",
+        servers=(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12")),
+        **kw,
+    )
+
+
+class FakePort:
+    """A listening port that remembers whether it was stopped."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class Reactor(MemoryReactorClock):
+    """A memory reactor that keeps its ports, and on which one port may be taken."""
+
+    def __init__(self, taken: int | None = None) -> None:
+        super().__init__()
+        self.taken = taken
+        self.ports: list[FakePort] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        if port == self.taken:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        super().listenTCP(port, factory, backlog, interface)
+        self.ports.append(FakePort())
+        return self.ports[-1]
+
+
+def open_connection(reactor: MemoryReactorClock) -> tuple[StringTransport, Any]:
+    """A client connects to the first listener, and its server connects too."""
+    _, factory, _, _ = reactor.tcpServers[0]
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(transport)
+    _, _, client_factory, *_ = reactor.tcpClients[-1]
+    client_factory.buildProtocol(None).makeConnection(StringTransport())
+    return transport, protocol
+
+
+class PoolServiceTests(SynchronousTestCase):
+    def test_binds_every_ocs_port_on_the_vip(self) -> None:
+        reactor = Reactor()
+        service = PoolService(makePool(), reactor)
+        service.privilegedStartService()
+        service.startService()
+        bound = [(port, interface) for port, _, _, interface in reactor.tcpServers]
+        assert bound == [(p.number, "127.0.1.10") for p in OCS_PORTS]
+        assert len(bound) == 12
+
+    def test_start_without_privileged_start_binds_too(self) -> None:
+        """Embedders who only call startService still get their listeners."""
+        reactor = Reactor()
+        PoolService(makePool(), reactor).startService()
+        assert len(reactor.tcpServers) == 12
+
+    def test_a_port_that_cannot_bind_fails_start_and_releases_the_others(self) -> None:
+        reactor = Reactor(taken=444)
+        service = PoolService(makePool(), reactor)
+        with pytest.raises(CannotListenError) as raised:
+            service.privilegedStartService()
+        assert "127.0.1.10:444" in str(raised.value)
+        assert reactor.tcpServers  # some were bound before 444...
+        assert all(p.stopped for p in reactor.ports)  # ...and all released
+
+    def test_idle_sweep_runs_on_the_injected_clock(self) -> None:
+        reactor = Reactor()
+        service = PoolService(makePool(idle_timeout=10), reactor)
+        service.startService()
+        client, protocol = open_connection(reactor)
+        reactor.advance(9.9)
+        assert not client.disconnecting
+        reactor.advance(0.6)  # past 10 s, at the next 0.5 s sweep
+        assert client.disconnecting
+
+    def test_stop_stops_listening_and_closes_connections_at_once(self) -> None:
+        reactor = Reactor()
+        service = PoolService(makePool(), reactor)
+        service.startService()
+        client, protocol = open_connection(reactor)
+        d = service.stopService()
+        assert all(p.stopped for p in reactor.ports)
+        assert client.disconnecting
+        self.assertNoResult(d)  # the close has not completed yet
+        protocol.connectionLost(None)
+        self.successResultOf(d)
+
+    def test_stop_waits_out_the_grace_period_for_open_connections(self) -> None:
+        reactor = Reactor()
+        service = PoolService(makePool(), reactor, grace_period=30)
+        service.startService()
+        client, protocol = open_connection(reactor)
+        d = service.stopService()
+        reactor.advance(29)
+        assert not client.disconnecting
+        reactor.advance(1)
+        assert client.disconnecting
+        self.assertNoResult(d)
+
+    def test_stop_finishes_early_when_the_last_connection_closes(self) -> None:
+        reactor = Reactor()
+        service = PoolService(makePool(), reactor, grace_period=30)
+        service.startService()
+        client, protocol = open_connection(reactor)
+        d = service.stopService()
+        reactor.advance(5)
+        protocol.connectionLost(None)
+        self.successResultOf(d)
+
+    def test_connections_that_never_close_are_aborted_after_the_close_timeout(self) -> None:
+        reactor = Reactor()
+        service = PoolService(makePool(), reactor)
+        service.startService()
+        client, protocol = open_connection(reactor)
+        service.stopService()
+        assert not client.disconnected
+        reactor.advance(5)
+        assert client.disconnected  # StringTransport.abortConnection
