@@ -34,6 +34,9 @@ def test_exports_are_the_defining_modules_objects() -> None:
 
 def test_scheduling_module_names_for_tool_writers() -> None:
     for name in [
+        "SCHEDULERS",
+        "Candidate",
+        "ServerLoad",
         "IScheduler",
         "NoServerAvailable",
         "RoundRobin",

@@ -25,13 +25,15 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import (
     IAddress,
+    IConsumer,
     IHalfCloseableProtocol,
+    IPushProducer,
     IReactorTCP,
     IReactorTime,
     IStreamClientEndpoint,
     ITCPTransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -47,6 +49,10 @@ log = Logger(namespace="ocsbal")
 
 class ReactorTCPTime(IReactorTCP, IReactorTime):
     """The reactor features the relay needs: TCP and a clock."""
+
+
+class _SplicedTransport(ITCPTransport, IPushProducer, IConsumer):
+    """A TCP transport, as both producer and consumer of the other side."""
 
 
 @attrs.define(eq=False)
@@ -81,11 +87,13 @@ class _Side(Protocol):
     Everything it reads is written to its peer's transport.
     """
 
-    transport: ITCPTransport
+    transport: _SplicedTransport
+
+    #: The other side; set when the splice is attached, before reading starts.
+    peer: _Side
 
     def __init__(self, splice: Splice) -> None:
         self.splice = splice
-        self.peer: _Side | None = None
         self._readClosed = False
         self._writeClosed = False
         self.lost = False
@@ -97,14 +105,12 @@ class _Side(Protocol):
     def dataReceived(self, data: bytes) -> None:
         # One clock read per chunk is all idle accounting costs (see _idle).
         self.splice.last_activity = self.splice.clock.seconds()
-        # Reading is only resumed once the peer is attached.
-        cast(_Side, self.peer).transport.write(data)
+        self.peer.transport.write(data)
 
     def readConnectionLost(self) -> None:
         self._readClosed = True
-        peer = cast(_Side, self.peer)
-        if not peer.lost:
-            peer.transport.loseWriteConnection()
+        if not self.peer.lost:
+            self.peer.transport.loseWriteConnection()
         self._closeIfDone()
 
     def writeConnectionLost(self) -> None:
@@ -254,14 +260,14 @@ class Splice:
         self.close()
 
 
-class _Listener(Factory):
+class _Listener(ServerFactory):
     """Accepts client connections on one VIP port."""
 
     def __init__(self, balancer: Balancer, port: Port) -> None:
         self.balancer = balancer
         self.port = port
 
-    def buildProtocol(self, addr: IAddress) -> _Side:  # noqa: ARG002
+    def buildProtocol(self, addr: IAddress | None) -> _Side:  # noqa: ARG002
         return Splice(self.balancer, self.port).client
 
 
@@ -284,7 +290,7 @@ class Balancer:
         self.idle = IdleTimeout(pool.idle_timeout)
         self._emptied: list[Deferred[None]] = []
 
-    def listener(self, port: Port) -> Factory:
+    def listener(self, port: Port) -> ServerFactory:
         """The factory accepting client connections on ``port``."""
         return _Listener(self, port)
 

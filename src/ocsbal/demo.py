@@ -21,6 +21,7 @@ from typing import cast
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.wire import Echo
 
@@ -40,6 +41,8 @@ class DemoSIP(Protocol):
     keep-alive ping gets its CRLF pong (RFC 5626).  Every response carries
     ``Server: ocsbal-demo NAME (ADDRESS)``.
     """
+
+    transport: ITransport
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -122,7 +125,7 @@ def tour(pool: Pool) -> str:
     other = next(p.number for p in pool.ports if p.protocol is PortProtocol.TCP)
     servers = ", ".join(f"{s.name} {s.address}" for s in pool.servers)
     options = (
-        rf"OPTIONS sip:{pool.fqdn} SIP/2.0\r\nCall-ID: demo-$i\r\n"
+        rf"OPTIONS sip:{pool.fqdn} SIP/2.0\r\nCall-ID: demo-%s\r\n"
         r"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     )
     return f"""\
@@ -133,7 +136,7 @@ servers: {servers}
 Each connection goes to one server; the answer names it.  Try:
 
   for i in 1 2 3 4 5 6; do
-    printf '{options}' | nc -q1 {pool.vip} {sip} | grep Server
+    printf '{options}' $i | nc -q1 {pool.vip} {sip} | grep Server
   done
 
   echo hello | nc -q1 {pool.vip} {other}     # the other ports echo
@@ -174,14 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ocsbal demo: {e}", file=sys.stderr)
         print("(ports below 1024 need root)", file=sys.stderr)
         return 1
-    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger(
         "before", "shutdown", cast(IService, top).stopService
     )
     if args.servers_only:
         print(f"ocsbal demo: {len(pool.servers)} demo servers running", flush=True)
     else:
         print(tour(pool), flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return 0
 
 
