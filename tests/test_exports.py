@@ -1,9 +1,8 @@
 """The public names embedders rely on stay where they are."""
 
+import ocsbal
 import ocsbal.config
 import ocsbal.scheduling
-
-import ocsbal
 import ocsbal.service
 
 

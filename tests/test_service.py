@@ -8,9 +8,11 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from ocsbal import OCS_PORTS, Pool, PoolService, Server
+from ocsbal.service import UnsupportedNatError
 
 
 def makePool(**kw: Any) -> Pool:
@@ -42,9 +44,13 @@ class Reactor(MemoryReactorClock):
         self.taken = taken
         self.ports: list[FakePort] = []
 
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> Any:
         if port == self.taken:
-            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+            raise CannotListenError(
+                interface, port, OSError(98, "Address already in use")
+            )
         super().listenTCP(port, factory, backlog, interface)
         self.ports.append(FakePort())
         return self.ports[-1]
@@ -86,11 +92,30 @@ class PoolServiceTests(SynchronousTestCase):
         assert reactor.tcpServers  # some were bound before 444...
         assert all(p.stopped for p in reactor.ports)  # ...and all released
 
+    def test_half_nat_is_refused_at_start_binding_nothing(self) -> None:
+        reactor = Reactor()
+        service = PoolService(makePool(kind="edge", nat="half"), reactor)
+        with pytest.raises(UnsupportedNatError, match="nat = half"):
+            service.privilegedStartService()
+        assert reactor.tcpServers == []
+
+    def test_an_idle_timeout_below_what_ocs_needs_is_warned_about(self) -> None:
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        PoolService(makePool(idle_timeout=1799), Reactor()).startService()
+        PoolService(makePool(idle_timeout=1800), Reactor()).startService()
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        assert [formatEvent(e) for e in warnings] == [
+            "pool pool01: idle_timeout = 1799 s is below the 1800 s OCS 2007 R2 "
+            "requires; quiet clients will be cut off"
+        ]
+
     def test_idle_sweep_runs_on_the_injected_clock(self) -> None:
         reactor = Reactor()
         service = PoolService(makePool(idle_timeout=10), reactor)
         service.startService()
-        client, protocol = open_connection(reactor)
+        client, _protocol = open_connection(reactor)
         reactor.advance(9.9)
         assert not client.disconnecting
         reactor.advance(0.6)  # past 10 s, at the next 0.5 s sweep
@@ -112,7 +137,7 @@ class PoolServiceTests(SynchronousTestCase):
         reactor = Reactor()
         service = PoolService(makePool(), reactor, grace_period=30)
         service.startService()
-        client, protocol = open_connection(reactor)
+        client, _protocol = open_connection(reactor)
         d = service.stopService()
         reactor.advance(29)
         assert not client.disconnecting
@@ -124,17 +149,19 @@ class PoolServiceTests(SynchronousTestCase):
         reactor = Reactor()
         service = PoolService(makePool(), reactor, grace_period=30)
         service.startService()
-        client, protocol = open_connection(reactor)
+        _client, protocol = open_connection(reactor)
         d = service.stopService()
         reactor.advance(5)
         protocol.connectionLost(None)
         self.successResultOf(d)
 
-    def test_connections_that_never_close_are_aborted_after_the_close_timeout(self) -> None:
+    def test_connections_that_never_close_are_aborted_after_the_close_timeout(
+        self,
+    ) -> None:
         reactor = Reactor()
         service = PoolService(makePool(), reactor)
         service.startService()
-        client, protocol = open_connection(reactor)
+        client, _protocol = open_connection(reactor)
         service.stopService()
         assert not client.disconnected
         reactor.advance(5)

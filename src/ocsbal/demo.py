@@ -177,9 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ocsbal demo: {e}", file=sys.stderr)
         print("(ports below 1024 need root)", file=sys.stderr)
         return 1
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", cast(IService, top).stopService
-    )
+    reactor.addSystemEventTrigger("before", "shutdown", cast(IService, top).stopService)
     if args.servers_only:
         print(f"ocsbal demo: {len(pool.servers)} demo servers running", flush=True)
     else:

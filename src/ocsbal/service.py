@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ocsbal._proxy import Balancer, ReactorTCPTime
+from ocsbal.config import NatMode
 from ocsbal.scheduling import scheduler_class
 
 if TYPE_CHECKING:
@@ -23,9 +24,16 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="ocsbal")
 
+#: OCS 2007 R2 clients may stay silent this long on a live connection.
+OCS_IDLE_TIMEOUT = 1800.0
+
 #: After the grace period, connections are closed politely; those that still
 #: have not flushed their buffers this many seconds later are aborted.
 CLOSE_TIMEOUT = 5.0
+
+
+class UnsupportedNatError(ValueError):
+    """The pool asks for a NAT mode this release cannot provide."""
 
 
 class PoolService(MultiService):
@@ -85,8 +93,23 @@ class PoolService(MultiService):
             servers=len(self.pool.servers),
             scheduler=self.pool.scheduler,
         )
+        if self.pool.idle_timeout < OCS_IDLE_TIMEOUT:
+            log.warn(
+                "pool {pool}: idle_timeout = {idle_timeout:g} s is below the "
+                "{minimum:g} s OCS 2007 R2 requires; quiet clients will be cut off",
+                pool=self.pool.name,
+                idle_timeout=self.pool.idle_timeout,
+                minimum=OCS_IDLE_TIMEOUT,
+            )
 
     def _bind(self) -> None:
+        if self.pool.nat is NatMode.HALF:
+            # Transparent proxying (IP_TRANSPARENT and policy routing) is not
+            # built yet; refusing beats silently running as full-NAT.
+            raise UnsupportedNatError(
+                f"pool {self.pool.name}: nat = half (transparent proxying) is not "
+                "available in this release; use nat = full"
+            )
         try:
             for port in self.pool.ports:
                 self._ports.append(

@@ -18,6 +18,7 @@ from harness import (
     require_root,
     who_answers,
 )
+
 from ocsbal.config import OCS_PORTS
 
 SIP_ONLY = {15060: "sip"}

@@ -1,0 +1,650 @@
+"""The pool model: frozen, validated attrs classes and the INI file that describes them.
+
+One model serves everyone: :func:`load` and :func:`parse` read an INI file
+into a :class:`Pool`; an embedder builds the same :class:`Pool` in code; and
+:func:`render` writes a pool back as the INI text that parses to it.
+
+Every rule lives once, in this module, as a :class:`_Rule` that both checks a
+field when a class is built in code (it is the field's attrs validator) and
+reads that field's INI value.  A bad file yields one :class:`ConfigError`
+listing every problem, each naming the file, section, key and value and
+saying what is allowed.
+"""
+
+from __future__ import annotations
+
+import configparser
+import enum
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from ocsbal.scheduling import scheduler_class
+
+__all__ = [
+    "OCS_PORTS",
+    "ConfigError",
+    "NatMode",
+    "Pool",
+    "PoolKind",
+    "Port",
+    "PortProtocol",
+    "Problem",
+    "Server",
+    "load",
+    "parse",
+    "render",
+]
+
+_T = TypeVar("_T")
+
+
+class PortProtocol(enum.Enum):
+    """What a VIP port carries, which decides how much ocsbal looks at it."""
+
+    #: Any TCP stream, relayed blind.
+    TCP = "tcp"
+    #: SIP over TCP (OCS: 5060).
+    SIP = "sip"
+    #: SIP over TLS (OCS: 5061); relayed as TLS passthrough.
+    SIPS = "sips"
+
+
+class PoolKind(enum.Enum):
+    """The OCS 2007 R2 role of the pool behind the VIP."""
+
+    ENTERPRISE = "enterprise"
+    DIRECTOR = "director"
+    WEB_ACCESS = "web-access"
+    EDGE = "edge"
+
+    @property
+    def internal(self) -> bool:
+        """Whether the pool's servers connect to their own VIP (all but Edge)."""
+        return self is not PoolKind.EDGE
+
+
+class NatMode(enum.Enum):
+    """How connections to the servers are addressed."""
+
+    #: Proxy (source NAT): servers see connections from the load balancer.
+    FULL = "full"
+    #: Transparent (destination NAT only): servers see the client's address.
+    HALF = "half"
+
+
+class _NotAllowedError(ValueError):
+    """A value is not allowed; the message says what is."""
+
+
+class _Rule(Generic[_T]):
+    """One field's rule: how to read it from INI text and what it may hold.
+
+    An instance is the attrs validator of its field, so a class built in code
+    is held to exactly the rule an INI file is.
+    """
+
+    def __init__(self, read: Callable[[str], _T], check: Callable[[_T], None]) -> None:
+        self._read = read
+        self._check = check
+
+    def explain(self, value: _T) -> str | None:
+        """Say what is allowed if ``value`` is not, else return ``None``."""
+        try:
+            self._check(value)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    def read(self, text: str) -> _T:
+        """Read and check an INI value, or say what is allowed (:class:`ValueError`)."""
+        value = self._read(text.strip())
+        problem = self.explain(value)
+        if problem is not None:
+            raise _NotAllowedError(problem)
+        return value
+
+    def __call__(
+        self, _instance: object, attribute: attrs.Attribute[_T], value: _T
+    ) -> None:
+        problem = self.explain(value)
+        if problem is not None:
+            raise ValueError(f"{attribute.name} = {value!r}: {problem}")
+
+
+def _choices(kind: type[enum.Enum]) -> str:
+    return ", ".join(member.value for member in kind)
+
+
+def _enum_rule(kind: type[Any], special: dict[str, str] | None = None) -> _Rule[Any]:
+    allowed = f"must be one of {_choices(kind)}"
+
+    def read(text: str) -> Any:
+        if special and text.lower() in special:
+            raise _NotAllowedError(special[text.lower()])
+        try:
+            return kind(text.lower())
+        except ValueError:
+            raise _NotAllowedError(allowed) from None
+
+    def check(value: object) -> None:
+        if not isinstance(value, kind):
+            raise _NotAllowedError(allowed)
+
+    return _Rule(read, check)
+
+
+def _whole_rule(low: int, high: int | None = None) -> _Rule[int]:
+    allowed = (
+        f"must be a whole number from {low} to {high}"
+        if high is not None
+        else f"must be a whole number, {low} or more"
+    )
+
+    def read(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise _NotAllowedError(allowed) from None
+
+    def check(value: int) -> None:
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            raise _NotAllowedError(allowed)
+
+    return _Rule(read, check)
+
+
+def _seconds_rule() -> _Rule[float]:
+    allowed = "must be a number of seconds greater than 0"
+
+    def read(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise _NotAllowedError(allowed) from None
+
+    def check(value: float) -> None:
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise _NotAllowedError(allowed)
+
+    return _Rule(read, check)
+
+
+def _normal_address(value: Any) -> Any:
+    """Write an IP address the one way Python does, leaving anything else alone."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value
+
+
+def _check_address(value: str) -> None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise _NotAllowedError(
+            "must be a static IPv4 or IPv6 address, not a host name"
+        ) from None
+    if address.is_unspecified or address.is_multicast:
+        raise _NotAllowedError("must be one host's unicast address")
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _check_name(value: str) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise _NotAllowedError(
+            "must be 1 to 63 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+
+
+def _normal_fqdn(value: Any) -> Any:
+    return value.lower().removesuffix(".") if isinstance(value, str) else value
+
+
+def _check_fqdn(value: str) -> None:
+    labels = value.split(".") if isinstance(value, str) else []
+    if len(labels) < 2 or len(value) > 253 or not all(map(_LABEL.match, labels)):
+        raise _NotAllowedError(
+            "must be a fully qualified DNS name such as pool01.contoso.com "
+            "(the pool's single DNS name, resolving to the VIP)"
+        )
+
+
+def _check_scheduler(value: str) -> None:
+    if not isinstance(value, str):
+        raise _NotAllowedError("must be a scheduler name or package.module:ClassName")
+    scheduler_class(value)
+
+
+_NAME_RULE = _Rule(str, _check_name)
+_ADDRESS_RULE: _Rule[str] = _Rule(_normal_address, _check_address)
+_PROTOCOL_RULE: _Rule[PortProtocol] = _enum_rule(PortProtocol)
+_PORT_RULE = _whole_rule(1, 65535)
+_WEIGHT_RULE = _whole_rule(0, 65535)
+
+
+@attrs.frozen
+class Port:
+    """A TCP port of the VIP, and what it carries.
+
+    :ivar number: the port, on the VIP and on every server.
+    :ivar protocol: what the port carries.
+    """
+
+    number: int = attrs.field(validator=_PORT_RULE)
+    protocol: PortProtocol = attrs.field(
+        default=PortProtocol.TCP, converter=PortProtocol, validator=_PROTOCOL_RULE
+    )
+
+
+#: The TCP ports of an OCS 2007 R2 Enterprise pool's VIP.
+OCS_PORTS: tuple[Port, ...] = (
+    Port(5060, PortProtocol.SIP),
+    Port(5061, PortProtocol.SIPS),
+    *(Port(n) for n in (135, 443, 444, 5065, 5069, 5071, 5072, 5073, 5074, 8404)),
+)
+
+
+@attrs.frozen
+class Server:
+    """A server of the pool.
+
+    :ivar name: its name in logs and, later, in the admin API.
+    :ivar address: its static IP address; each VIP port is relayed to the
+        same port here.
+    :ivar weight: its share of connections relative to the others' (0 to
+        65535); 0 means it is never picked.
+    """
+
+    name: str = attrs.field(validator=_NAME_RULE)
+    address: str = attrs.field(converter=_normal_address, validator=_ADDRESS_RULE)
+    weight: int = attrs.field(default=100, validator=_WEIGHT_RULE)
+
+
+def _servers(servers: Iterable[Server]) -> tuple[Server, ...]:
+    return tuple(servers)
+
+
+def _ports(ports: Iterable[Port]) -> tuple[Port, ...]:
+    return tuple(ports)
+
+
+_DSR = (
+    "Direct Server Return is not supported by OCS 2007 R2 pools: the load "
+    "balancer must see the servers' replies; use full or half"
+)
+
+#: The rule of each ``[pool]`` key, which is also the rule of its attribute.
+_POOL_RULES: dict[str, _Rule[Any]] = {
+    "name": _NAME_RULE,
+    "fqdn": _Rule(_normal_fqdn, _check_fqdn),
+    "vip": _ADDRESS_RULE,
+    "kind": _enum_rule(PoolKind),
+    "nat": _enum_rule(
+        NatMode, dict.fromkeys(("dsr", "direct", "direct-server-return"), _DSR)
+    ),
+    "scheduler": _Rule(str, _check_scheduler),
+    "idle_timeout": _seconds_rule(),
+    "connect_timeout": _seconds_rule(),
+    "retries": _whole_rule(0),
+}
+
+
+@attrs.frozen
+class Pool:
+    """An OCS pool behind one VIP: everything ocsbal needs to balance it.
+
+    Built by :func:`load` from an INI file or directly in code; either way it
+    is checked on construction and raises :class:`ValueError` (from code) or
+    :class:`ConfigError` (from a file) when anything is not allowed.
+
+    :ivar name: the pool's name in logs.
+    :ivar fqdn: the pool FQDN, the VIP's single DNS name.
+    :ivar vip: the static virtual IP address every listener binds.
+    :ivar servers: the pool's servers.
+    :ivar ports: the VIP's ports; by default the OCS 2007 R2 list.
+    :ivar kind: the OCS role of the pool; every kind but Edge is internal,
+        and internal pools cannot use half-NAT.
+    :ivar nat: how server connections are addressed.
+    :ivar scheduler: a name from :data:`ocsbal.scheduling.SCHEDULERS` or
+        ``package.module:ClassName``.
+    :ivar idle_timeout: seconds without traffic after which a connection is
+        closed; OCS 2007 R2 needs at least 1800.
+    :ivar connect_timeout: seconds to wait for a server to accept.
+    :ivar retries: how many other servers a connection tries when connecting
+        to one fails.
+    """
+
+    name: str = attrs.field(validator=_POOL_RULES["name"])
+    fqdn: str = attrs.field(converter=_normal_fqdn, validator=_POOL_RULES["fqdn"])
+    vip: str = attrs.field(converter=_normal_address, validator=_POOL_RULES["vip"])
+    servers: tuple[Server, ...] = attrs.field(
+        converter=_servers, validator=attrs.validators.min_len(1)
+    )
+    ports: tuple[Port, ...] = attrs.field(
+        default=OCS_PORTS, converter=_ports, validator=attrs.validators.min_len(1)
+    )
+    kind: PoolKind = attrs.field(
+        default=PoolKind.ENTERPRISE, converter=PoolKind, validator=_POOL_RULES["kind"]
+    )
+    nat: NatMode = attrs.field(
+        default=NatMode.FULL, converter=NatMode, validator=_POOL_RULES["nat"]
+    )
+    scheduler: str = attrs.field(
+        default="weighted-least-connections", validator=_POOL_RULES["scheduler"]
+    )
+    idle_timeout: float = attrs.field(
+        default=1800.0, converter=float, validator=_POOL_RULES["idle_timeout"]
+    )
+    connect_timeout: float = attrs.field(
+        default=5.0, converter=float, validator=_POOL_RULES["connect_timeout"]
+    )
+    retries: int = attrs.field(default=2, validator=_POOL_RULES["retries"])
+
+    def __attrs_post_init__(self) -> None:
+        problems = [Problem("Pool", *broken) for broken in _relations(self)]
+        if problems:
+            raise ConfigError(problems)
+
+
+def _relations(
+    pool: Pool | _Draft,
+) -> Iterator[tuple[str, str | None, str | None, str]]:
+    """Check what fields must be true of each other; yield each broken rule.
+
+    Each is ``(section, key, value, message)``, placed where an operator
+    would fix it.  A draft's refused values are ``None`` and not checked.
+    """
+    if pool.kind is not None and pool.kind.internal and pool.nat is NatMode.HALF:
+        yield (
+            "pool",
+            "nat",
+            NatMode.HALF.value,
+            f"half-NAT is refused for {pool.kind.value} pools: their servers "
+            "connect to their own VIP, which half-NAT cannot relay; use full "
+            "(half is allowed for edge pools)",
+        )
+    numbers: set[int] = set()
+    for port in pool.ports:
+        if port.number in numbers:
+            yield "ports", str(port.number), port.protocol.value, "listed twice"
+        numbers.add(port.number)
+    owners: dict[str, str] = {}
+    names: set[str] = set()
+    for server in pool.servers:
+        section = f"server:{server.name}"
+        if server.name in names:
+            yield section, None, None, "a server of that name is already listed"
+        names.add(server.name)
+        if server.address == pool.vip:
+            yield (
+                section,
+                "address",
+                server.address,
+                "is the VIP; a server needs its own address",
+            )
+        elif server.address in owners:
+            yield (
+                section,
+                "address",
+                server.address,
+                f"is already server {owners[server.address]}'s address; each "
+                "server needs its own",
+            )
+        owners.setdefault(server.address, server.name)
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a configuration file.
+
+    Its string form is the line an operator reads, for example
+    ``pool.ini: [pool] retries = -1: must be a whole number, 0 or more``.
+    """
+
+    file: str
+    section: str | None
+    key: str | None
+    value: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.section is not None:
+            where += f": [{self.section}]"
+            if self.key is not None:
+                where += f" {self.key} = {self.value}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """A configuration file was refused; :attr:`problems` says why, all at once."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(map(str, self.problems)))
+
+
+@attrs.define
+class _Draft:
+    """A pool being read from a file: the values read so far and the problems found."""
+
+    source: str
+    #: The ``[pool]`` values read, ``None`` where refused.
+    fields: dict[str, Any] = attrs.Factory(dict)
+    ports: list[Port] = attrs.Factory(list)
+    servers: list[Server] = attrs.Factory(list)
+    problems: list[Problem] = attrs.Factory(list)
+
+    @property
+    def kind(self) -> PoolKind | None:
+        return self.fields.get("kind", attrs.fields(Pool).kind.default)
+
+    @property
+    def nat(self) -> NatMode | None:
+        return self.fields.get("nat", attrs.fields(Pool).nat.default)
+
+    @property
+    def vip(self) -> str | None:
+        return self.fields.get("vip")
+
+    def problem(
+        self,
+        section: str | None,
+        key: str | None,
+        value: str | None,
+        message: str,
+    ) -> None:
+        self.problems.append(Problem(self.source, section, key, value, message))
+
+    def read(self, section: str, key: str, text: str, rule: _Rule[_T]) -> _T | None:
+        try:
+            return rule.read(text)
+        except ValueError as e:
+            self.problem(section, key, text, str(e))
+            return None
+
+    def known_items(
+        self, section: configparser.SectionProxy, known: Iterable[str]
+    ) -> Iterator[tuple[str, str]]:
+        """Yield the section's keys that are in ``known``; report the others."""
+        known = list(known)
+        for key, text in section.items():
+            if key in known:
+                yield key, text
+            else:
+                allowed = ", ".join(known)
+                self.problem(
+                    section.name,
+                    key,
+                    text,
+                    f"unknown key; allowed: {allowed}",
+                )
+
+    def require(self, section: configparser.SectionProxy, *keys: str) -> None:
+        for key in keys:
+            if key not in section:
+                self.problem(section.name, key, "", "is required")
+
+
+def _read_pool(draft: _Draft, section: configparser.SectionProxy) -> None:
+    draft.require(section, "name", "fqdn", "vip")
+    for key, text in draft.known_items(section, _POOL_RULES):
+        draft.fields[key] = draft.read(section.name, key, text, _POOL_RULES[key])
+
+
+def _read_ports(draft: _Draft, section: configparser.SectionProxy) -> None:
+    if not section:
+        draft.problem(section.name, None, None, "the VIP needs at least one port")
+    for key, text in section.items():
+        try:
+            number: int | None = _PORT_RULE.read(key)
+        except ValueError as e:
+            draft.problem(section.name, key, text, f"the port {e}")
+            number = None
+        protocol = draft.read(section.name, key, text, _PROTOCOL_RULE)
+        if number is not None and protocol is not None:
+            draft.ports.append(Port(number, protocol))
+
+
+_SERVER_RULES: dict[str, _Rule[Any]] = {
+    "address": _ADDRESS_RULE,
+    "weight": _WEIGHT_RULE,
+}
+
+
+def _read_server(draft: _Draft, section: configparser.SectionProxy) -> None:
+    before = len(draft.problems)
+    name = section.name.partition(":")[2]
+    problem = _NAME_RULE.explain(name)
+    if problem is not None:
+        draft.problem(section.name, None, None, f"the server's name {problem}")
+    draft.require(section, "address")
+    values: dict[str, Any] = {
+        key: draft.read(section.name, key, text, _SERVER_RULES[key])
+        for key, text in draft.known_items(section, _SERVER_RULES)
+    }
+    if len(draft.problems) == before:
+        draft.servers.append(Server(name, **values))
+
+
+#: How each section is read: ``(pattern, reader)``, first match wins.  A new
+#: section (``[monitor]``, ``[tls]``, ``[admin]``) is a new entry here and a
+#: new :class:`Pool` field; the others do not change.
+_SECTIONS: list[
+    tuple[re.Pattern[str], Callable[[_Draft, configparser.SectionProxy], None]]
+] = [
+    (re.compile(r"pool\Z"), _read_pool),
+    (re.compile(r"ports\Z"), _read_ports),
+    (re.compile(r"server:"), _read_server),
+]
+_SECTION_NAMES = "[pool], [ports], [server:NAME]"
+
+
+def parse(text: str, source: str = "<string>") -> Pool:
+    """Read a pool from INI text; ``source`` names it in problems.
+
+    :raises ConfigError: listing every problem found.
+    """
+    parser = configparser.ConfigParser(
+        inline_comment_prefixes=(";", "#"),
+        interpolation=None,
+        empty_lines_in_values=False,
+        default_section="\0",
+    )
+    draft = _Draft(source)
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        # The parser stops at the first syntax error: nothing else is known.
+        draft.problem(None, None, None, _syntax(e))
+        raise ConfigError(draft.problems) from None
+    if not parser.has_section("pool"):
+        draft.problem("pool", None, None, "the [pool] section is required")
+    if not parser.has_section("ports"):
+        draft.ports = list(OCS_PORTS)
+    if not any(name.startswith("server:") for name in parser.sections()):
+        draft.problem("pool", None, None, "a pool needs at least one [server:NAME]")
+    for name in parser.sections():
+        reader = next((read for p, read in _SECTIONS if p.match(name)), None)
+        if reader is None:
+            allowed = f"unknown section; allowed: {_SECTION_NAMES}"
+            draft.problem(name, None, None, allowed)
+        else:
+            reader(draft, parser[name])
+    for section, key, value, message in _relations(draft):
+        draft.problem(section, key, value, message)
+    if draft.problems:
+        raise ConfigError(draft.problems)
+    return Pool(servers=draft.servers, ports=draft.ports, **draft.fields)
+
+
+def _syntax(error: configparser.Error) -> str:
+    if isinstance(error, configparser.DuplicateSectionError):
+        return f"line {error.lineno}: section [{error.section}] appears twice"
+    if isinstance(error, configparser.DuplicateOptionError):
+        return f"line {error.lineno}: [{error.section}] {error.option} appears twice"
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        return f"line {error.lineno}: a key before any [section]"
+    if isinstance(error, configparser.ParsingError):
+        lines = ", ".join(str(line) for line, _ in error.errors)
+        return f"line {lines}: not a 'key = value' line, [section] or comment"
+    return str(error)
+
+
+def load(path: str | Path) -> Pool:
+    """Read a pool from an INI file.
+
+    :raises ConfigError: listing every problem found, or that the file
+        cannot be read.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            [Problem(source, None, None, None, f"cannot read: {reason}")]
+        ) from None
+    return parse(text, source)
+
+
+def render(pool: Pool) -> str:
+    """Write ``pool`` as INI text; :func:`parse` of the result equals ``pool``."""
+    fields = attrs.asdict(pool, recurse=False)
+    lines = ["[pool]"]
+    for key in _POOL_RULES:
+        lines.append(f"{key} = {_text(fields[key])}")
+    lines += ["", "[ports]"]
+    lines += [f"{port.number} = {port.protocol.value}" for port in pool.ports]
+    for server in pool.servers:
+        lines += ["", f"[server:{server.name}]"]
+        lines += [f"address = {server.address}", f"weight = {server.weight}"]
+    return "\n".join(lines) + "\n"
+
+
+def _text(value: object) -> str:
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,60 @@
+"""``ocsbal check``: validate a pool file and print the effective pool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocsbal._cli import main
+from ocsbal.config import load, parse
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def test_check_prints_the_effective_pool(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(EXAMPLES / "edge.ini")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"; {EXAMPLES / 'edge.ini'}: valid;")
+    assert "connect_timeout = 5\n" in out  # a default, filled in
+    assert parse(out) == load(EXAMPLES / "edge.ini")
+
+
+def test_check_lists_every_problem_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[pool]\nname = p\nretries = many\n[server:fe1]\naddress = x\n")
+    assert main(["check", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "invalid configuration:",
+        f"{bad}: [pool] fqdn = : is required",
+        f"{bad}: [pool] vip = : is required",
+        f"{bad}: [pool] retries = many: must be a whole number, 0 or more",
+        f"{bad}: [server:fe1] address = x: must be a static IPv4 or IPv6 address, "
+        "not a host name",
+    ]
+
+
+def test_the_console_script_is_installed() -> None:
+    ocsbal = Path(sys.executable).with_name("ocsbal")
+    run = subprocess.run(
+        [ocsbal, "check", EXAMPLES / "pool.ini"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "[server:fe03]" in run.stdout
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
