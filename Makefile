@@ -43,6 +43,8 @@ docs: install
 test: install lint docs
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
 
+# haproxy: the reference the relay is measured against.
+bench: APT_PACKAGES += haproxy
 bench: install
 	$(BIN)/python bench/run.py
 
