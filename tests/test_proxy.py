@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ocsbal.config import Pool, Port, PortProtocol, Server
-from ocsbal.scheduling import RoundRobin
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -13,6 +11,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from ocsbal._proxy import Balancer
+from ocsbal.config import Pool, Port, PortProtocol, Server
+from ocsbal.scheduling import RoundRobin
 
 SIP = Port(5060, PortProtocol.SIP)
 
@@ -50,6 +50,7 @@ class Harness:
     def succeed(self, index: int = -1) -> tuple[Any, StringTransport]:
         """Let connection attempt ``index`` succeed."""
         host, port, factory, *_ = self.reactor.tcpClients[index]
+        factory.doStart()  # as a real connector does
         protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -143,6 +144,20 @@ def test_rejection_is_logged_with_its_reason() -> None:
     assert "Connection was refused" in lines[0]
     assert lines[1].startswith("rejected connection from")
     assert "server fe0 failed" in lines[1]
+
+
+def test_a_relayed_connection_logs_nothing() -> None:
+    """Logging is for failures: a busy pool's healthy connections are silent."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = Harness()
+        client, _ = h.accept()
+        h.succeed()
+        client.connectionLost(Failure(ConnectionRefusedError()))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [formatEvent(e) for e in events] == []
 
 
 def test_active_counts_follow_connections_open_and_closed() -> None:

@@ -18,11 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    connectProtocol,
-)
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -33,7 +29,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     ITCPTransport,
 )
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -173,9 +169,9 @@ class Splice:
             tried.append(backend)
             backend.active += 1
             side = _Side(self)
-            self._connecting = connectProtocol(
-                balancer.endpoint(backend.server, self.port.number), side
-            )
+            self._connecting = balancer.endpoint(
+                backend.server, self.port.number
+            ).connect(_Connector(side))
             try:
                 await self._connecting
             except Exception as e:
@@ -260,8 +256,27 @@ class Splice:
         self.close()
 
 
+class _Connector(Factory):
+    """Connects one server side; quiet, unlike ``connectProtocol``'s factory.
+
+    A noisy factory logs its start and stop: two lines for every relayed
+    connection.
+    """
+
+    noisy = False
+
+    def __init__(self, side: _Side) -> None:
+        self.side = side
+
+    def buildProtocol(self, addr: IAddress | None) -> _Side:  # noqa: ARG002
+        return self.side
+
+
 class _Listener(ServerFactory):
     """Accepts client connections on one VIP port."""
+
+    # The port already logs that it listens; the factory would say it again.
+    noisy = False
 
     def __init__(self, balancer: Balancer, port: Port) -> None:
         self.balancer = balancer

@@ -139,50 +139,40 @@ def _enum_rule(kind: type[Any], special: dict[str, str] | None = None) -> _Rule[
     return _Rule(read, check)
 
 
-def _whole_rule(low: int, high: int | None = None) -> _Rule[int]:
-    allowed = (
-        f"must be a whole number from {low} to {high}"
-        if high is not None
-        else f"must be a whole number, {low} or more"
-    )
+_N = TypeVar("_N", int, float)
 
-    def read(text: str) -> int:
+
+def _number_rule(kind: type[_N], allowed: str, ok: Callable[[_N], bool]) -> _Rule[_N]:
+    """A rule for an ``int`` or ``float`` field; ``bool`` is never a number here."""
+
+    def read(text: str) -> _N:
         try:
-            return int(text)
+            return kind(text)
         except ValueError:
             raise _NotAllowedError(allowed) from None
 
-    def check(value: int) -> None:
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or value < low
-            or (high is not None and value > high)
-        ):
+    def check(value: _N) -> None:
+        numeric = (int,) if kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric) or not ok(value):
             raise _NotAllowedError(allowed)
 
     return _Rule(read, check)
+
+
+def _whole_rule(low: int, high: int | None = None) -> _Rule[int]:
+    if high is None:
+        return _number_rule(int, f"must be a whole number, {low} or more", low.__le__)
+    return _number_rule(
+        int, f"must be a whole number from {low} to {high}", lambda n: low <= n <= high
+    )
 
 
 def _seconds_rule() -> _Rule[float]:
-    allowed = "must be a number of seconds greater than 0"
-
-    def read(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            raise _NotAllowedError(allowed) from None
-
-    def check(value: float) -> None:
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            raise _NotAllowedError(allowed)
-
-    return _Rule(read, check)
+    return _number_rule(
+        float,
+        "must be a number of seconds greater than 0",
+        lambda s: math.isfinite(s) and s > 0,
+    )
 
 
 def _normal_address(value: Any) -> Any:

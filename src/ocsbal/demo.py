@@ -21,9 +21,17 @@ from typing import cast
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.protocols.wire import Echo
+from zope.interface import implementer
 
 from ocsbal.config import ConfigError, Pool, PortProtocol, Server, load
 from ocsbal.service import PoolService
@@ -34,15 +42,34 @@ MAX_MESSAGE = 65536
 _SIP_PORTS = (PortProtocol.SIP, PortProtocol.SIPS)
 
 
-class DemoSIP(Protocol):
+@implementer(IHalfCloseableProtocol)
+class _AnswerBeforeClosing(Protocol):
+    """Close only after answering what arrived before the client's EOF.
+
+    Without this, Twisted drops a connection at the peer's EOF with the
+    answer still unwritten, and ``echo ... | nc -q1`` sees nothing.
+    """
+
+    transport: ITransport
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+
+class DemoEcho(_AnswerBeforeClosing, Echo):
+    """Echo every byte, then close once the client has finished sending."""
+
+
+class DemoSIP(_AnswerBeforeClosing):
     """Answer SIP requests with a response naming this server.
 
     OPTIONS and REGISTER get ``200 OK``, other requests ``501``; a CRLFCRLF
     keep-alive ping gets its CRLF pong (RFC 5626).  Every response carries
     ``Server: ocsbal-demo NAME (ADDRESS)``.
     """
-
-    transport: ITransport
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -111,7 +138,7 @@ def demo_servers(pool: Pool) -> MultiService:
             factory = (
                 Factory.forProtocol(partial(DemoSIP, server))
                 if port.protocol in _SIP_PORTS
-                else Factory.forProtocol(Echo)
+                else Factory.forProtocol(DemoEcho)
             )
             address = server.address.replace(":", r"\:")
             endpoint = f"tcp:{port.number}:interface={address}"
@@ -166,6 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
+    # The balancer's own messages (start, rejected and idle connections), and
+    # only warnings from the three dozen demo listeners.
+    shown = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    shown.setLogLevelForNamespace("ocsbal", LogLevel.info)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stdout), [shown])],
+        redirectStandardIO=False,
+    )
     top = MultiService()
     demo_servers(pool).setServiceParent(top)
     if not args.servers_only:

@@ -1,0 +1,46 @@
+"""``twistd ocsbal`` options: the configuration is checked before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.python.usage import UsageError
+
+from ocsbal.service import PoolService
+from ocsbal.tap import Options, makeService
+
+EXAMPLE = str(Path(__file__).parents[1] / "examples" / "pool.ini")
+
+
+def test_the_pool_is_loaded_while_options_are_parsed() -> None:
+    options = Options()
+    options.parseOptions(["--config", EXAMPLE, "--grace", "2.5"])
+    assert options.pool.fqdn == "pool01.contoso.com"
+    service = makeService(options)
+    assert isinstance(service, PoolService)
+    assert service.pool is options.pool
+    assert service.grace_period == 2.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "--config is required"),
+        (["--config", EXAMPLE, "--grace", "-1"], "--grace must be 0 or more seconds"),
+        (["--config", "/nonexistent/pool.ini"], "cannot read: No such file"),
+    ],
+)
+def test_bad_options_are_usage_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        Options().parseOptions(argv)
+
+
+def test_every_configuration_problem_is_in_the_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[pool]\nname = p\nnat = dsr\n[server:a]\naddress = x\n")
+    with pytest.raises(UsageError) as raised:
+        Options().parseOptions(["--config", str(bad)])
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "invalid configuration:"
+    assert len(lines) == 5  # fqdn, vip missing; nat; address
