@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from ocsbal.config import (
     OCS_PORTS,
     ConfigError,
+    Monitor,
+    MonitorType,
     NatMode,
     Pool,
     PoolKind,
@@ -128,6 +130,25 @@ class TestDefaults:
         )
 
 
+class TestMonitor:
+    def test_defaults_are_the_ocs_heartbeat(self) -> None:
+        pool = parse(MINIMAL)
+        assert pool.monitor == Monitor(MonitorType.TCP, (), 5, 2, 2, 2)
+        assert pool.heartbeat_ports == (5061, 5060, 444)
+
+    def test_every_key(self) -> None:
+        text = MINIMAL + (
+            "[monitor]\ntype = tcp\nports = 5060,444 5061\ninterval = 1\n"
+            "timeout = 0.5\nrise = 3\nfall = 4\n"
+        )
+        assert parse(text).monitor == Monitor(
+            MonitorType.TCP, (5060, 444, 5061), 1, 0.5, 3, 4
+        )
+
+    def test_the_effective_ports_are_shown_when_rendered(self) -> None:
+        assert "ports = ; by default: 5061, 5060, 444\n" in render(parse(MINIMAL))
+
+
 class TestValues:
     @pytest.mark.parametrize("name", sorted(SCHEDULERS))
     def test_every_scheduler_name(self, name: str) -> None:
@@ -195,6 +216,16 @@ BAD_VALUES = [
     ("ports", "5060", "udp", "must be one of tcp, sip, sips"),
     ("ports", "0", "tcp", "the port must be a whole number from 1 to 65535"),
     ("ports", "sip", "tcp", "the port must be a whole number from 1 to 65535"),
+    ("monitor", "type", "icmp", "must be one of tcp"),
+    ("monitor", "ports", "5061, 5061", "must be distinct ports from 1 to 65535"),
+    ("monitor", "ports", "5061; 444", "must be distinct ports from 1 to 65535"),
+    ("monitor", "ports", "0", "must be distinct ports from 1 to 65535"),
+    ("monitor", "interval", "0.5", "must be a number of seconds, 1 or more"),
+    ("monitor", "timeout", "0", "must be a number of seconds greater than 0"),
+    ("monitor", "timeout", "6", "must not exceed the interval (5 s)"),
+    ("monitor", "rise", "0", "must be a whole number from 1 to 1000"),
+    ("monitor", "fall", "-2", "must be a whole number from 1 to 1000"),
+    ("monitor", "url", "/", "unknown key; allowed: type, ports, interval"),
 ]
 
 
@@ -222,7 +253,8 @@ class TestProblems:
             "t.ini: [pool] retries = -1: must be a whole number, 0 or more",
             "t.ini: [server:fe1] address = nowhere: must be a static IPv4 or IPv6 "
             "address, not a host name",
-            "t.ini: [extra]: unknown section; allowed: [pool], [ports], [server:NAME]",
+            "t.ini: [extra]: unknown section; allowed: [pool], [ports], [server:NAME], "
+            "[monitor]",
         ]
 
     @pytest.mark.parametrize("kind", ["enterprise", "director", "web-access"])
@@ -401,6 +433,18 @@ names = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)
 
 
 @st.composite
+def monitors(draw: st.DrawFn) -> Monitor:
+    interval = draw(st.floats(1, 3600))
+    return Monitor(
+        ports=draw(st.lists(st.integers(1, 65535), max_size=3, unique=True)),
+        interval=interval,
+        timeout=draw(st.floats(0.001, interval)),
+        rise=draw(st.integers(1, 1000)),
+        fall=draw(st.integers(1, 1000)),
+    )
+
+
+@st.composite
 def pools(draw: st.DrawFn) -> Pool:
     chosen = draw(st.lists(addresses.map(str), min_size=2, max_size=6, unique=True))
     server_names = draw(
@@ -428,6 +472,7 @@ def pools(draw: st.DrawFn) -> Pool:
         if kind is PoolKind.EDGE and draw(st.booleans())
         else NatMode.FULL,
         scheduler=draw(st.sampled_from(sorted(SCHEDULERS))),
+        monitor=draw(monitors()),
         idle_timeout=draw(st.floats(0.001, 1e7)),
         connect_timeout=draw(st.floats(0.001, 600)),
         retries=draw(st.integers(0, 10)),

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ocsbal._idle import IdleTimeout
+from ocsbal.health import HealthState
 from ocsbal.scheduling import IScheduler, NoServerAvailable
 
 if TYPE_CHECKING:
@@ -59,10 +60,13 @@ class Backend:
     directly.
 
     :ivar server: the configured server.
+    :ivar health: whether it may be picked, from its health checks and from
+        failed connections.
     :ivar active: connections to this server that are open or being opened.
     """
 
     server: Server
+    health: HealthState
     active: int = 0
 
     @property
@@ -160,7 +164,9 @@ class Splice:
         tried: list[Backend] = []
         reason = ""
         for _ in range(pool.retries + 1):
-            candidates = [b for b in balancer.backends if b not in tried]
+            candidates = [
+                b for b in balancer.backends if b.health.up and b not in tried
+            ]
             try:
                 backend = cast(Backend, balancer.scheduler.pick(candidates))
             except NoServerAvailable as e:
@@ -179,6 +185,7 @@ class Splice:
                 if self.client.lost:
                     return
                 reason = f"server {backend.name} failed: {e}"
+                balancer.record(backend, False, f"a connection failed: {e}")
                 log.warn(
                     "connection from {peer} to server {server} "
                     "({address}:{port}) failed: {error}",
@@ -300,7 +307,10 @@ class Balancer:
         self.pool = pool
         self.reactor = reactor
         self.scheduler = scheduler
-        self.backends = [Backend(s) for s in pool.servers]
+        monitor = pool.monitor
+        self.backends = [
+            Backend(s, HealthState(monitor.rise, monitor.fall)) for s in pool.servers
+        ]
         self.splices: set[Splice] = set()
         self.idle = IdleTimeout(pool.idle_timeout)
         self._emptied: list[Deferred[None]] = []
@@ -317,6 +327,28 @@ class Balancer:
         return endpoint_type(
             self.reactor, server.address, port, timeout=self.pool.connect_timeout
         )
+
+    def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:
+        """Count a health check's result, or a failed connection, for ``backend``.
+
+        A change of state is logged once, with its reason.
+        """
+        if not backend.health.record(ok, reason):
+            return
+        if ok:
+            log.info(
+                "server {server} ({address}) is up: {rise} checks in a row passed",
+                server=backend.name,
+                address=backend.server.address,
+                rise=backend.health.rise,
+            )
+        else:
+            log.warn(
+                "server {server} ({address}) is down: {reason}",
+                server=backend.name,
+                address=backend.server.address,
+                reason=reason,
+            )
 
     def sweep(self) -> None:
         """Close the connections that have been idle too long."""

@@ -20,15 +20,18 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import attrs
 
 from ocsbal.scheduling import scheduler_class
 
 __all__ = [
+    "HEARTBEAT_PORTS",
     "OCS_PORTS",
     "ConfigError",
+    "Monitor",
+    "MonitorType",
     "NatMode",
     "Pool",
     "PoolKind",
@@ -278,6 +281,87 @@ def _ports(ports: Iterable[Port]) -> tuple[Port, ...]:
     return tuple(ports)
 
 
+class MonitorType(enum.Enum):
+    """How a server's health is checked."""
+
+    #: A TCP connection established and closed: OCS 2007 R2's heartbeat.
+    TCP = "tcp"
+
+
+#: The heartbeat ports OCS 2007 R2 names (SIP/TLS, SIP/TCP, conferencing).
+HEARTBEAT_PORTS = (5061, 5060, 444)
+
+
+def _read_port_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in re.split(r"[\s,]+", text) if part)
+    except ValueError:
+        raise _NotAllowedError(_PORT_LIST) from None
+
+
+def _check_port_list(ports: tuple[int, ...]) -> None:
+    if len(set(ports)) != len(ports) or any(
+        _PORT_RULE.explain(port) is not None for port in ports
+    ):
+        raise _NotAllowedError(_PORT_LIST)
+
+
+_PORT_LIST = "must be distinct ports from 1 to 65535, separated by commas"
+
+#: The rule of each ``[monitor]`` key, which is also the rule of its attribute.
+_MONITOR_RULES: dict[str, _Rule[Any]] = {
+    "type": _enum_rule(MonitorType),
+    "ports": _Rule(_read_port_list, _check_port_list),
+    "interval": _number_rule(
+        float,
+        "must be a number of seconds, 1 or more",
+        lambda s: math.isfinite(s) and s >= 1,
+    ),
+    "timeout": _seconds_rule(),
+    "rise": _whole_rule(1, 1000),
+    "fall": _whole_rule(1, 1000),
+}
+
+
+def _port_list(ports: Iterable[int]) -> tuple[int, ...]:
+    return tuple(ports)
+
+
+@attrs.frozen
+class Monitor:
+    """How the pool's servers are health-checked.
+
+    A server is down after ``fall`` failed checks in a row and never picked
+    until ``rise`` checks in a row succeed.
+
+    :ivar type: the kind of check.
+    :ivar ports: the server ports checked; a server is up while every one
+        answers.  Empty means those of :data:`HEARTBEAT_PORTS` the VIP
+        exposes (see :attr:`Pool.heartbeat_ports`).
+    :ivar interval: seconds between the checks of one server.
+    :ivar timeout: seconds a check may take; no more than ``interval``.
+    :ivar rise: successes in a row that bring a down server back.
+    :ivar fall: failures in a row that take an up server down.
+    """
+
+    type: MonitorType = attrs.field(
+        default=MonitorType.TCP,
+        converter=MonitorType,
+        validator=_MONITOR_RULES["type"],
+    )
+    ports: tuple[int, ...] = attrs.field(
+        default=(), converter=_port_list, validator=_MONITOR_RULES["ports"]
+    )
+    interval: float = attrs.field(
+        default=5.0, converter=float, validator=_MONITOR_RULES["interval"]
+    )
+    timeout: float = attrs.field(
+        default=2.0, converter=float, validator=_MONITOR_RULES["timeout"]
+    )
+    rise: int = attrs.field(default=2, validator=_MONITOR_RULES["rise"])
+    fall: int = attrs.field(default=2, validator=_MONITOR_RULES["fall"])
+
+
 _DSR = (
     "Direct Server Return is not supported by OCS 2007 R2 pools: the load "
     "balancer must see the servers' replies; use full or half"
@@ -322,6 +406,7 @@ class Pool:
     :ivar connect_timeout: seconds to wait for a server to accept.
     :ivar retries: how many other servers a connection tries when connecting
         to one fails.
+    :ivar monitor: how servers are health-checked.
     """
 
     name: str = attrs.field(validator=_POOL_RULES["name"])
@@ -349,6 +434,23 @@ class Pool:
         default=5.0, converter=float, validator=_POOL_RULES["connect_timeout"]
     )
     retries: int = attrs.field(default=2, validator=_POOL_RULES["retries"])
+    monitor: Monitor = attrs.field(
+        default=Monitor(), validator=attrs.validators.instance_of(Monitor)
+    )
+
+    @property
+    def heartbeat_ports(self) -> tuple[int, ...]:
+        """The server ports the monitor checks.
+
+        The monitor's own list if it has one, else the OCS heartbeat ports
+        (5061, 5060, 444) the VIP exposes, else the VIP's first port.
+        """
+        exposed = {port.number for port in self.ports}
+        return (
+            self.monitor.ports
+            or tuple(p for p in HEARTBEAT_PORTS if p in exposed)
+            or (self.ports[0].number,)
+        )
 
     def __attrs_post_init__(self) -> None:
         problems = [Problem("Pool", *broken) for broken in _relations(self)]
@@ -364,6 +466,15 @@ def _relations(
     Each is ``(section, key, value, message)``, placed where an operator
     would fix it.  A draft's refused values are ``None`` and not checked.
     """
+    monitor = pool.monitor
+    if monitor is not None and monitor.timeout > monitor.interval:
+        yield (
+            "monitor",
+            "timeout",
+            _text(monitor.timeout),
+            f"must not exceed the interval ({_text(monitor.interval)} s): a "
+            "check ends before the next begins",
+        )
     if pool.kind is not None and pool.kind.internal and pool.nat is NatMode.HALF:
         yield (
             "pool",
@@ -443,6 +554,8 @@ class _Draft:
     fields: dict[str, Any] = attrs.Factory(dict)
     ports: list[Port] = attrs.Factory(list)
     servers: list[Server] = attrs.Factory(list)
+    #: ``None`` where a ``[monitor]`` value was refused.
+    monitor: Monitor | None = Monitor()
     problems: list[Problem] = attrs.Factory(list)
 
     @property
@@ -537,6 +650,14 @@ def _read_server(draft: _Draft, section: configparser.SectionProxy) -> None:
         draft.servers.append(Server(name, **values))
 
 
+def _read_monitor(draft: _Draft, section: configparser.SectionProxy) -> None:
+    values: dict[str, Any] = {
+        key: draft.read(section.name, key, text, _MONITOR_RULES[key])
+        for key, text in draft.known_items(section, _MONITOR_RULES)
+    }
+    draft.monitor = None if None in values.values() else Monitor(**values)
+
+
 #: How each section is read: ``(pattern, reader)``, first match wins.  A new
 #: section (``[monitor]``, ``[tls]``, ``[admin]``) is a new entry here and a
 #: new :class:`Pool` field; the others do not change.
@@ -546,8 +667,9 @@ _SECTIONS: list[
     (re.compile(r"pool\Z"), _read_pool),
     (re.compile(r"ports\Z"), _read_ports),
     (re.compile(r"server:"), _read_server),
+    (re.compile(r"monitor\Z"), _read_monitor),
 ]
-_SECTION_NAMES = "[pool], [ports], [server:NAME]"
+_SECTION_NAMES = "[pool], [ports], [server:NAME], [monitor]"
 
 
 def parse(text: str, source: str = "<string>") -> Pool:
@@ -585,7 +707,12 @@ def parse(text: str, source: str = "<string>") -> Pool:
         draft.problem(section, key, value, message)
     if draft.problems:
         raise ConfigError(draft.problems)
-    return Pool(servers=draft.servers, ports=draft.ports, **draft.fields)
+    return Pool(
+        servers=draft.servers,
+        ports=draft.ports,
+        monitor=cast(Monitor, draft.monitor),  # not None: no problem was found
+        **draft.fields,
+    )
 
 
 def _syntax(error: configparser.Error) -> str:
@@ -629,10 +756,19 @@ def render(pool: Pool) -> str:
     for server in pool.servers:
         lines += ["", f"[server:{server.name}]"]
         lines += [f"address = {server.address}", f"weight = {server.weight}"]
+    lines += ["", "[monitor]"]
+    monitor = attrs.asdict(pool.monitor, recurse=False)
+    for key in _MONITOR_RULES:
+        line = f"{key} = {_text(monitor[key])}"
+        if key == "ports" and not pool.monitor.ports:
+            line += f"; by default: {_text(pool.heartbeat_ports)}"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
 def _text(value: object) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(map(_text, value))
     if isinstance(value, enum.Enum):
         return str(value.value)
     if isinstance(value, float) and value.is_integer():

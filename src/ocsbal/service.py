@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from ocsbal._proxy import Balancer, ReactorTCPTime
 from ocsbal.config import NatMode
+from ocsbal.health import HealthChecks, TCPMonitor
 from ocsbal.scheduling import scheduler_class
 
 if TYPE_CHECKING:
@@ -71,6 +72,13 @@ class PoolService(MultiService):
         self._ports: list[IListeningPort] = []
         self._sweep = LoopingCall(self.balancer.sweep)
         self._sweep.clock = reactor
+        self.health = HealthChecks(
+            self.balancer,
+            TCPMonitor(reactor, pool.heartbeat_ports, pool.monitor.timeout),
+            pool.monitor.interval,
+            reactor,
+        )
+        self.health.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         """Bind every VIP port."""

@@ -168,11 +168,11 @@ class Launcher:
         self._await_listening(process, ini)
         return process
 
-    def servers(self, ini: str) -> Process:
+    def servers(self, ini: str, name: str = "servers") -> Process:
         """Run demo front ends for the servers of ``ini``; return once listening."""
-        config = self.write("servers.ini", ini)
+        config = self.write(f"{name}.ini", ini)
         process = self.spawn(
-            "servers",
+            name,
             [
                 sys.executable,
                 "-m",

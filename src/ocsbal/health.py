@@ -1,0 +1,211 @@
+"""Health monitoring: which servers may be picked.
+
+:class:`HealthState` is the pure rise/fall state machine of one server.
+:class:`IMonitor` is what checks a server once; :class:`TCPMonitor` is OCS
+2007 R2's heartbeat, a TCP connection established and closed on each
+heartbeat port.  :class:`HealthChecks` runs a monitor on every server of a
+balancer on a :class:`~twisted.internet.task.LoopingCall`, feeding the
+results to each server's state.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import (
+    ConnectionRefusedError,
+    TCPTimedOutError,
+    TimeoutError,
+)
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTCP,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+if TYPE_CHECKING:
+    from ocsbal._proxy import Backend, Balancer
+    from ocsbal.config import Server
+
+__all__ = ["HealthChecks", "HealthState", "HeartbeatError", "IMonitor", "TCPMonitor"]
+
+log = Logger(namespace="ocsbal")
+
+
+@attrs.define
+class HealthState:
+    """Whether a server is up, from the results of its checks.
+
+    An up server goes down after ``fall`` failures in a row; a down server
+    comes back after ``rise`` successes in a row.  A new server is up, so a
+    pool serves at once; a first failed check takes it down as usual.
+
+    :ivar up: whether the server may be picked.
+    :ivar last: what the last check said: ``"ok"`` or why it failed.
+    """
+
+    rise: int
+    fall: int
+    up: bool = True
+    last: str = "not checked yet"
+    _streak: int = 0
+
+    def record(self, ok: bool, reason: str = "ok") -> bool:
+        """Count one check's result; return whether :attr:`up` changed."""
+        self.last = reason
+        if ok == self.up:
+            self._streak = 0
+            return False
+        self._streak += 1
+        if self._streak < (self.rise if ok else self.fall):
+            return False
+        self.up = ok
+        self._streak = 0
+        return True
+
+
+class IMonitor(Interface):
+    """Checks whether one server is healthy."""
+
+    def check(server: Server) -> Deferred[None]:
+        """Check ``server`` once.
+
+        :return: a Deferred that fires with ``None`` when the server is
+            healthy, or fails with an exception whose string says why not.
+            It fires within the monitor's timeout.
+        """
+
+
+class _Closer(Protocol):
+    transport: ITransport
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+class _Quiet(Factory):
+    # One log line per heartbeat would bury everything else.
+    noisy = False
+    protocol = _Closer
+
+
+class HeartbeatError(Exception):
+    """A heartbeat failed; the message says on which port and why."""
+
+
+@implementer(IMonitor)
+@attrs.frozen
+class TCPMonitor:
+    """The OCS heartbeat: a TCP connection established and closed on every port.
+
+    :param reactor: provides TCP and the clock for the timeout.
+    :param ports: the server ports that must all accept.
+    :param timeout: seconds each connection may take.
+    """
+
+    reactor: IReactorTCP
+    ports: Sequence[int]
+    timeout: float
+
+    def check(self, server: Server) -> Deferred[None]:
+        """Connect to every port of ``server`` at once; all must accept."""
+        endpoint = TCP6ClientEndpoint if ":" in server.address else TCP4ClientEndpoint
+        attempts = [
+            endpoint(self.reactor, server.address, port, timeout=self.timeout)
+            .connect(_Quiet())
+            .addErrback(self._explain, port)
+            for port in self.ports
+        ]
+        d = gatherResults(attempts, consumeErrors=True)
+        return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+
+    def _explain(self, failure: Failure, port: int) -> Failure:
+        error = failure.value
+        if isinstance(error, ConnectionRefusedError):
+            why = "refused"
+        elif isinstance(error, TimeoutError | TCPTimedOutError):
+            why = f"timed out after {self.timeout:g} s"
+        else:
+            why = str(error)
+        return Failure(HeartbeatError(f"port {port} {why}"))
+
+
+class HealthChecks(Service):
+    """Check every server of a balancer, forever, and keep its health.
+
+    Each server has its own :class:`LoopingCall`, started after a random
+    part of the interval so that the servers are not all checked at the
+    same moment.  A check that has not finished when the next is due delays
+    it, so checks of one server never overlap.
+
+    :param balancer: whose servers to check.
+    :param monitor: how to check one server.
+    :param interval: seconds between two checks of one server.
+    :param clock: schedules the checks.
+    :param jitter: draws the start delay of each server's checks, a fraction
+        of the interval in ``[0, 1)``.
+    """
+
+    def __init__(
+        self,
+        balancer: Balancer,
+        monitor: IMonitor,
+        interval: float,
+        clock: IReactorTime,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.balancer = balancer
+        self.monitor = monitor
+        self.interval = interval
+        self.clock = clock
+        self.jitter = jitter
+        self._loops: list[LoopingCall] = []
+        self._starts: list[IDelayedCall] = []
+        #: Each started loop's Deferred: it fires once the loop has stopped.
+        self._stopped: list[Deferred[LoopingCall]] = []
+
+    def startService(self) -> None:
+        """Start checking every server."""
+        super().startService()
+        for backend in self.balancer.backends:
+            loop = LoopingCall(self._check, backend)
+            loop.clock = self.clock
+            self._loops.append(loop)
+            delay = self.jitter() * self.interval
+            self._starts.append(self.clock.callLater(delay, self._start, loop))
+
+    def stopService(self) -> Deferred[None]:
+        """Stop checking; fires once no check is running."""
+        super().stopService()
+        for start in self._starts:
+            if start.active():
+                start.cancel()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()  # at once, or when the check in progress ends
+        stopped = DeferredList(self._stopped)
+        self._loops, self._starts, self._stopped = [], [], []
+        return stopped.addCallback(lambda _: None)
+
+    def _start(self, loop: LoopingCall) -> None:
+        self._stopped.append(loop.start(self.interval))
+
+    def _check(self, backend: Backend) -> Deferred[None]:
+        d = self.monitor.check(backend.server)
+        d.addCallbacks(
+            lambda _: self.balancer.record(backend, True),
+            lambda f: self.balancer.record(backend, False, str(f.value)),
+        )
+        return d

@@ -1,0 +1,67 @@
+"""Health checks against real servers: a dead server is left out, then let back."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from harness import WAIT, Launcher, connect, pool_ini, who_answers
+
+SIP_ONLY = {15060: "sip"}
+INTERVAL, TIMEOUT, FALL, RISE = 1.0, 0.5, 2, 2
+
+
+def monitored(block: int) -> str:
+    servers = {"fe1": (f"127.0.{block}.11", 1), "fe2": (f"127.0.{block}.12", 1)}
+    ini = pool_ini(f"127.0.{block}.10", servers, SIP_ONLY, scheduler="round-robin")
+    return ini + (
+        f"\n[monitor]\nports = 15060\ninterval = {INTERVAL:g}\ntimeout = {TIMEOUT:g}\n"
+        f"rise = {RISE}\nfall = {FALL}\n"
+    )
+
+
+def test_a_killed_server_is_left_out_until_it_answers_again(launch: Launcher) -> None:
+    ini = monitored(30)
+    launch.servers(pool_ini("127.0.30.10", {"fe1": ("127.0.30.11", 1)}, SIP_ONLY))
+    fe2_ini = pool_ini("127.0.30.10", {"fe2": ("127.0.30.12", 1)}, SIP_ONLY)
+    fe2 = launch.servers(fe2_ini, "fe2")
+    balancer = launch.balancer(ini)
+    assert Counter(who_answers("127.0.30.10", 15060) for _ in range(4)) == {
+        "fe1": 2,
+        "fe2": 2,
+    }
+
+    fe2.kill()
+    killed = time.monotonic()
+    # Down within interval x fall + timeout (plus the start-up jitter's share).
+    deadline = killed + INTERVAL * FALL + TIMEOUT + INTERVAL
+    while "server fe2 (127.0.30.12) is down" not in balancer.output:
+        assert time.monotonic() < deadline, balancer.output
+        time.sleep(0.05)
+    down_after = time.monotonic() - killed
+    failures_before = balancer.output.count("failed: Connection was refused")
+    assert {who_answers("127.0.30.10", 15060) for _ in range(10)} == {"fe1"}
+    assert balancer.output.count("failed: Connection was refused") == failures_before
+
+    launch.servers(fe2_ini, "fe2-again")
+    deadline = time.monotonic() + INTERVAL * RISE + TIMEOUT + WAIT
+    while "server fe2 (127.0.30.12) is up" not in balancer.output:
+        assert time.monotonic() < deadline, balancer.output
+        time.sleep(0.05)
+    assert "fe2" in {who_answers("127.0.30.10", 15060) for _ in range(4)}
+    balancer.assert_stops_cleanly()
+    assert down_after <= INTERVAL * FALL + TIMEOUT + INTERVAL
+
+
+def test_with_every_server_down_clients_are_closed_at_once(launch: Launcher) -> None:
+    balancer = launch.balancer(monitored(31))
+    deadline = time.monotonic() + WAIT
+    while balancer.output.count("is down") < 2:
+        assert time.monotonic() < deadline, balancer.output
+        time.sleep(0.05)
+    started = time.monotonic()
+    with connect("127.0.31.10", 15060) as sock:
+        assert sock.recv(1) == b""
+    assert time.monotonic() - started < 0.5
+    assert "no server" in balancer.output.split("rejected connection from")[-1]
+    balancer.assert_stops_cleanly()

@@ -1,0 +1,251 @@
+"""Health: the rise/fall state machine, the TCP heartbeat, and the check loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from ocsbal._proxy import Balancer
+from ocsbal.config import Monitor, Pool, Port, PortProtocol, Server
+from ocsbal.health import HealthChecks, HealthState, IMonitor, TCPMonitor
+from ocsbal.scheduling import RoundRobin
+
+FE1 = Server("fe1", "127.0.1.11")
+
+
+class TestHealthState:
+    def test_a_new_server_is_up(self) -> None:
+        assert HealthState(rise=2, fall=3).up
+
+    def test_fall_failures_in_a_row_take_it_down(self) -> None:
+        state = HealthState(rise=2, fall=3)
+        assert [state.record(False, "refused") for _ in range(3)] == [
+            False,
+            False,
+            True,
+        ]
+        assert not state.up
+        assert state.last == "refused"
+
+    def test_a_success_restarts_the_count(self) -> None:
+        state = HealthState(rise=2, fall=2)
+        state.record(False, "x")
+        state.record(True)
+        state.record(False, "x")
+        assert state.up
+
+    def test_rise_successes_in_a_row_bring_it_back(self) -> None:
+        state = HealthState(rise=3, fall=1)
+        state.record(False, "x")
+        assert [state.record(True) for _ in range(3)] == [False, False, True]
+        assert state.up
+        assert state.last == "ok"
+
+    def test_a_failure_while_rising_starts_over(self) -> None:
+        state = HealthState(rise=2, fall=1)
+        state.record(False, "x")
+        state.record(True)
+        state.record(False, "x")
+        state.record(True)
+        assert not state.up
+
+
+class TestTCPMonitor:
+    def setup_method(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.monitor = TCPMonitor(self.reactor, (5061, 5060), timeout=2)
+
+    def test_it_provides_imonitor(self) -> None:
+        assert verifyObject(IMonitor, self.monitor)
+
+    def test_every_port_is_connected_with_the_timeout(self) -> None:
+        self.monitor.check(FE1)
+        assert [(h, p, t) for h, p, _, t, _ in self.reactor.tcpClients] == [
+            ("127.0.1.11", 5061, 2),
+            ("127.0.1.11", 5060, 2),
+        ]
+
+    def accept(self, index: int) -> StringTransport:
+        host, port, factory, *_ = self.reactor.tcpClients[index]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return transport
+
+    def fail(self, index: int, error: Exception) -> None:
+        factory = self.reactor.tcpClients[index][2]
+        factory.clientConnectionFailed(self.reactor.connectors[index], Failure(error))
+
+    def test_success_when_every_port_accepts_and_each_is_closed(self) -> None:
+        d = self.monitor.check(FE1)
+        transports = [self.accept(0), self.accept(1)]
+        assert self.successResultOf(d) is None
+        assert all(t.disconnecting for t in transports)
+
+    def test_one_refused_port_fails_the_check_naming_it(self) -> None:
+        d = self.monitor.check(FE1)
+        self.accept(0)
+        self.fail(1, ConnectionRefusedError())
+        assert str(self.failureResultOf(d).value) == "port 5060 refused"
+
+    def test_a_timeout_is_named(self) -> None:
+        d = self.monitor.check(FE1)
+        self.fail(0, TimeoutError())
+        self.accept(1)
+        assert str(self.failureResultOf(d).value) == "port 5061 timed out after 2 s"
+
+    @staticmethod
+    def successResultOf(d: Deferred[Any]) -> Any:
+        results: list[Any] = []
+        d.addBoth(results.append)
+        [result] = results
+        assert not isinstance(result, Failure), result
+        return result
+
+    @staticmethod
+    def failureResultOf(d: Deferred[Any]) -> Failure:
+        results: list[Any] = []
+        d.addBoth(results.append)
+        [result] = results
+        assert isinstance(result, Failure)
+        return result
+
+
+@implementer(IMonitor)
+class ScriptedMonitor:
+    """A monitor whose checks the test answers."""
+
+    def __init__(self) -> None:
+        self.checks: list[tuple[str, Deferred[None]]] = []
+
+    def check(self, server: Server) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.checks.append((server.name, d))
+        return d
+
+    def answer(self, ok: bool, reason: str = "port 5061 refused") -> None:
+        for _, d in self.checks:
+            if not d.called:
+                d.callback(None) if ok else d.errback(Exception(reason))
+
+
+def makeBalancer(clock: Any, **monitor: Any) -> Balancer:
+    pool = Pool(
+        name="p",
+        fqdn="p.example.com",
+        vip="127.0.1.10",
+        servers=[FE1, Server("fe2", "127.0.1.12")],
+        ports=[Port(5060, PortProtocol.SIP)],
+        monitor=Monitor(**monitor),
+    )
+    return Balancer(pool, clock, RoundRobin())
+
+
+class TestHealthChecks:
+    def setup_method(self) -> None:
+        self.clock = Clock()
+        self.balancer = makeBalancer(self.clock, interval=5, rise=2, fall=2)
+        self.monitor = ScriptedMonitor()
+        jitters = iter([0.0, 0.5])
+        self.checks = HealthChecks(
+            self.balancer, self.monitor, 5, self.clock, jitter=lambda: next(jitters)
+        )
+        self.checks.startService()
+        self.clock.advance(0)  # fe1's delay is 0: its first check is due now
+
+    def test_servers_start_checking_at_their_jittered_offsets(self) -> None:
+        assert [n for n, _ in self.monitor.checks] == ["fe1"]
+        self.clock.advance(2.5)
+        assert [n for n, _ in self.monitor.checks] == ["fe1", "fe2"]
+        self.monitor.answer(True)
+        self.clock.advance(2.5)
+        assert [n for n, _ in self.monitor.checks] == ["fe1", "fe2", "fe1"]
+
+    def test_a_check_in_progress_delays_the_next(self) -> None:
+        self.clock.advance(12)  # fe1's first check never answers
+        assert [n for n, _ in self.monitor.checks].count("fe1") == 1
+
+    def test_fall_failed_checks_take_a_server_down_and_log_it_once(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            self.clock.advance(2.5)
+            for _ in range(3):
+                self.monitor.answer(False)
+                self.clock.advance(5)
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        assert [b.health.up for b in self.balancer.backends] == [False, False]
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        assert warnings == [
+            "server fe1 (127.0.1.11) is down: port 5061 refused",
+            "server fe2 (127.0.1.12) is down: port 5061 refused",
+        ]
+
+    def test_rise_passed_checks_bring_it_back(self) -> None:
+        self.clock.advance(2.5)
+        for ok in (False, False, True, True):
+            self.monitor.answer(ok)
+            self.clock.advance(5)
+        assert [b.health.up for b in self.balancer.backends] == [True, True]
+
+    def test_stop_waits_for_the_check_in_progress_and_starts_no_more(self) -> None:
+        d = self.checks.stopService()
+        assert not d.called  # fe1's first check is still running
+        self.monitor.answer(True)
+        assert d.called
+        self.clock.advance(60)
+        assert [n for n, _ in self.monitor.checks] == ["fe1"]  # fe2 never started
+
+
+def test_a_down_server_is_never_picked_and_failed_connections_count() -> None:
+    reactor = MemoryReactorClock()
+    balancer = makeBalancer(reactor, fall=1)
+    fe1, fe2 = balancer.backends
+    balancer.record(fe1, False, "port 5061 refused")
+    for port in range(40000, 40004):
+        protocol = balancer.listener(Port(5060)).buildProtocol(None)
+        protocol.makeConnection(
+            StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        )
+    assert {host for host, *_ in reactor.tcpClients} == {"127.0.1.12"}
+    # A failed connection is a failed heartbeat (fall = 1 here).
+    factory = reactor.tcpClients[0][2]
+    factory.clientConnectionFailed(
+        reactor.connectors[0], Failure(ConnectionRefusedError())
+    )
+    assert not fe2.health.up
+    assert fe2.health.last.startswith("a connection failed: Connection was refused")
+
+
+@pytest.mark.parametrize(
+    ("ports", "monitor_ports", "heartbeat"),
+    [
+        ((5060, 5061, 135, 444), (), (5061, 5060, 444)),
+        ((5060, 8404), (), (5060,)),
+        ((8404, 135), (), (8404,)),
+        ((5060,), (444, 5061), (444, 5061)),
+    ],
+)
+def test_heartbeat_ports(
+    ports: tuple[int, ...], monitor_ports: tuple[int, ...], heartbeat: tuple[int, ...]
+) -> None:
+    pool = Pool(
+        "p",
+        "p.example.com",
+        "10.0.0.10",
+        [Server("a", "10.0.0.11")],
+        ports=[Port(n) for n in ports],
+        monitor=Monitor(ports=monitor_ports),
+    )
+    assert pool.heartbeat_ports == heartbeat
