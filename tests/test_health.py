@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -60,8 +61,8 @@ class TestHealthState:
         assert not state.up
 
 
-class TestTCPMonitor:
-    def setup_method(self) -> None:
+class TestTCPMonitor(SynchronousTestCase):
+    def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.monitor = TCPMonitor(self.reactor, (5061, 5060), timeout=2)
 
@@ -103,22 +104,6 @@ class TestTCPMonitor:
         self.fail(0, TimeoutError())
         self.accept(1)
         assert str(self.failureResultOf(d).value) == "port 5061 timed out after 2 s"
-
-    @staticmethod
-    def successResultOf(d: Deferred[Any]) -> Any:
-        results: list[Any] = []
-        d.addBoth(results.append)
-        [result] = results
-        assert not isinstance(result, Failure), result
-        return result
-
-    @staticmethod
-    def failureResultOf(d: Deferred[Any]) -> Failure:
-        results: list[Any] = []
-        d.addBoth(results.append)
-        [result] = results
-        assert isinstance(result, Failure)
-        return result
 
 
 @implementer(IMonitor)
