@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -34,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ocsbal._endpoints import server_endpoint
 from ocsbal._idle import IdleTimeout
 from ocsbal.health import HealthState
 from ocsbal.scheduling import IScheduler, NoServerAvailable
@@ -321,11 +321,8 @@ class Balancer:
 
     def endpoint(self, server: Server, port: int) -> IStreamClientEndpoint:
         """The endpoint connecting to ``server`` on ``port``."""
-        endpoint_type = (
-            TCP6ClientEndpoint if ":" in server.address else TCP4ClientEndpoint
-        )
-        return endpoint_type(
-            self.reactor, server.address, port, timeout=self.pool.connect_timeout
+        return server_endpoint(
+            self.reactor, server.address, port, self.pool.connect_timeout
         )
 
     def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import (
     ConnectionRefusedError,
     TCPTimedOutError,
@@ -34,6 +33,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
+
+from ocsbal._endpoints import server_endpoint
 
 if TYPE_CHECKING:
     from ocsbal._proxy import Backend, Balancer
@@ -121,9 +122,8 @@ class TCPMonitor:
 
     def check(self, server: Server) -> Deferred[None]:
         """Connect to every port of ``server`` at once; all must accept."""
-        endpoint = TCP6ClientEndpoint if ":" in server.address else TCP4ClientEndpoint
         attempts = [
-            endpoint(self.reactor, server.address, port, timeout=self.timeout)
+            server_endpoint(self.reactor, server.address, port, self.timeout)
             .connect(_Quiet())
             .addErrback(self._explain, port)
             for port in self.ports

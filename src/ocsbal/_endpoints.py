@@ -1,0 +1,14 @@
+"""Client endpoints to the pool's servers."""
+
+from __future__ import annotations
+
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
+
+
+def server_endpoint(
+    reactor: IReactorTCP, address: str, port: int, timeout: float
+) -> IStreamClientEndpoint:
+    """The TCP endpoint to ``address:port``, IPv4 or IPv6 as the address is."""
+    endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+    return endpoint_type(reactor, address, port, timeout=timeout)
