@@ -9,10 +9,10 @@ from __future__ import annotations
 from contextlib import suppress
 from typing import TYPE_CHECKING, cast
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ocsbal._proxy import Balancer, ReactorTCPTime
@@ -45,8 +45,9 @@ class PoolService(MultiService):
     call :meth:`startService` directly, there.  Either all ports bind or the
     start fails and none stays bound.
 
-    Later capabilities (health monitors, the admin interface) are child
-    services, which is why this is a :class:`MultiService`.
+    The idle sweep and the health checks are child services, as later
+    capabilities (the admin interface) will be, which is why this is a
+    :class:`MultiService`.
 
     :param pool: the pool to balance.
     :param reactor: provides TCP and time; the global reactor by default.
@@ -70,8 +71,9 @@ class PoolService(MultiService):
         self._reactor = reactor
         self.balancer = Balancer(pool, reactor, scheduler_class(pool.scheduler)())
         self._ports: list[IListeningPort] = []
-        self._sweep = LoopingCall(self.balancer.sweep)
-        self._sweep.clock = reactor
+        sweep = TimerService(self.balancer.idle.sweep_interval, self.balancer.sweep)
+        sweep.clock = reactor
+        sweep.setServiceParent(self)
         self.health = HealthChecks(
             self.balancer,
             TCPMonitor(reactor, pool.heartbeat_ports, pool.monitor.timeout),
@@ -86,11 +88,10 @@ class PoolService(MultiService):
         super().privilegedStartService()
 
     def startService(self) -> None:
-        """Bind every VIP port if not bound yet, and start the idle sweep."""
+        """Bind every VIP port if not bound yet; start the idle sweep and checks."""
         if not self._ports:
             self._bind()
         super().startService()
-        self._sweep.start(self.balancer.idle.sweep_interval, now=False)
         log.info(
             "pool {pool} ({fqdn}) balancing {ports} ports on {vip} over "
             "{servers} servers with {scheduler}",
@@ -144,9 +145,7 @@ class PoolService(MultiService):
     async def _stop(self) -> None:
         ports, self._ports = self._ports, []
         await DeferredList([maybeDeferred(p.stopListening) for p in ports])
-        if self._sweep.running:
-            self._sweep.stop()
-        await super().stopService()
+        await super().stopService()  # the idle sweep and the health checks
         balancer = self.balancer
         if balancer.splices and self.grace_period > 0:
             await self._within(balancer.whenEmpty(), self.grace_period)
