@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from harness import (
@@ -192,3 +193,59 @@ def test_no_server_running_closes_clients_and_logs_why(launch: Launcher) -> None
         assert sock.recv(1) == b""
     balancer.assert_stops_cleanly()
     assert "rejected connection from" in balancer.output
+
+
+def rss(pid: int) -> int:
+    """Resident memory of process ``pid``, in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kb = next(
+        line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")
+    )
+    return int(kb) * 1024
+
+
+def test_a_server_that_never_reads_costs_bounded_memory(launch: Launcher) -> None:
+    """
+    Flow control: the balancer stops reading a client its server won't read from.
+
+    Without it, the balancer would read everything the client sends and hold
+    it; with it, the client's send blocks once the kernel's and the
+    transports' buffers are full.
+    """
+    address = ("127.0.17.11", 15444)
+    listener = socket.create_server(address)
+    listener.settimeout(WAIT)
+    accepted: list[socket.socket] = []
+
+    def accept_and_never_read() -> None:
+        # Bounded: the balancer's readiness probe and the test's connection.
+        for _ in range(5):
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:  # closed by the test, or timed out
+                return
+
+    thread = threading.Thread(target=accept_and_never_read, daemon=True)
+    thread.start()
+    try:
+        ini = pool_ini("127.0.17.10", {"fe1": ("127.0.17.11", 1)}, {15444: "tcp"})
+        balancer = launch.balancer(ini)
+        before = rss(balancer.popen.pid)
+        sent = 0
+        with connect("127.0.17.10", 15444) as sock:
+            sock.setblocking(False)
+            chunk = b"x" * 65536
+            end = time.monotonic() + 3
+            while time.monotonic() < end and sent < 1 << 30:
+                try:
+                    sent += sock.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.01)
+            grown = rss(balancer.popen.pid) - before
+        assert sent < 32 << 20, f"{sent} bytes accepted: nothing pushed back"
+        assert grown < 16 << 20, f"the balancer grew by {grown} bytes"
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+        thread.join(WAIT)
