@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -16,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ocsbal._proxy import Balancer
+from ocsbal._proxy import AdminState, Balancer
 from ocsbal.config import Monitor, Pool, Port, PortProtocol, Server
 from ocsbal.health import HealthChecks, HealthState, IMonitor, TCPMonitor
 from ocsbal.scheduling import RoundRobin
@@ -170,7 +171,7 @@ class TestHealthChecks:
                 self.clock.advance(5)
         finally:
             globalLogPublisher.removeObserver(events.append)
-        assert [b.health.up for b in self.balancer.backends] == [False, False]
+        assert [b.health.up for b in self.balancer.backends.values()] == [False, False]
         warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
         assert warnings == [
             "server fe1 (127.0.1.11) is down: port 5061 refused",
@@ -182,7 +183,7 @@ class TestHealthChecks:
         for ok in (False, False, True, True):
             self.monitor.answer(ok)
             self.clock.advance(5)
-        assert [b.health.up for b in self.balancer.backends] == [True, True]
+        assert [b.health.up for b in self.balancer.backends.values()] == [True, True]
 
     def test_stop_waits_for_the_check_in_progress_and_starts_no_more(self) -> None:
         d = self.checks.stopService()
@@ -192,11 +193,42 @@ class TestHealthChecks:
         self.clock.advance(60)
         assert [n for n, _ in self.monitor.checks] == ["fe1"]  # fe2 never started
 
+    def test_a_server_in_maintenance_is_not_checked(self) -> None:
+        self.balancer.set_state("fe2", AdminState.MAINT)
+        for _ in range(2):
+            self.monitor.answer(True)
+            self.clock.advance(5)
+        assert [n for n, _ in self.monitor.checks] == ["fe1", "fe1", "fe1"]
+
+    def test_watched_servers_are_checked_at_once_unwatched_ones_no_more(self) -> None:
+        fe2 = self.balancer.backend("fe2")
+        self.checks.unwatch(fe2)
+        (fe3,), _ = self.balancer.reconfigure(
+            attrs.evolve(
+                self.balancer.pool,
+                servers=[*self.balancer.pool.servers, Server("fe3", "127.0.1.13")],
+            )
+        )
+        self.checks.watch(fe3)
+        self.clock.advance(0)
+        self.monitor.answer(True)
+        self.clock.advance(5)
+        assert [n for n, _ in self.monitor.checks] == ["fe1", "fe3", "fe1", "fe3"]
+        assert fe3.health.up is False  # one success of rise = 2
+        self.monitor.answer(True)
+        assert fe3.health.up is True
+
+    def test_unwatching_waits_for_the_check_in_progress(self) -> None:
+        d = self.checks.unwatch(self.balancer.backend("fe1"))
+        assert not d.called
+        self.monitor.answer(True)
+        assert d.called
+
 
 def test_a_down_server_is_never_picked_and_failed_connections_count() -> None:
     reactor = MemoryReactorClock()
     balancer = makeBalancer(reactor, fall=1)
-    fe1, fe2 = balancer.backends
+    fe1, fe2 = balancer.backends.values()
     balancer.record(fe1, False, "port 5061 refused")
     for port in range(40000, 40004):
         protocol = balancer.listener(Port(5060)).buildProtocol(None)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from ocsbal._proxy import Balancer
+from ocsbal._proxy import AdminState, Balancer, UnknownServerError
 from ocsbal.config import Pool, Port, PortProtocol, Server
-from ocsbal.scheduling import RoundRobin
+from ocsbal.scheduling import LeastConnections, RoundRobin
 
 SIP = Port(5060, PortProtocol.SIP)
 
@@ -64,7 +66,7 @@ class Harness:
         )
 
     def active(self) -> dict[str, int]:
-        return {b.name: b.active for b in self.balancer.backends}
+        return {b.name: b.active for b in self.balancer.backends.values()}
 
 
 def test_client_is_paused_until_a_server_is_connected() -> None:
@@ -220,3 +222,85 @@ def test_idle_connection_that_cannot_flush_is_aborted_at_the_next_sweep() -> Non
     h.reactor.advance(3)
     h.balancer.sweep()
     assert client_t.disconnected  # StringTransport's abortConnection
+
+
+def test_bytes_and_connections_are_counted_per_server_and_port() -> None:
+    h = Harness(servers=1)
+    client, _ = h.accept()
+    server, _ = h.succeed()
+    client.dataReceived(b"x" * 10)
+    server.dataReceived(b"y" * 3)
+    fe0 = h.balancer.backend("fe0")
+    assert (fe0.total, fe0.sent, fe0.received) == (1, 10, 3)
+    server.connectionLost(Failure(Exception("done")))
+    client.connectionLost(Failure(Exception("done")))
+    assert (fe0.total, fe0.sent, fe0.received, fe0.active) == (1, 10, 3, 0)
+    h.balancer.backends["fe0"].health.suspend("test")
+    h.accept()
+    assert h.balancer.accepted == {5060: 2}
+    assert h.balancer.rejected == {5060: 1}
+
+
+def test_unknown_server_names_say_so() -> None:
+    h = Harness()
+    with pytest.raises(UnknownServerError, match="no server named fe9 in the pool"):
+        h.balancer.backend("fe9")
+
+
+def test_drained_and_maintained_servers_get_no_new_connections() -> None:
+    h = Harness(servers=3)
+    h.balancer.set_state("fe0", AdminState.DRAIN)
+    h.balancer.set_state("fe1", AdminState.MAINT)
+    for port in range(40001, 40004):
+        h.accept(port)
+    assert h.attempts() == ["127.0.1.13"] * 3
+    assert h.balancer.backend("fe1").health.up is False  # maint must rise again
+    h.balancer.set_state("fe0", AdminState.READY)
+    h.accept(40004)
+    assert h.attempts()[-1] == "127.0.1.11"
+
+
+def reconfigured(h: Harness, *servers: Server) -> tuple[list[str], list[str]]:
+    pool = attrs.evolve(h.balancer.pool, servers=servers)
+    added, removed = h.balancer.reconfigure(pool)
+    return [b.name for b in added], [b.name for b in removed]
+
+
+def test_a_removed_server_keeps_its_connections_until_they_close() -> None:
+    h = Harness(servers=2)
+    fe0 = h.balancer.backend("fe0")
+    _, client_t = h.accept(40001)
+    server, _ = h.succeed()
+    assert reconfigured(h, Server("fe1", "127.0.1.12")) == ([], ["fe0"])
+    assert list(h.balancer.backends) == ["fe1"]
+    assert h.balancer.leaving == {fe0}
+    assert not client_t.disconnecting
+    h.accept(40002)
+    assert h.attempts()[-1] == "127.0.1.12"
+    server.connectionLost(Failure(Exception("done")))
+    assert h.balancer.leaving == set()
+
+
+def test_added_servers_and_new_addresses_join_down_others_keep_their_state() -> None:
+    h = Harness(servers=2)
+    fe0 = h.balancer.backend("fe0")
+    h.balancer.set_state("fe0", AdminState.DRAIN)
+    added, removed = reconfigured(
+        h,
+        Server("fe0", "127.0.1.11", weight=7),
+        Server("fe1", "127.0.1.99"),
+        Server("fe2", "127.0.1.13"),
+    )
+    assert (added, removed) == (["fe1", "fe2"], ["fe1"])
+    assert h.balancer.backend("fe0") is fe0
+    assert (fe0.weight, fe0.state, fe0.health.up) == (7, AdminState.DRAIN, True)
+    assert [b.health.up for b in h.balancer.backends.values()] == [True, False, False]
+    assert not h.balancer.leaving  # the old fe1 had no connection: gone at once
+
+
+def test_a_new_scheduler_or_idle_timeout_takes_effect_on_reconfigure() -> None:
+    h = Harness()
+    pool = attrs.evolve(h.balancer.pool, scheduler="least-connections", idle_timeout=9)
+    h.balancer.reconfigure(pool)
+    assert isinstance(h.balancer.scheduler, LeastConnections)
+    assert h.balancer.idle.timeout == 9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
@@ -11,7 +12,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from ocsbal import OCS_PORTS, Pool, PoolService, Server
+from ocsbal import OCS_PORTS, ConfigError, Pool, PoolService, Port, PortProtocol, Server
+from ocsbal._proxy import AdminState, UnknownServerError
+from ocsbal.config import Monitor
 from ocsbal.service import UnsupportedNatError
 
 
@@ -166,3 +169,102 @@ class PoolServiceTests(SynchronousTestCase):
         assert not client.disconnected
         reactor.advance(5)
         assert client.disconnected  # StringTransport.abortConnection
+
+
+class RuntimeChangeTests(SynchronousTestCase):
+    """Servers and whole configurations change while connections stay open."""
+
+    def setUp(self) -> None:
+        self.reactor = Reactor()
+        self.service = PoolService(makePool(ports=[Port(5060)]), self.reactor)
+        self.service.startService()
+        self.client, _ = open_connection(self.reactor)
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def logged(self) -> list[str]:
+        return [formatEvent(e) for e in self.events]
+
+    def test_add_remove_reweight_and_state_are_logged(self) -> None:
+        service = self.service
+        service.add_server(Server("fe3", "127.0.1.13", weight=5))
+        service.reweight("fe3", 9)
+        service.set_state("fe2", AdminState.DRAIN)
+        service.set_state("fe2", AdminState.DRAIN)  # no change, no line
+        service.remove_server("fe1")
+        assert [s.name for s in service.pool.servers] == ["fe2", "fe3"]
+        assert service.pool.servers[1].weight == 9
+        assert self.logged() == [
+            "server fe3 (127.0.1.13) added; it takes connections once 2 checks "
+            "in a row pass",
+            "server fe3 weight is now 9",
+            "server fe2 is now drain: no new connections; open ones continue",
+            "server fe1 (127.0.1.11) removed; its 1 open connections may finish",
+        ]
+        assert not self.client.disconnecting
+
+    def test_removing_with_force_closes_the_servers_connections(self) -> None:
+        self.service.remove_server("fe1", force=True)
+        assert self.client.disconnecting
+
+    def test_refused_changes_change_nothing(self) -> None:
+        service = self.service
+        before = service.pool
+        with pytest.raises(ConfigError, match="already server fe1's address"):
+            service.add_server(Server("fe3", "127.0.1.11"))
+        with pytest.raises(ValueError, match="weight"):
+            service.reweight("fe1", -1)
+        with pytest.raises(UnknownServerError):
+            service.set_state("fe9", AdminState.MAINT)
+        service.remove_server("fe2")
+        with pytest.raises(ValueError, match="servers"):
+            service.remove_server("fe1")  # a pool needs a server
+        assert service.pool == attrs.evolve(before, servers=before.servers[:1])
+
+    def test_reload_binds_new_ports_closes_gone_ones_and_keeps_connections(
+        self,
+    ) -> None:
+        first = self.reactor.ports[0]
+        new = makePool(
+            ports=[Port(5061, PortProtocol.SIPS)], scheduler="least-connections"
+        )
+        d = self.service.reload(new)
+        self.successResultOf(d)
+        assert first.stopped
+        assert [p for p, *_ in self.reactor.tcpServers] == [5060, 5061]
+        assert not self.client.disconnecting
+        assert self.service.pool == new
+
+    def test_reload_that_cannot_bind_changes_nothing(self) -> None:
+        self.reactor.taken = 444
+        new = makePool(ports=[Port(5060), Port(135), Port(444)])
+        failure = self.failureResultOf(self.service.reload(new))
+        failure.trap(CannotListenError)
+        assert [p.stopped for p in self.reactor.ports] == [False, True]
+        assert self.service.pool == makePool(ports=[Port(5060)])
+
+    def test_reload_refuses_a_new_vip(self) -> None:
+        new = attrs.evolve(self.service.pool, vip="127.0.1.20")
+        failure = self.failureResultOf(self.service.reload(new))
+        assert str(failure.value) == (
+            "[pool] vip cannot change from 127.0.1.10 to 127.0.1.20 while "
+            "running; restart to change it"
+        )
+
+    def test_reload_restarts_checks_and_sweep_only_when_their_settings_change(
+        self,
+    ) -> None:
+        health, sweep = self.service.health, self.service._sweep
+        same = attrs.evolve(self.service.pool, retries=0)
+        self.successResultOf(self.service.reload(same))
+        assert (self.service.health, self.service._sweep) == (health, sweep)
+        changed = attrs.evolve(
+            same, idle_timeout=60, monitor=Monitor(interval=1, timeout=1)
+        )
+        self.successResultOf(self.service.reload(changed))
+        assert self.service.health is not health
+        assert self.service.health.interval == 1
+        assert self.service._sweep.step == 3
+        assert not health.running
+        assert self.service.health.running

@@ -14,6 +14,8 @@ The splice follows :mod:`twisted.protocols.portforward` and tightens it:
 
 from __future__ import annotations
 
+import enum
+from collections import Counter
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
@@ -36,7 +38,7 @@ from zope.interface import implementer
 from ocsbal._endpoints import server_endpoint
 from ocsbal._idle import IdleTimeout
 from ocsbal.health import HealthState
-from ocsbal.scheduling import IScheduler, NoServerAvailable
+from ocsbal.scheduling import IScheduler, NoServerAvailable, scheduler_class
 
 if TYPE_CHECKING:
     from ocsbal.config import Pool, Port, Server
@@ -52,22 +54,46 @@ class _SplicedTransport(ITCPTransport, IPushProducer, IConsumer):
     """A TCP transport, as both producer and consumer of the other side."""
 
 
+class AdminState(enum.Enum):
+    """What the operator allows of a server, whatever its health."""
+
+    #: Takes new connections while it is up.
+    READY = "ready"
+    #: Takes no new connection; those open continue.  Still health-checked.
+    DRAIN = "drain"
+    #: Takes no new connection and is not health-checked; those open
+    #: continue.  Back in ``ready``, it must pass ``rise`` checks again.
+    MAINT = "maint"
+
+
 @attrs.define(eq=False)
 class Backend:
-    """A server of the pool at run time: its configuration and its load.
+    """A server of the pool at run time: its configuration, state and load.
 
     It satisfies :class:`ocsbal.scheduling.Candidate`, so schedulers rank it
     directly.
 
-    :ivar server: the configured server.
-    :ivar health: whether it may be picked, from its health checks and from
-        failed connections.
+    :ivar server: the configured server; replaced when it is re-weighted.
+    :ivar health: whether it is up, from its health checks and from failed
+        connections.
+    :ivar state: what the operator allows.
     :ivar active: connections to this server that are open or being opened.
+    :ivar splices: the connections relayed to it now.
+    :ivar total: connections relayed to it since it joined.
+    :ivar removed: whether it has been removed from the pool; it is gone
+        once its last connection closes.
     """
 
     server: Server
     health: HealthState
+    state: AdminState = AdminState.READY
     active: int = 0
+    splices: set[Splice] = attrs.Factory(set)
+    total: int = 0
+    removed: bool = False
+    #: Bytes of the connections already closed, from and to the server.
+    _closed_received: int = 0
+    _closed_sent: int = 0
 
     @property
     def name(self) -> str:
@@ -78,6 +104,37 @@ class Backend:
     def weight(self) -> int:
         """The server's configured weight."""
         return self.server.weight
+
+    @property
+    def pickable(self) -> bool:
+        """Whether a new connection may go to this server now."""
+        return self.health.up and self.state is AdminState.READY and not self.removed
+
+    @property
+    def monitored(self) -> bool:
+        """Whether health checks should run on this server."""
+        return self.state is not AdminState.MAINT and not self.removed
+
+    @property
+    def received(self) -> int:
+        """Bytes read from this server, over all its connections."""
+        return self._closed_received + sum(s.downstream for s in self.splices)
+
+    @property
+    def sent(self) -> int:
+        """Bytes written to this server, over all its connections."""
+        return self._closed_sent + sum(s.upstream for s in self.splices)
+
+    def attached(self, splice: Splice) -> None:
+        """Count a connection relayed to this server."""
+        self.total += 1
+        self.splices.add(splice)
+
+    def detached(self, splice: Splice) -> None:
+        """Count the end of a connection relayed to this server."""
+        self.splices.discard(splice)
+        self._closed_received += splice.downstream
+        self._closed_sent += splice.upstream
 
 
 @implementer(IHalfCloseableProtocol)
@@ -97,6 +154,8 @@ class _Side(Protocol):
         self._readClosed = False
         self._writeClosed = False
         self.lost = False
+        #: Bytes read from this side's peer.
+        self.received = 0
 
     def connectionMade(self) -> None:
         if self is self.splice.client:
@@ -105,6 +164,7 @@ class _Side(Protocol):
     def dataReceived(self, data: bytes) -> None:
         # One clock read per chunk is all idle accounting costs (see _idle).
         self.splice.last_activity = self.splice.clock.seconds()
+        self.received += len(data)
         self.peer.transport.write(data)
 
     def readConnectionLost(self) -> None:
@@ -130,6 +190,7 @@ class _Side(Protocol):
 class Splice:
     """One client connection and the server connection it is relayed to.
 
+    :ivar started: clock time the client connected.
     :ivar last_activity: clock time of the last byte read on either side.
     :ivar backend: the server chosen, once connected.
     """
@@ -141,7 +202,7 @@ class Splice:
         self.client = _Side(self)
         self.server: _Side | None = None
         self.backend: Backend | None = None
-        self.last_activity = self.clock.seconds()
+        self.started = self.last_activity = self.clock.seconds()
         self._connecting: Deferred[Any] | None = None
         self._expiring = False
 
@@ -150,10 +211,21 @@ class Splice:
         """The client's address."""
         return self.client.transport.getPeer()
 
+    @property
+    def upstream(self) -> int:
+        """Bytes relayed from the client to the server."""
+        return self.client.received
+
+    @property
+    def downstream(self) -> int:
+        """Bytes relayed from the server to the client."""
+        return 0 if self.server is None else self.server.received
+
     def start(self) -> None:
         """Pause the new client connection and connect it to a server."""
         self.client.transport.pauseProducing()
         self.balancer.splices.add(self)
+        self.balancer.accepted[self.port.number] += 1
         ensureDeferred(self._connect()).addErrback(
             lambda f: log.failure("unexpected error relaying {peer}", f, peer=self.peer)
         )
@@ -165,7 +237,7 @@ class Splice:
         reason = ""
         for _ in range(pool.retries + 1):
             candidates = [
-                b for b in balancer.backends if b.health.up and b not in tried
+                b for b in balancer.backends.values() if b.pickable and b not in tried
             ]
             try:
                 backend = cast(Backend, balancer.scheduler.pick(candidates))
@@ -181,7 +253,7 @@ class Splice:
             try:
                 await self._connecting
             except Exception as e:
-                backend.active -= 1
+                balancer.release(backend)
                 if self.client.lost:
                     return
                 reason = f"server {backend.name} failed: {e}"
@@ -206,11 +278,13 @@ class Splice:
             port=self.port.number,
             reason=reason,
         )
+        balancer.rejected[self.port.number] += 1
         self.client.transport.loseConnection()
 
     def _attach(self, backend: Backend, server: _Side) -> None:
         self.backend = backend
         self.server = server
+        backend.attached(self)
         if self.client.lost:
             server.transport.loseConnection()
             return
@@ -229,7 +303,9 @@ class Splice:
             if self.server is not None:
                 self.server.transport.loseConnection()
         else:
-            cast(Backend, self.backend).active -= 1
+            backend = cast(Backend, self.backend)
+            backend.detached(self)
+            self.balancer.release(backend)
             self.client.transport.loseConnection()
 
     def close(self) -> None:
@@ -279,7 +355,7 @@ class _Connector(Factory):
         return self.side
 
 
-class _Listener(ServerFactory):
+class Listener(ServerFactory):
     """Accepts client connections on one VIP port."""
 
     # The port already logs that it listens; the factory would say it again.
@@ -293,12 +369,31 @@ class _Listener(ServerFactory):
         return Splice(self.balancer, self.port).client
 
 
+class UnknownServerError(KeyError):
+    """No server of that name is in the pool."""
+
+    def __str__(self) -> str:
+        return f"no server named {self.args[0]} in the pool"
+
+
 class Balancer:
     """The pool at run time: its servers, their load, and the open splices.
+
+    Servers are added, removed, re-weighted, drained and put in maintenance
+    here, while connections run; every change is checked against the same
+    rules as a configuration file (:class:`~ocsbal.config.Pool`) before any
+    of it is applied.
 
     :param pool: the pool's configuration.
     :param reactor: provides TCP and the clock for timeouts.
     :param scheduler: picks the server for each new connection.
+
+    :ivar pool: the configuration in force, servers and weights included.
+    :ivar backends: the pool's servers by name, in configuration order.
+    :ivar leaving: removed servers that still have connections open.
+    :ivar accepted: client connections accepted, by VIP port.
+    :ivar rejected: client connections closed because no server could
+        take them, by VIP port.
     """
 
     def __init__(
@@ -307,17 +402,88 @@ class Balancer:
         self.pool = pool
         self.reactor = reactor
         self.scheduler = scheduler
-        monitor = pool.monitor
-        self.backends = [
-            Backend(s, HealthState(monitor.rise, monitor.fall)) for s in pool.servers
-        ]
+        self.backends = {
+            s.name: Backend(s, HealthState(pool.monitor.rise, pool.monitor.fall))
+            for s in pool.servers
+        }
+        self.leaving: set[Backend] = set()
         self.splices: set[Splice] = set()
         self.idle = IdleTimeout(pool.idle_timeout)
+        self.accepted: Counter[int] = Counter()
+        self.rejected: Counter[int] = Counter()
         self._emptied: list[Deferred[None]] = []
 
-    def listener(self, port: Port) -> ServerFactory:
+    def backend(self, name: str) -> Backend:
+        """The server called ``name``.
+
+        :raises UnknownServerError: if there is none.
+        """
+        try:
+            return self.backends[name]
+        except KeyError:
+            raise UnknownServerError(name) from None
+
+    def reconfigure(self, pool: Pool) -> tuple[list[Backend], list[Backend]]:
+        """Make ``pool`` the configuration in force, keeping every connection.
+
+        A server whose name is gone, or whose address changed, is removed:
+        it takes no new connection and is gone once its last one closes.  A
+        new server (or new address) joins down, and is picked once its
+        health checks pass.  The others keep their state and health and take
+        their new weight from the next connection on.
+
+        :return: the servers added and the servers removed.
+        """
+        old, self.pool = self.pool, pool
+        wanted = {s.name: s for s in pool.servers}
+        removed = [
+            b
+            for name, b in self.backends.items()
+            if name not in wanted or wanted[name].address != b.server.address
+        ]
+        for backend in removed:
+            backend.removed = True
+            self.leaving.add(backend)
+            self._goneIfIdle(backend)
+        added: list[Backend] = []
+        backends: dict[str, Backend] = {}
+        monitor = pool.monitor
+        for server in pool.servers:
+            kept = self.backends.get(server.name)
+            if kept is None or kept.removed:
+                health = HealthState(monitor.rise, monitor.fall, up=False)
+                backends[server.name] = Backend(server, health)
+                added.append(backends[server.name])
+            else:
+                kept.server = server
+                kept.health.rise, kept.health.fall = monitor.rise, monitor.fall
+                backends[server.name] = kept
+        self.backends = backends
+        if pool.scheduler != old.scheduler:
+            self.scheduler = scheduler_class(pool.scheduler)()
+        if pool.idle_timeout != old.idle_timeout:
+            self.idle = IdleTimeout(pool.idle_timeout)
+        return added, removed
+
+    def set_state(self, name: str, state: AdminState) -> None:
+        """Put server ``name`` in ``state``; see :class:`AdminState`."""
+        backend = self.backend(name)
+        if state is AdminState.MAINT:
+            backend.health.suspend("in maintenance")
+        backend.state = state
+
+    def release(self, backend: Backend) -> None:
+        """Count a connection to ``backend`` closed or never made."""
+        backend.active -= 1
+        self._goneIfIdle(backend)
+
+    def _goneIfIdle(self, backend: Backend) -> None:
+        if backend.removed and not backend.active:
+            self.leaving.discard(backend)
+
+    def listener(self, port: Port) -> Listener:
         """The factory accepting client connections on ``port``."""
-        return _Listener(self, port)
+        return Listener(self, port)
 
     def endpoint(self, server: Server, port: int) -> IStreamClientEndpoint:
         """The endpoint connecting to ``server`` on ``port``."""

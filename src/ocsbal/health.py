@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.error import (
     ConnectionRefusedError,
     TCPTimedOutError,
@@ -75,6 +75,15 @@ class HealthState:
         self.up = ok
         self._streak = 0
         return True
+
+    def suspend(self, reason: str) -> None:
+        """Take the server down at once, whatever its streak.
+
+        ``rise`` successes in a row bring it back.
+        """
+        self.up = False
+        self.last = reason
+        self._streak = 0
 
 
 class IMonitor(Interface):
@@ -148,7 +157,9 @@ class HealthChecks(Service):
     Each server has its own :class:`LoopingCall`, started after a random
     part of the interval so that the servers are not all checked at the
     same moment.  A check that has not finished when the next is due delays
-    it, so checks of one server never overlap.
+    it, so checks of one server never overlap.  Servers in maintenance are
+    skipped; servers added at run time are :meth:`watched <watch>`, removed
+    ones :meth:`unwatched <unwatch>`.
 
     :param balancer: whose servers to check.
     :param monitor: how to check one server.
@@ -171,38 +182,54 @@ class HealthChecks(Service):
         self.interval = interval
         self.clock = clock
         self.jitter = jitter
-        self._loops: list[LoopingCall] = []
-        self._starts: list[IDelayedCall] = []
+        self._loops: dict[Backend, LoopingCall] = {}
+        self._starts: dict[Backend, IDelayedCall] = {}
         #: Each started loop's Deferred: it fires once the loop has stopped.
-        self._stopped: list[Deferred[LoopingCall]] = []
+        self._stopped: dict[Backend, Deferred[LoopingCall]] = {}
 
     def startService(self) -> None:
         """Start checking every server."""
         super().startService()
-        for backend in self.balancer.backends:
-            loop = LoopingCall(self._check, backend)
-            loop.clock = self.clock
-            self._loops.append(loop)
-            delay = self.jitter() * self.interval
-            self._starts.append(self.clock.callLater(delay, self._start, loop))
+        for backend in self.balancer.backends.values():
+            self.watch(backend, self.jitter() * self.interval)
 
     def stopService(self) -> Deferred[None]:
         """Stop checking; fires once no check is running."""
         super().stopService()
-        for start in self._starts:
-            if start.active():
-                start.cancel()
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()  # at once, or when the check in progress ends
-        stopped = DeferredList(self._stopped)
-        self._loops, self._starts, self._stopped = [], [], []
+        stopped = DeferredList([self.unwatch(b) for b in list(self._loops)])
         return stopped.addCallback(lambda _: None)
 
-    def _start(self, loop: LoopingCall) -> None:
-        self._stopped.append(loop.start(self.interval))
+    def watch(self, backend: Backend, delay: float = 0.0) -> None:
+        """Check ``backend`` every interval from ``delay`` seconds on.
 
-    def _check(self, backend: Backend) -> Deferred[None]:
+        While the service is stopped, this waits for :meth:`startService`.
+        """
+        if not self.running:
+            return
+        loop = LoopingCall(self._check, backend)
+        loop.clock = self.clock
+        self._loops[backend] = loop
+        self._starts[backend] = self.clock.callLater(delay, self._start, backend)
+
+    def unwatch(self, backend: Backend) -> Deferred[None]:
+        """Stop checking ``backend``; fires once its check in progress ends."""
+        start = self._starts.pop(backend, None)
+        if start is not None and start.active():
+            start.cancel()
+        loop = self._loops.pop(backend, None)
+        if loop is not None and loop.running:
+            loop.stop()  # at once, or when the check in progress ends
+        stopped = self._stopped.pop(backend, None)
+        if stopped is None:
+            return succeed(None)
+        return stopped.addCallback(lambda _: None)
+
+    def _start(self, backend: Backend) -> None:
+        self._stopped[backend] = self._loops[backend].start(self.interval)
+
+    def _check(self, backend: Backend) -> Deferred[None] | None:
+        if not backend.monitored:
+            return None
         d = self.monitor.check(backend.server)
         d.addCallbacks(
             lambda _: self.balancer.record(backend, True),

@@ -6,22 +6,24 @@ or let ``twistd ocsbal`` do so.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, cast
 
+import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from ocsbal._proxy import Balancer, ReactorTCPTime
+from ocsbal._proxy import AdminState, Balancer, Listener, ReactorTCPTime
 from ocsbal.config import NatMode
 from ocsbal.health import HealthChecks, TCPMonitor
 from ocsbal.scheduling import scheduler_class
 
 if TYPE_CHECKING:
-    from ocsbal.config import Pool
+    from ocsbal.config import Pool, Port, Server
 
 log = Logger(namespace="ocsbal")
 
@@ -37,6 +39,10 @@ class UnsupportedNatError(ValueError):
     """The pool asks for a NAT mode this release cannot provide."""
 
 
+class ReloadError(ValueError):
+    """A new configuration asks for a change that needs a restart."""
+
+
 class PoolService(MultiService):
     """Balance a pool's VIP ports over its servers.
 
@@ -45,9 +51,11 @@ class PoolService(MultiService):
     call :meth:`startService` directly, there.  Either all ports bind or the
     start fails and none stays bound.
 
-    The idle sweep and the health checks are child services, as later
-    capabilities (the admin interface) will be, which is why this is a
-    :class:`MultiService`.
+    While it runs, servers are added, removed, re-weighted, drained and put
+    in maintenance, and whole new configurations applied with
+    :meth:`reload`, without closing any connection.
+
+    The idle sweep and the health checks are child services.
 
     :param pool: the pool to balance.
     :param reactor: provides TCP and time; the global reactor by default.
@@ -66,21 +74,35 @@ class PoolService(MultiService):
             from twisted.internet import reactor as _reactor
 
             reactor = cast(ReactorTCPTime, _reactor)
-        self.pool = pool
         self.grace_period = grace_period
         self._reactor = reactor
         self.balancer = Balancer(pool, reactor, scheduler_class(pool.scheduler)())
-        self._ports: list[IListeningPort] = []
+        self._listening: dict[int, IListeningPort] = {}
+        self._listeners: dict[int, Listener] = {}
+        self._sweep = self._sweeper()
+        self.health = self._checker()
+
+    @property
+    def pool(self) -> Pool:
+        """The configuration in force, with the run-time changes made to it."""
+        return self.balancer.pool
+
+    def _sweeper(self) -> TimerService:
         sweep = TimerService(self.balancer.idle.sweep_interval, self.balancer.sweep)
-        sweep.clock = reactor
+        sweep.clock = self._reactor
         sweep.setServiceParent(self)
-        self.health = HealthChecks(
+        return sweep
+
+    def _checker(self) -> HealthChecks:
+        pool = self.pool
+        checks = HealthChecks(
             self.balancer,
-            TCPMonitor(reactor, pool.heartbeat_ports, pool.monitor.timeout),
+            TCPMonitor(self._reactor, pool.heartbeat_ports, pool.monitor.timeout),
             pool.monitor.interval,
-            reactor,
+            self._reactor,
         )
-        self.health.setServiceParent(self)
+        checks.setServiceParent(self)
+        return checks
 
     def privilegedStartService(self) -> None:
         """Bind every VIP port."""
@@ -89,7 +111,7 @@ class PoolService(MultiService):
 
     def startService(self) -> None:
         """Bind every VIP port if not bound yet; start the idle sweep and checks."""
-        if not self._ports:
+        if not self._listening:
             self._bind()
         super().startService()
         log.info(
@@ -97,11 +119,14 @@ class PoolService(MultiService):
             "{servers} servers with {scheduler}",
             pool=self.pool.name,
             fqdn=self.pool.fqdn,
-            ports=len(self._ports),
+            ports=len(self._listening),
             vip=self.pool.vip,
             servers=len(self.pool.servers),
             scheduler=self.pool.scheduler,
         )
+        self._warnIfIdleTimeoutShort()
+
+    def _warnIfIdleTimeoutShort(self) -> None:
         if self.pool.idle_timeout < OCS_IDLE_TIMEOUT:
             log.warn(
                 "pool {pool}: idle_timeout = {idle_timeout:g} s is below the "
@@ -119,21 +144,141 @@ class PoolService(MultiService):
                 f"pool {self.pool.name}: nat = half (transparent proxying) is not "
                 "available in this release; use nat = full"
             )
+        self._listen(self.pool.ports)
+
+    def _listen(self, ports: Iterable[Port]) -> None:
+        """Bind ``ports`` on the VIP: all of them, or none and raise."""
+        bound: dict[int, IListeningPort] = {}
+        listeners = {port.number: self.balancer.listener(port) for port in ports}
         try:
-            for port in self.pool.ports:
-                self._ports.append(
-                    self._reactor.listenTCP(
-                        port.number,
-                        self.balancer.listener(port),
-                        interface=self.pool.vip,
-                    )
+            for number, listener in listeners.items():
+                bound[number] = self._reactor.listenTCP(
+                    number, listener, interface=self.pool.vip
                 )
         except Exception:
-            # Nothing starts half-way: release the ports already bound.
-            for bound in self._ports:
-                bound.stopListening()
-            self._ports = []
+            for port in bound.values():
+                port.stopListening()
             raise
+        self._listening.update(bound)
+        self._listeners.update(listeners)
+
+    def add_server(self, server: Server) -> None:
+        """Add ``server``; it takes connections once its health checks pass.
+
+        :raises ConfigError: if the pool would break a rule with it (its name
+            or address already in use, its address the VIP's); nothing
+            changes then.
+        """
+        self._apply(attrs.evolve(self.pool, servers=(*self.pool.servers, server)))
+
+    def remove_server(self, name: str, force: bool = False) -> None:
+        """Remove server ``name``: no new connection goes to it from now on.
+
+        Its open connections run to their end, or are closed now with
+        ``force``.
+
+        :raises UnknownServerError: if there is no such server.
+        :raises ConfigError: if it is the last server; nothing changes then.
+        """
+        backend = self.balancer.backend(name)
+        servers = [s for s in self.pool.servers if s.name != name]
+        self._apply(attrs.evolve(self.pool, servers=servers))
+        if force:
+            for splice in list(backend.splices):
+                splice.close()
+
+    def reweight(self, name: str, weight: int) -> None:
+        """Give server ``name`` a new weight, for new connections.
+
+        :raises UnknownServerError: if there is no such server.
+        :raises ValueError: if the weight is not allowed; nothing changes then.
+        """
+        server = attrs.evolve(self.balancer.backend(name).server, weight=weight)
+        servers = [server if s.name == name else s for s in self.pool.servers]
+        self._apply(attrs.evolve(self.pool, servers=servers))
+        log.info("server {server} weight is now {weight}", server=name, weight=weight)
+
+    def set_state(self, name: str, state: AdminState) -> None:
+        """Set what server ``name`` may do: ready, drain or maint.
+
+        :raises UnknownServerError: if there is no such server.
+        """
+        backend = self.balancer.backend(name)
+        if state is backend.state:
+            return
+        self.balancer.set_state(name, state)
+        log.info(
+            "server {server} is now {state}: {meaning}",
+            server=name,
+            state=state.value,
+            meaning=_STATE_MEANINGS[state],
+        )
+
+    def _apply(self, pool: Pool) -> None:
+        added, removed = self.balancer.reconfigure(pool)
+        for backend in removed:
+            self.health.unwatch(backend)
+            log.info(
+                "server {server} ({address}) removed; its {active} open "
+                "connections may finish",
+                server=backend.name,
+                address=backend.server.address,
+                active=backend.active,
+            )
+        for backend in added:
+            self.health.watch(backend)
+            log.info(
+                "server {server} ({address}) added; it takes connections "
+                "once {rise} checks in a row pass",
+                server=backend.name,
+                address=backend.server.address,
+                rise=backend.health.rise,
+            )
+
+    def reload(self, pool: Pool) -> Deferred[None]:
+        """Make ``pool`` the configuration in force, dropping no connection.
+
+        Listeners are bound for new ports and closed for ports gone; servers
+        are added, removed (their connections finish), re-weighted; the
+        scheduler, idle timeout, monitor and timeouts take their new values.
+        Servers keep their state (ready, drain, maint) and health.
+
+        :raises ReloadError: if the VIP or the NAT mode would change, which
+            needs a restart; nothing changes then.
+        :raises CannotListenError: if a new port cannot be bound; nothing
+            changes then.
+        """
+        return Deferred.fromCoroutine(self._reload(pool))
+
+    async def _reload(self, pool: Pool) -> None:
+        old = self.pool
+        fixed = {"vip": (old.vip, pool.vip), "nat": (old.nat.value, pool.nat.value)}
+        for key, (before, after) in fixed.items():
+            if before != after:
+                raise ReloadError(
+                    f"[pool] {key} cannot change from {before} to {after} while "
+                    "running; restart to change it"
+                )
+        wanted = {port.number: port for port in pool.ports}
+        if self._listening:
+            self._listen(p for n, p in wanted.items() if n not in self._listening)
+        # From here on, nothing can fail: the change is applied whole.
+        closing = []
+        for number in list(self._listening):
+            if number in wanted:
+                self._listeners[number].port = wanted[number]
+            else:
+                del self._listeners[number]
+                closing.append(maybeDeferred(self._listening.pop(number).stopListening))
+        self._apply(pool)
+        if self.balancer.idle.sweep_interval != self._sweep.step:
+            await self._sweep.disownServiceParent()
+            self._sweep = self._sweeper()
+        if (old.monitor, old.heartbeat_ports) != (pool.monitor, pool.heartbeat_ports):
+            await self.health.disownServiceParent()
+            self.health = self._checker()
+        await DeferredList(closing)
+        self._warnIfIdleTimeoutShort()
 
     def stopService(self) -> Deferred[None]:
         """Stop accepting, then close open connections after the grace period.
@@ -143,7 +288,8 @@ class PoolService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        ports, self._ports = self._ports, []
+        ports, self._listening = list(self._listening.values()), {}
+        self._listeners = {}
         await DeferredList([maybeDeferred(p.stopListening) for p in ports])
         await super().stopService()  # the idle sweep and the health checks
         balancer = self.balancer
@@ -160,3 +306,10 @@ class PoolService(MultiService):
         """Wait for ``d``, but no longer than ``seconds``."""
         with suppress(TimeoutError):
             await d.addTimeout(seconds, self._reactor)
+
+
+_STATE_MEANINGS = {
+    AdminState.READY: "it takes new connections while it is up",
+    AdminState.DRAIN: "no new connections; open ones continue",
+    AdminState.MAINT: "no new connections, no health checks; open ones continue",
+}
