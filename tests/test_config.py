@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from ocsbal.config import (
     OCS_PORTS,
+    Admin,
     ConfigError,
     Monitor,
     MonitorType,
@@ -149,6 +150,20 @@ class TestMonitor:
         assert "ports = ; by default: 5061, 5060, 444\n" in render(parse(MINIMAL))
 
 
+class TestAdmin:
+    def test_no_section_no_admin_interface(self) -> None:
+        assert parse(MINIMAL).admin is None
+
+    def test_an_empty_section_listens_on_loopback(self) -> None:
+        assert parse(MINIMAL + "[admin]\n").admin == Admin(
+            "tcp:9900:interface=127.0.0.1"
+        )
+
+    def test_every_key(self) -> None:
+        text = MINIMAL + "[admin]\nlisten = unix:/run/a.sock\ntoken_file = /etc/t\n"
+        assert parse(text).admin == Admin("unix:/run/a.sock", "/etc/t")
+
+
 class TestValues:
     @pytest.mark.parametrize("name", sorted(SCHEDULERS))
     def test_every_scheduler_name(self, name: str) -> None:
@@ -216,6 +231,11 @@ BAD_VALUES = [
     ("ports", "5060", "udp", "must be one of tcp, sip, sips"),
     ("ports", "0", "tcp", "the port must be a whole number from 1 to 65535"),
     ("ports", "sip", "tcp", "the port must be a whole number from 1 to 65535"),
+    ("admin", "listen", "ssl:9900", "must be a Twisted endpoint string: tcp:PORT"),
+    ("admin", "listen", "tcp:port", "must be a Twisted endpoint string: tcp:PORT"),
+    ("admin", "listen", "9900", "must be a Twisted endpoint string: tcp:PORT"),
+    ("admin", "token_file", "token.txt", "must be an absolute path to a file"),
+    ("admin", "token", "s3cret", "unknown key; allowed: listen, token_file"),
     ("monitor", "type", "icmp", "must be one of tcp"),
     ("monitor", "ports", "5061, 5061", "must be distinct ports from 1 to 65535"),
     ("monitor", "ports", "5061; 444", "must be distinct ports from 1 to 65535"),
@@ -254,7 +274,7 @@ class TestProblems:
             "t.ini: [server:fe1] address = nowhere: must be a static IPv4 or IPv6 "
             "address, not a host name",
             "t.ini: [extra]: unknown section; allowed: [pool], [ports], [server:NAME], "
-            "[monitor]",
+            "[monitor], [admin]",
         ]
 
     @pytest.mark.parametrize("kind", ["enterprise", "director", "web-access"])
@@ -444,6 +464,14 @@ def monitors(draw: st.DrawFn) -> Monitor:
     )
 
 
+admins = st.none() | st.builds(
+    Admin,
+    listen=st.integers(0, 65535).map(lambda n: f"tcp:{n}:interface=127.0.0.1")
+    | st.from_regex(r"unix:/[a-z0-9/._-]{1,30}", fullmatch=True),
+    token_file=st.none() | st.from_regex(r"/[a-z0-9/._-]{1,30}", fullmatch=True),
+)
+
+
 @st.composite
 def pools(draw: st.DrawFn) -> Pool:
     chosen = draw(st.lists(addresses.map(str), min_size=2, max_size=6, unique=True))
@@ -473,6 +501,7 @@ def pools(draw: st.DrawFn) -> Pool:
         else NatMode.FULL,
         scheduler=draw(st.sampled_from(sorted(SCHEDULERS))),
         monitor=draw(monitors()),
+        admin=draw(admins),
         idle_timeout=draw(st.floats(0.001, 1e7)),
         connect_timeout=draw(st.floats(0.001, 600)),
         retries=draw(st.integers(0, 10)),

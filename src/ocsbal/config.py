@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 import attrs
+from twisted.internet.endpoints import serverFromString
 
 from ocsbal.scheduling import scheduler_class
 
 __all__ = [
     "HEARTBEAT_PORTS",
     "OCS_PORTS",
+    "Admin",
     "ConfigError",
     "Monitor",
     "MonitorType",
@@ -362,6 +364,53 @@ class Monitor:
     fall: int = attrs.field(default=2, validator=_MONITOR_RULES["fall"])
 
 
+def _check_listen(text: str) -> None:
+    allowed = (
+        "must be a Twisted endpoint string: tcp:PORT[:interface=ADDRESS] or unix:PATH"
+    )
+    if not isinstance(text, str) or text.partition(":")[0] not in _ADMIN_ENDPOINTS:
+        raise _NotAllowedError(allowed)
+    try:
+        # Parsing builds the endpoint object only; nothing is bound.
+        serverFromString(cast(Any, None), text)
+    except (ValueError, TypeError, KeyError):
+        raise _NotAllowedError(allowed) from None
+
+
+def _check_token_file(path: str | None) -> None:
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise _NotAllowedError("must be an absolute path to a file")
+
+
+#: The endpoint types the admin interface may listen on.  TLS endpoints read
+#: certificate files when parsed, and the interface is meant for loopback.
+_ADMIN_ENDPOINTS = ("tcp", "tcp6", "unix")
+
+#: The rule of each ``[admin]`` key, which is also the rule of its attribute.
+_ADMIN_RULES: dict[str, _Rule[Any]] = {
+    "listen": _Rule(str, _check_listen),
+    "token_file": _Rule(str, _check_token_file),
+}
+
+
+@attrs.frozen
+class Admin:
+    """Where the admin interface (JSON API, metrics, status page) listens.
+
+    :ivar listen: a Twisted endpoint string; loopback by default.
+    :ivar token_file: a file holding the token requests must carry
+        (``Authorization: Bearer TOKEN``); ``None`` for no token.  It is read
+        at start and at every reload, never logged.
+    """
+
+    listen: str = attrs.field(
+        default="tcp:9900:interface=127.0.0.1", validator=_ADMIN_RULES["listen"]
+    )
+    token_file: str | None = attrs.field(
+        default=None, validator=_ADMIN_RULES["token_file"]
+    )
+
+
 _DSR = (
     "Direct Server Return is not supported by OCS 2007 R2 pools: the load "
     "balancer must see the servers' replies; use full or half"
@@ -407,6 +456,7 @@ class Pool:
     :ivar retries: how many other servers a connection tries when connecting
         to one fails.
     :ivar monitor: how servers are health-checked.
+    :ivar admin: where the admin interface listens; ``None`` for none.
     """
 
     name: str = attrs.field(validator=_POOL_RULES["name"])
@@ -436,6 +486,10 @@ class Pool:
     retries: int = attrs.field(default=2, validator=_POOL_RULES["retries"])
     monitor: Monitor = attrs.field(
         default=Monitor(), validator=attrs.validators.instance_of(Monitor)
+    )
+    admin: Admin | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.instance_of(Admin)),
     )
 
     @property
@@ -556,6 +610,7 @@ class _Draft:
     servers: list[Server] = attrs.Factory(list)
     #: ``None`` where a ``[monitor]`` value was refused.
     monitor: Monitor | None = Monitor()
+    admin: Admin | None = None
     problems: list[Problem] = attrs.Factory(list)
 
     @property
@@ -658,6 +713,16 @@ def _read_monitor(draft: _Draft, section: configparser.SectionProxy) -> None:
     draft.monitor = None if None in values.values() else Monitor(**values)
 
 
+def _read_admin(draft: _Draft, section: configparser.SectionProxy) -> None:
+    before = len(draft.problems)
+    values: dict[str, Any] = {
+        key: draft.read(section.name, key, text, _ADMIN_RULES[key])
+        for key, text in draft.known_items(section, _ADMIN_RULES)
+    }
+    if len(draft.problems) == before:
+        draft.admin = Admin(**values)
+
+
 #: How each section is read: ``(pattern, reader)``, first match wins.  A new
 #: section (``[monitor]``, ``[tls]``, ``[admin]``) is a new entry here and a
 #: new :class:`Pool` field; the others do not change.
@@ -668,8 +733,9 @@ _SECTIONS: list[
     (re.compile(r"ports\Z"), _read_ports),
     (re.compile(r"server:"), _read_server),
     (re.compile(r"monitor\Z"), _read_monitor),
+    (re.compile(r"admin\Z"), _read_admin),
 ]
-_SECTION_NAMES = "[pool], [ports], [server:NAME], [monitor]"
+_SECTION_NAMES = "[pool], [ports], [server:NAME], [monitor], [admin]"
 
 
 def parse(text: str, source: str = "<string>") -> Pool:
@@ -711,6 +777,7 @@ def parse(text: str, source: str = "<string>") -> Pool:
         servers=draft.servers,
         ports=draft.ports,
         monitor=cast(Monitor, draft.monitor),  # not None: no problem was found
+        admin=draft.admin,
         **draft.fields,
     )
 
@@ -763,6 +830,10 @@ def render(pool: Pool) -> str:
         if key == "ports" and not pool.monitor.ports:
             line += f"; by default: {_text(pool.heartbeat_ports)}"
         lines.append(line)
+    if pool.admin is not None:
+        lines += ["", "[admin]", f"listen = {pool.admin.listen}"]
+        if pool.admin.token_file is not None:
+            lines.append(f"token_file = {pool.admin.token_file}")
     return "\n".join(lines) + "\n"
 
 
