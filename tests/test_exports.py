@@ -10,6 +10,7 @@ def test_top_level_exports_are_exactly_the_public_api() -> None:
     assert sorted(ocsbal.__all__) == sorted(
         [
             "OCS_PORTS",
+            "AdminState",
             "ConfigError",
             "NatMode",
             "Pool",

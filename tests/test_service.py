@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from ocsbal import OCS_PORTS, ConfigError, Pool, PoolService, Port, PortProtocol, Server
-from ocsbal._proxy import AdminState, UnknownServerError
-from ocsbal.config import Monitor
-from ocsbal.service import UnsupportedNatError
+from ocsbal._proxy import AdminState, LastServerError, UnknownServerError
+from ocsbal.admin import AdminTokenError
+from ocsbal.config import Admin, Monitor, load, render
+from ocsbal.service import ConfigReloader, UnsupportedNatError
 
 
 def makePool(**kw: Any) -> Pool:
@@ -218,8 +225,8 @@ class RuntimeChangeTests(SynchronousTestCase):
         with pytest.raises(UnknownServerError):
             service.set_state("fe9", AdminState.MAINT)
         service.remove_server("fe2")
-        with pytest.raises(ValueError, match="servers"):
-            service.remove_server("fe1")  # a pool needs a server
+        with pytest.raises(LastServerError, match="fe1 is the pool's last server"):
+            service.remove_server("fe1")
         assert service.pool == attrs.evolve(before, servers=before.servers[:1])
 
     def test_reload_binds_new_ports_closes_gone_ones_and_keeps_connections(
@@ -268,3 +275,100 @@ class RuntimeChangeTests(SynchronousTestCase):
         assert self.service._sweep.step == 3
         assert not health.running
         assert self.service.health.running
+
+
+class AdminInterfaceTests(SynchronousTestCase):
+    def test_the_admin_interface_listens_where_configured(self) -> None:
+        reactor = Reactor()
+        admin = Admin("tcp:9901:interface=127.0.0.1")
+        PoolService(makePool(ports=[Port(5060)], admin=admin), reactor).startService()
+        bound = [(port, interface) for port, _, _, interface in reactor.tcpServers]
+        assert bound == [(5060, "127.0.1.10"), (9901, "127.0.0.1")]
+
+    def test_an_unreadable_token_stops_the_start_with_nothing_bound(self) -> None:
+        reactor = Reactor()
+        admin = Admin(token_file="/nonexistent/token")
+        service = PoolService(makePool(ports=[Port(5060)], admin=admin), reactor)
+        with pytest.raises(AdminTokenError, match="cannot read"):
+            service.privilegedStartService()
+        assert [p.stopped for p in reactor.ports] == [True]
+
+    def test_an_admin_port_in_use_stops_the_start_with_nothing_bound(self) -> None:
+        reactor = Reactor(taken=9900)
+        service = PoolService(makePool(ports=[Port(5060)], admin=Admin()), reactor)
+        with pytest.raises(CannotListenError):
+            service.privilegedStartService()
+        assert [p.stopped for p in reactor.ports] == [True]
+
+    def test_reload_cannot_move_the_admin_interface(self) -> None:
+        service = PoolService(makePool(admin=Admin()), Reactor())
+        service.startService()
+        moved = attrs.evolve(service.pool, admin=Admin("tcp:9999"))
+        failure = self.failureResultOf(service.reload(moved))
+        assert "[admin] listen cannot change" in str(failure.value)
+
+
+class ConfigReloaderTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        self.path = Path(folder) / "pool.ini"
+        self.path.write_text(render(makePool(ports=[Port(5060)])))
+        self.reactor = Reactor()
+        self.service = PoolService(load(self.path), self.reactor)
+        self.reloader = ConfigReloader(str(self.path), self.service, self.reactor)
+        self.reloader.setServiceParent(self.service)
+        self.hangup = signal.getsignal(signal.SIGHUP)
+        self.service.startService()
+        self.addCleanup(lambda: self.reloader.running and self.reloader.stopService())
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def logged(self, level: LogLevel) -> list[str]:
+        return [formatEvent(e) for e in self.events if e["log_level"] == level]
+
+    def test_a_valid_file_is_applied(self) -> None:
+        self.path.write_text(render(makePool(ports=[Port(5060), Port(135)])))
+        self.successResultOf(self.reloader.reload())
+        assert [p.number for p in self.service.pool.ports] == [5060, 135]
+        assert f"reloaded {self.path}" in self.logged(LogLevel.info)
+
+    def test_a_bad_file_is_logged_and_the_running_configuration_stays(self) -> None:
+        before = self.service.pool
+        self.path.write_text(render(before).replace("retries = 2", "retries = -1"))
+        self.successResultOf(self.reloader.reload())
+        assert self.service.pool == before
+        assert self.logged(LogLevel.error) == [
+            f"reloading {self.path} refused; the running configuration stays:\n"
+            f"{self.path}: [pool] retries = -1: must be a whole number, 0 or more"
+        ]
+
+    def test_reloads_never_overlap_and_a_storm_costs_one_more(self) -> None:
+        loads: list[Pool] = []
+        reloads: list[Deferred[None]] = []
+
+        def reload(pool: Pool) -> Deferred[None]:
+            loads.append(pool)
+            reloads.append(Deferred())
+            return reloads[-1]
+
+        self.service.reload = reload  # type: ignore[method-assign]
+        first = self.reloader.reload()
+        storm = [self.reloader.reload() for _ in range(5)]
+        assert len(loads) == 1
+        reloads[0].callback(None)
+        self.successResultOf(first)
+        assert len(loads) == 2  # one more for the whole storm
+        self.assertNoResult(storm[0])
+        reloads[1].callback(None)
+        for d in storm:
+            self.successResultOf(d)
+
+    def test_sighup_reloads_and_stopping_restores_the_handler(self) -> None:
+        calls: list[object] = []
+        self.reactor.callFromThread = lambda f, *a: calls.append(f)  # type: ignore[method-assign]
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert calls == [self.reloader.reload]
+        self.reloader.stopService()
+        assert signal.getsignal(signal.SIGHUP) is self.hangup

@@ -1,10 +1,12 @@
 """ocsbal: a SIP-aware software load balancer for SIP server pools.
 
 The public API: the pool model (:mod:`ocsbal.config`), the service that
-balances it (:class:`PoolService`) and, importable on their own, the
-schedulers (:mod:`ocsbal.scheduling`).
+balances it (:class:`PoolService`) and what an operator may allow of a
+server (:class:`AdminState`) and, importable on their own, the schedulers
+(:mod:`ocsbal.scheduling`).
 """
 
+from ocsbal._proxy import AdminState
 from ocsbal.config import (
     OCS_PORTS,
     ConfigError,
@@ -22,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OCS_PORTS",
+    "AdminState",
     "ConfigError",
     "NatMode",
     "Pool",

@@ -376,6 +376,10 @@ class UnknownServerError(KeyError):
         return f"no server named {self.args[0]} in the pool"
 
 
+class LastServerError(ValueError):
+    """A pool's last server cannot be removed: a pool needs one."""
+
+
 class Balancer:
     """The pool at run time: its servers, their load, and the open splices.
 
@@ -512,6 +516,10 @@ class Balancer:
                 address=backend.server.address,
                 reason=reason,
             )
+
+    def active_by_port(self) -> Counter[int]:
+        """Client connections open, by VIP port."""
+        return Counter(splice.port.number for splice in self.splices)
 
     def sweep(self) -> None:
         """Close the connections that have been idle too long."""

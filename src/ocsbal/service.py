@@ -6,24 +6,43 @@ or let ``twistd ocsbal`` do so.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import signal
+from collections.abc import Callable, Iterable
 from contextlib import suppress
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorThreads
 from twisted.logger import Logger
 
-from ocsbal._proxy import AdminState, Balancer, Listener, ReactorTCPTime
-from ocsbal.config import NatMode
+from ocsbal._proxy import (
+    AdminState,
+    Balancer,
+    LastServerError,
+    Listener,
+    ReactorTCPTime,
+    UnknownServerError,
+)
+from ocsbal.admin import AdminService, AdminTokenError
+from ocsbal.config import ConfigError, NatMode, load
 from ocsbal.health import HealthChecks, TCPMonitor
 from ocsbal.scheduling import scheduler_class
 
 if TYPE_CHECKING:
     from ocsbal.config import Pool, Port, Server
+
+__all__ = [
+    "ConfigReloader",
+    "LastServerError",
+    "PoolService",
+    "ReloadError",
+    "UnknownServerError",
+    "UnsupportedNatError",
+]
 
 log = Logger(namespace="ocsbal")
 
@@ -81,6 +100,11 @@ class PoolService(MultiService):
         self._listeners: dict[int, Listener] = {}
         self._sweep = self._sweeper()
         self.health = self._checker()
+        #: The admin interface, if the pool has an ``[admin]`` section.
+        self.admin: AdminService | None = None
+        if pool.admin is not None:
+            self.admin = AdminService(self, pool.admin, cast(IReactorCore, reactor))
+            self.admin.setServiceParent(self)
 
     @property
     def pool(self) -> Pool:
@@ -105,15 +129,15 @@ class PoolService(MultiService):
         return checks
 
     def privilegedStartService(self) -> None:
-        """Bind every VIP port."""
+        """Bind every VIP port, and the admin interface's."""
         self._bind()
-        super().privilegedStartService()
+        self._unlessItFails(super().privilegedStartService)
 
     def startService(self) -> None:
-        """Bind every VIP port if not bound yet; start the idle sweep and checks."""
+        """Bind every port if not bound yet; start the idle sweep and checks."""
         if not self._listening:
             self._bind()
-        super().startService()
+        self._unlessItFails(super().startService)
         log.info(
             "pool {pool} ({fqdn}) balancing {ports} ports on {vip} over "
             "{servers} servers with {scheduler}",
@@ -125,6 +149,16 @@ class PoolService(MultiService):
             scheduler=self.pool.scheduler,
         )
         self._warnIfIdleTimeoutShort()
+
+    def _unlessItFails(self, start: Callable[[], None]) -> None:
+        """Run ``start``; if it fails, unbind the VIP ports: nothing half-way."""
+        try:
+            start()
+        except Exception:
+            for port in self._listening.values():
+                port.stopListening()
+            self._listening, self._listeners = {}, {}
+            raise
 
     def _warnIfIdleTimeoutShort(self) -> None:
         if self.pool.idle_timeout < OCS_IDLE_TIMEOUT:
@@ -178,10 +212,14 @@ class PoolService(MultiService):
         ``force``.
 
         :raises UnknownServerError: if there is no such server.
-        :raises ConfigError: if it is the last server; nothing changes then.
+        :raises LastServerError: if it is the last server; nothing changes then.
         """
         backend = self.balancer.backend(name)
         servers = [s for s in self.pool.servers if s.name != name]
+        if not servers:
+            raise LastServerError(
+                f"{name} is the pool's last server; add another before removing it"
+            )
         self._apply(attrs.evolve(self.pool, servers=servers))
         if force:
             for splice in list(backend.splices):
@@ -243,8 +281,11 @@ class PoolService(MultiService):
         scheduler, idle timeout, monitor and timeouts take their new values.
         Servers keep their state (ready, drain, maint) and health.
 
-        :raises ReloadError: if the VIP or the NAT mode would change, which
-            needs a restart; nothing changes then.
+        :raises ReloadError: if the VIP, the NAT mode or where the admin
+            interface listens would change, which needs a restart; nothing
+            changes then.
+        :raises AdminTokenError: if the admin token file cannot be read;
+            nothing changes then.
         :raises CannotListenError: if a new port cannot be bound; nothing
             changes then.
         """
@@ -259,6 +300,13 @@ class PoolService(MultiService):
                     f"[pool] {key} cannot change from {before} to {after} while "
                     "running; restart to change it"
                 )
+        listen = [a and a.listen for a in (old.admin, pool.admin)]
+        if listen[0] != listen[1]:
+            raise ReloadError(
+                "[admin] listen cannot change while running; restart to change it"
+            )
+        if self.admin is not None and pool.admin is not None:
+            self.admin.reload(pool.admin)
         wanted = {port.number: port for port in pool.ports}
         if self._listening:
             self._listen(p for n, p in wanted.items() if n not in self._listening)
@@ -306,6 +354,89 @@ class PoolService(MultiService):
         """Wait for ``d``, but no longer than ``seconds``."""
         with suppress(TimeoutError):
             await d.addTimeout(seconds, self._reactor)
+
+
+class ConfigReloader(Service):
+    """Re-reads a pool's configuration file on SIGHUP and applies it.
+
+    A file that does not validate, or a change that needs a restart, is
+    logged with its reasons and the running configuration stays.  Reloads
+    never overlap: a SIGHUP during a reload runs one more reload after it,
+    however many arrive.
+
+    :param path: the INI file.
+    :param pool_service: the service the configuration is applied to.
+    :param reactor: where the signal's work is handed over to.
+    """
+
+    def __init__(
+        self, path: str, pool_service: PoolService, reactor: IReactorThreads
+    ) -> None:
+        self.path = path
+        self.pool_service = pool_service
+        self.reactor = reactor
+        self._running = False
+        self._again = False
+        self._waiting: list[Deferred[None]] = []
+        self._previous: Any = signal.SIG_DFL
+
+    def startService(self) -> None:
+        """Reload on SIGHUP from now on."""
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> None:
+        """Give SIGHUP back to whoever had it."""
+        super().stopService()
+        signal.signal(signal.SIGHUP, self._previous)
+
+    def _hangup(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        # A signal handler may interrupt anything: hand over to the reactor.
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> Deferred[None]:
+        """Reload now, or once the reload in progress is done.
+
+        The returned Deferred fires when the file as it is now, or as a
+        later reload read it, is in force or has been refused; it never
+        fails.
+        """
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        if self._running:
+            self._again = True
+        else:
+            Deferred.fromCoroutine(self._reload())
+        return d
+
+    async def _reload(self) -> None:
+        self._running = True
+        try:
+            while True:
+                self._again = False
+                waiting, self._waiting = self._waiting, []
+                await self._once()
+                for d in waiting:
+                    d.callback(None)
+                if not self._again:
+                    return
+        finally:
+            self._running = False
+
+    async def _once(self) -> None:
+        try:
+            pool = load(self.path)
+            await self.pool_service.reload(pool)
+        except (ConfigError, ReloadError, AdminTokenError, CannotListenError) as e:
+            log.error(
+                "reloading {path} refused; the running configuration stays:\n{why}",
+                path=self.path,
+                why=e,
+            )
+        except Exception:
+            log.failure("reloading {path} failed unexpectedly", path=self.path)
+        else:
+            log.info("reloaded {path}", path=self.path)
 
 
 _STATE_MEANINGS = {

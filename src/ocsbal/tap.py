@@ -7,11 +7,14 @@ anything is bound or daemonised.
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorThreads
 from twisted.python import usage
 
 from ocsbal.config import ConfigError, Pool, load
-from ocsbal.service import PoolService
+from ocsbal.service import ConfigReloader, PoolService
 
 
 class Options(usage.Options):
@@ -48,5 +51,15 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    """Build the pool service described by the parsed options."""
-    return PoolService(options.pool, grace_period=options["grace"])
+    """Build the pool service described by the parsed options.
+
+    It reloads the configuration file on SIGHUP.
+    """
+    from twisted.internet import reactor
+
+    service = PoolService(options.pool, grace_period=options["grace"])
+    reloader = ConfigReloader(
+        options["config"], service, cast(IReactorThreads, reactor)
+    )
+    reloader.setServiceParent(service)
+    return service

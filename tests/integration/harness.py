@@ -10,13 +10,18 @@ these tests exercise exactly what an operator runs.  Every test uses its own
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -208,3 +213,97 @@ def require_root(what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+class Load:
+    """Clients using the VIP without pause, in threads, while a test changes things.
+
+    ``short`` threads each open a connection, ask one OPTIONS and close,
+    over and over; ``held`` connections stay open and ask an OPTIONS every
+    ``period`` seconds.  Every answer is recorded with the time its
+    connection was opened; every
+    error is kept, so a test can assert that none happened.
+    """
+
+    def __init__(
+        self, host: str, port: int, short: int = 2, held: int = 3, period: float = 0.1
+    ) -> None:
+        self.host, self.port, self.period = host, port, period
+        self.answers: list[tuple[float, str]] = []
+        self.held_answers: dict[int, list[str]] = {i: [] for i in range(held)}
+        #: Each failure: when its connection was opened, and what happened.
+        self.failures: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._short, daemon=True) for _ in range(short)
+        ] + [
+            threading.Thread(target=self._held, args=(i,), daemon=True)
+            for i in range(held)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(WAIT)
+
+    def _short(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            opened = time.monotonic()
+            try:
+                server = who_answers(self.host, self.port)
+            except Exception as e:  # every failure is the finding
+                self.failures.append((opened, f"short connection {n}: {e!r}"))
+            else:
+                self.answers.append((opened, server))
+
+    def _held(self, index: int) -> None:
+        opened = time.monotonic()
+        try:
+            with connect(self.host, self.port) as sock:
+                n = 0
+                while not self._stop.wait(self.period):
+                    n += 1
+                    self.held_answers[index].append(options(sock, n))
+        except Exception as e:  # every failure is the finding
+            self.failures.append((opened, f"held connection {index}: {e!r}"))
+
+    @property
+    def errors(self) -> list[str]:
+        """What went wrong, for any connection."""
+        return [error for _, error in self.failures]
+
+    def since(self, moment: float) -> list[str]:
+        """The servers that answered new connections opened after ``moment``."""
+        return [server for at, server in list(self.answers) if at > moment]
+
+    def wait_for(self, server: str, after: float = 0.0) -> None:
+        """Return once ``server`` answered a new connection after ``after``."""
+        deadline = time.monotonic() + WAIT
+        while server not in self.since(after):
+            assert time.monotonic() < deadline, f"{server} never answered"
+            time.sleep(0.05)
+
+
+def admin_call(
+    address: str, method: str, path: str, body: object = None
+) -> tuple[int, Any]:
+    """Call the admin API at ``address`` (host:port); return status and JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://{address}{path}",
+        data=data,
+        method=method,
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

@@ -1,0 +1,109 @@
+"""Prometheus metrics of a pool, read from the balancer at scrape time.
+
+The relay keeps plain integer counters; nothing is updated per connection
+or per byte for Prometheus' sake.  A scrape walks the servers and the open
+connections once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ocsbal._proxy import AdminState
+
+if TYPE_CHECKING:
+    from ocsbal._proxy import Balancer
+
+
+class PoolCollector(Collector):
+    """Collects the metrics of one balancer's servers and listeners.
+
+    :param balancer: the pool at run time.
+    """
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.balancer = balancer
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family, labelled by pool and server or port."""
+        balancer = self.balancer
+        pool = balancer.pool.name
+        server = ["pool", "server"]
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "up": GaugeMetricFamily(
+                "ocsbal_server_up",
+                "Whether the server passes its health checks.",
+                labels=server,
+            ),
+            "weight": GaugeMetricFamily(
+                "ocsbal_server_weight", "The server's scheduling weight.", labels=server
+            ),
+            "active": GaugeMetricFamily(
+                "ocsbal_server_active_connections",
+                "Connections to the server open or being opened.",
+                labels=server,
+            ),
+            "total": CounterMetricFamily(
+                "ocsbal_server_connections",
+                "Connections relayed to the server.",
+                labels=server,
+            ),
+            "sent": CounterMetricFamily(
+                "ocsbal_server_sent_bytes",
+                "Bytes relayed to the server.",
+                labels=server,
+            ),
+            "received": CounterMetricFamily(
+                "ocsbal_server_received_bytes",
+                "Bytes relayed from the server.",
+                labels=server,
+            ),
+        }
+        state = GaugeMetricFamily(
+            "ocsbal_server_admin_state",
+            "1 for the server's admin state (ready, drain or maint).",
+            labels=[*server, "state"],
+        )
+        for backend in balancer.backends.values():
+            labels = [pool, backend.name]
+            families["up"].add_metric(labels, backend.health.up)
+            families["weight"].add_metric(labels, backend.weight)
+            families["active"].add_metric(labels, backend.active)
+            families["total"].add_metric(labels, backend.total)
+            families["sent"].add_metric(labels, backend.sent)
+            families["received"].add_metric(labels, backend.received)
+            for admin in AdminState:
+                state.add_metric([*labels, admin.value], admin is backend.state)
+        yield from families.values()
+        yield state
+        yield from self._listeners(pool)
+
+    def _listeners(self, pool: str) -> Iterator[Metric]:
+        balancer = self.balancer
+        labels = ["pool", "port", "protocol"]
+        active = GaugeMetricFamily(
+            "ocsbal_listener_active_connections",
+            "Client connections open on the VIP port.",
+            labels=labels,
+        )
+        accepted = CounterMetricFamily(
+            "ocsbal_listener_accepted_connections",
+            "Client connections accepted on the VIP port.",
+            labels=labels,
+        )
+        rejected = CounterMetricFamily(
+            "ocsbal_listener_rejected_connections",
+            "Client connections closed because no server could take them.",
+            labels=labels,
+        )
+        open_by_port = balancer.active_by_port()
+        for port in balancer.pool.ports:
+            values = [pool, str(port.number), port.protocol.value]
+            active.add_metric(values, open_by_port[port.number])
+            accepted.add_metric(values, balancer.accepted[port.number])
+            rejected.add_metric(values, balancer.rejected[port.number])
+        yield from (active, accepted, rejected)

@@ -1,0 +1,112 @@
+"""What the admin interface reports: the pool at run time as plain data.
+
+Each function turns run-time objects into JSON-ready dictionaries, read by
+the JSON API, the status page and ``ocsbal ctl`` alike, so all three say
+the same thing in the same words.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+
+if TYPE_CHECKING:
+    from ocsbal._proxy import Backend, Balancer, Splice
+
+
+def server_report(backend: Backend) -> dict[str, Any]:
+    """One server: configuration, state, health and load."""
+    return {
+        "name": backend.name,
+        "address": backend.server.address,
+        "weight": backend.weight,
+        "state": backend.state.value,
+        "removed": backend.removed,
+        "health": "up" if backend.health.up else "down",
+        "last_check": backend.health.last,
+        "active": backend.active,
+        "total": backend.total,
+        "bytes_to_server": backend.sent,
+        "bytes_from_server": backend.received,
+    }
+
+
+def servers_report(balancer: Balancer) -> list[dict[str, Any]]:
+    """Every server, in configuration order, then those being removed."""
+    leaving = sorted(balancer.leaving, key=lambda b: b.name)
+    return [server_report(b) for b in [*balancer.backends.values(), *leaving]]
+
+
+def pool_report(balancer: Balancer) -> dict[str, Any]:
+    """The pool's settings, its listeners and its totals."""
+    pool = balancer.pool
+    monitor = pool.monitor
+    active = balancer.active_by_port()
+    backends = balancer.backends.values()
+    return {
+        "name": pool.name,
+        "fqdn": pool.fqdn,
+        "vip": pool.vip,
+        "kind": pool.kind.value,
+        "nat": pool.nat.value,
+        "scheduler": pool.scheduler,
+        "idle_timeout": pool.idle_timeout,
+        "connect_timeout": pool.connect_timeout,
+        "retries": pool.retries,
+        "monitor": {
+            "type": monitor.type.value,
+            "ports": list(pool.heartbeat_ports),
+            "interval": monitor.interval,
+            "timeout": monitor.timeout,
+            "rise": monitor.rise,
+            "fall": monitor.fall,
+        },
+        "listeners": [
+            {
+                "port": port.number,
+                "protocol": port.protocol.value,
+                "active": active[port.number],
+                "accepted": balancer.accepted[port.number],
+                "rejected": balancer.rejected[port.number],
+            }
+            for port in pool.ports
+        ],
+        "totals": {
+            "servers": len(balancer.backends),
+            "up": sum(b.health.up for b in backends),
+            "ready": sum(b.pickable for b in backends),
+            "active": len(balancer.splices),
+            "accepted": balancer.accepted.total(),
+            "rejected": balancer.rejected.total(),
+        },
+    }
+
+
+def connection_report(splice: Splice, now: float) -> dict[str, Any]:
+    """One client connection, ``now`` being the clock's time."""
+    return {
+        "client": _address(splice.peer),
+        "port": splice.port.number,
+        "protocol": splice.port.protocol.value,
+        "server": None if splice.backend is None else splice.backend.name,
+        "age": round(now - splice.started, 3),
+        "idle": round(now - splice.last_activity, 3),
+        "bytes_from_client": splice.upstream,
+        "bytes_from_server": splice.downstream,
+    }
+
+
+def connections_report(balancer: Balancer) -> list[dict[str, Any]]:
+    """Every open client connection, oldest first."""
+    now = balancer.reactor.seconds()
+    splices = sorted(balancer.splices, key=lambda s: s.started)
+    return [connection_report(s, now) for s in splices]
+
+
+def _address(address: object) -> str:
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    return str(address)

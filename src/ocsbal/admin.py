@@ -1,0 +1,389 @@
+"""The admin interface: a JSON API, Prometheus metrics and a status page.
+
+One :mod:`twisted.web` site, served on the ``[admin] listen`` endpoint
+(loopback by default)::
+
+    GET    /                       the status page (HTML)
+    GET    /metrics                Prometheus text format
+    GET    /api/pool               settings, listeners, totals
+    GET    /api/servers            every server
+    POST   /api/servers            add one: {"name", "address", "weight"}
+    GET    /api/servers/NAME       one server
+    PATCH  /api/servers/NAME       {"weight": N} and/or {"state": "drain"}
+    DELETE /api/servers/NAME       remove it (?force=1 closes its connections)
+    GET    /api/connections        open client connections
+
+With ``token_file`` set, every request must carry the token, as
+``Authorization: Bearer TOKEN`` or, for a browser, as the password of HTTP
+Basic authentication (any user name).  A refused request gets a 4xx status
+and ``{"error": "..."}`` saying why, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import attrs
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.registry import Collector
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorCore
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from ocsbal._metrics import PoolCollector
+from ocsbal._proxy import AdminState, LastServerError, UnknownServerError
+from ocsbal._report import (
+    connections_report,
+    pool_report,
+    server_report,
+    servers_report,
+)
+from ocsbal._status_page import render_status_page
+from ocsbal.config import Admin, ConfigError, Server
+
+if TYPE_CHECKING:
+    from ocsbal.service import PoolService
+
+__all__ = ["AdminService", "AdminTokenError", "admin_site"]
+
+#: The largest request body accepted; the API's bodies are a few fields.
+MAX_BODY = 64 * 1024
+
+
+class AdminTokenError(ValueError):
+    """The admin token file cannot be used; the message says why."""
+
+
+def read_token(admin: Admin) -> bytes | None:
+    """Read the token of ``admin``, or ``None`` if it has no token file.
+
+    :raises AdminTokenError: if the file cannot be read or is empty.
+    """
+    if admin.token_file is None:
+        return None
+    try:
+        token = Path(admin.token_file).read_bytes().strip()
+    except OSError as e:
+        raise AdminTokenError(
+            f"[admin] token_file = {admin.token_file}: cannot read: {e.strerror}"
+        ) from None
+    if not token:
+        raise AdminTokenError(f"[admin] token_file = {admin.token_file}: is empty")
+    return token
+
+
+class _RequestError(Exception):
+    """A request is refused with ``status``; ``message`` says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _refuse(status: int, message: str) -> NoReturn:
+    raise _RequestError(status, message)
+
+
+def _json(request: Request, status: int, body: object) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body, indent=2).encode() + b"\n"
+
+
+class _Endpoint(Resource):
+    """A resource answering JSON, by method, with JSON errors.
+
+    Subclasses define ``GET``, ``POST``... as methods returning the body to
+    send (status 200) or raising :class:`_RequestError`.
+    """
+
+    isLeaf = True
+
+    def __init__(self, service: PoolService) -> None:
+        super().__init__()
+        self.service = service
+
+    def render(self, request: Request) -> bytes:
+        method = request.method.decode("ascii", "replace")
+        handler: Callable[[Request], object] | None = getattr(
+            self, f"do_{method}", None
+        )
+        if handler is None:
+            allowed = sorted(n[3:] for n in dir(self) if n.startswith("do_"))
+            request.setHeader(b"allow", ", ".join(allowed).encode())
+            return _json(request, 405, {"error": f"method {method} not allowed"})
+        try:
+            body = handler(request)
+            # A handler may have set its own success status, such as 201.
+            return _json(request, request.code, body)
+        except _RequestError as e:
+            return _json(request, e.status, {"error": str(e)})
+        except UnknownServerError as e:
+            return _json(request, 404, {"error": str(e)})
+
+
+#: A JSON field's Python type, and how to name it to a person.
+_STRING = (str, "a string")
+_WHOLE = (int, "a whole number")
+
+
+def _body(request: Request, allowed: dict[str, tuple[type, str]]) -> dict[str, Any]:
+    """The request's JSON object, holding only ``allowed`` fields of their types."""
+    raw = request.content.read(MAX_BODY + 1) if request.content else b""
+    if len(raw) > MAX_BODY:
+        _refuse(413, f"the body is over {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        _refuse(400, f"the body is not JSON: {e}")
+    if not isinstance(body, dict):
+        _refuse(400, "the body must be a JSON object")
+    for key, value in body.items():
+        if key not in allowed:
+            _refuse(400, f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+        kind, name = allowed[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            _refuse(400, f"{key} must be {name}")
+    return body
+
+
+def _problems(error: ConfigError) -> str:
+    # The pool checks itself as "Pool"; the operator is talking to it.
+    return "; ".join(str(p).removeprefix(f"{p.file}: ") for p in error.problems)
+
+
+class _PoolEndpoint(_Endpoint):
+    def do_GET(self, _request: Request) -> object:
+        return pool_report(self.service.balancer)
+
+
+class _ConnectionsEndpoint(_Endpoint):
+    def do_GET(self, _request: Request) -> object:
+        return connections_report(self.service.balancer)
+
+
+class _ServersEndpoint(_Endpoint):
+    isLeaf = False
+
+    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
+        if not path:
+            return self
+        return _ServerEndpoint(self.service, path.decode("utf-8", "replace"))
+
+    def do_GET(self, _request: Request) -> object:
+        return servers_report(self.service.balancer)
+
+    def do_POST(self, request: Request) -> object:
+        fields = _body(request, {"name": _STRING, "address": _STRING, "weight": _WHOLE})
+        missing = [key for key in ("name", "address") if key not in fields]
+        if missing:
+            _refuse(400, f"missing field {missing[0]!r}")
+        try:
+            server = Server(**fields)
+            self.service.add_server(server)
+        except ConfigError as e:
+            _refuse(409, _problems(e))
+        except ValueError as e:
+            _refuse(400, str(e))
+        request.setResponseCode(201)
+        request.setHeader(b"location", f"/api/servers/{server.name}".encode())
+        return server_report(self.service.balancer.backend(server.name))
+
+
+class _ServerEndpoint(_Endpoint):
+    def __init__(self, service: PoolService, name: str) -> None:
+        super().__init__(service)
+        self.name = name
+
+    def render(self, request: Request) -> bytes:
+        # A path below a server's (/api/servers/fe1/x) names nothing.
+        if request.postpath:
+            return _json(request, 404, {"error": "no such resource"})
+        return super().render(request)
+
+    def do_GET(self, _request: Request) -> object:
+        return server_report(self.service.balancer.backend(self.name))
+
+    def do_PATCH(self, request: Request) -> object:
+        fields = _body(request, {"weight": _WHOLE, "state": _STRING})
+        backend = self.service.balancer.backend(self.name)
+        # Check everything before changing anything.
+        state = fields.get("state", backend.state.value)
+        try:
+            new_state = AdminState(state)
+        except ValueError:
+            choices = ", ".join(s.value for s in AdminState)
+            _refuse(400, f"state must be one of {choices}")
+        weight = fields.get("weight", backend.weight)
+        try:
+            attrs.evolve(backend.server, weight=weight)
+        except ValueError as e:
+            _refuse(400, str(e))
+        if weight != backend.weight:
+            self.service.reweight(self.name, weight)
+        self.service.set_state(self.name, new_state)
+        return server_report(backend)
+
+    def do_DELETE(self, request: Request) -> object:
+        force = request.args.get(b"force", [b"0"])[-1] in (b"1", b"yes", b"true")
+        backend = self.service.balancer.backend(self.name)
+        try:
+            self.service.remove_server(self.name, force=force)
+        except LastServerError as e:
+            _refuse(409, str(e))
+        return server_report(backend)
+
+
+class _Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return bytes(generate_latest(self.registry))
+
+
+class _StatusPage(Resource):
+    isLeaf = True
+
+    def __init__(self, service: PoolService) -> None:
+        super().__init__()
+        self.service = service
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        balancer = self.service.balancer
+        return render_status_page(pool_report(balancer), servers_report(balancer))
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return _json(request, 404, {"error": "no such resource"})
+
+
+class _Directory(Resource):
+    """A resource with fixed children; any other path is a JSON 404."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
+        return _NotFound()
+
+
+class _Guard(Resource):
+    """Lets a request through to ``root`` only if it carries the token."""
+
+    def __init__(self, root: Resource, token: Callable[[], bytes | None]) -> None:
+        super().__init__()
+        self.root = root
+        self.token = token
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        if self._allowed(request):
+            child: IResource = self.root.getChildWithDefault(path, request)
+            return child
+        return _Unauthorized()
+
+    def _allowed(self, request: Request) -> bool:
+        token = self.token()
+        if token is None:
+            return True
+        scheme, _, credentials = (
+            (request.getHeader(b"authorization") or b"").strip().partition(b" ")
+        )
+        if scheme.lower() == b"basic":
+            try:
+                credentials = base64.b64decode(credentials, validate=True)
+            except binascii.Error:
+                return False
+            credentials = credentials.partition(b":")[2]
+        elif scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(credentials.strip(), token)
+
+
+class _Unauthorized(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(
+            b"www-authenticate", b'Bearer realm="ocsbal", Basic realm="ocsbal"'
+        )
+        return _json(request, 401, {"error": "a valid admin token is required"})
+
+
+def admin_site(
+    service: PoolService,
+    token: Callable[[], bytes | None],
+    collectors: tuple[Collector, ...] = (),
+) -> Site:
+    """The admin site of ``service``.
+
+    :param token: returns the token requests must carry, or ``None``; called
+        for each request, so a reloaded token applies at once.
+    :param collectors: more Prometheus collectors for ``/metrics``, besides
+        the pool's own (e.g. a ``ProcessCollector``).
+    """
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(PoolCollector(service.balancer))
+    for collector in collectors:
+        registry.register(collector)
+    root = _Directory()
+    api = _Directory()
+    root.putChild(b"", _StatusPage(service))
+    root.putChild(b"api", api)
+    root.putChild(b"metrics", _Metrics(registry))
+    api.putChild(b"pool", _PoolEndpoint(service))
+    api.putChild(b"servers", _ServersEndpoint(service))
+    api.putChild(b"connections", _ConnectionsEndpoint(service))
+    site = Site(_Guard(root, token))
+    site.noisy = False
+    site.displayTracebacks = False
+    return site
+
+
+class AdminService(StreamServerEndpointService):
+    """Serves a pool's admin site on its ``[admin] listen`` endpoint.
+
+    The token file is read before listening, so a missing token stops the
+    start instead of leaving the API open, and again at :meth:`reload`.
+    """
+
+    #: A port that cannot be bound stops the start, as the VIP's ports do
+    #: (the flag strports itself sets for this).
+    _raiseSynchronously = True
+
+    def __init__(
+        self, service: PoolService, admin: Admin, reactor: IReactorCore
+    ) -> None:
+        self.admin = admin
+        self._token: bytes | None = None
+        process = ProcessCollector(registry=None)
+        site = admin_site(service, lambda: self._token, (process,))
+        super().__init__(serverFromString(reactor, admin.listen), site)
+
+    def privilegedStartService(self) -> None:
+        """Read the token, then listen."""
+        self._token = read_token(self.admin)
+        super().privilegedStartService()
+
+    def reload(self, admin: Admin) -> None:
+        """Read the token of ``admin``, the same but for its token file."""
+        token = read_token(admin)
+        self.admin, self._token = admin, token

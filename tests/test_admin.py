@@ -1,0 +1,290 @@
+"""The admin API, driven in memory with treq's StubTreq: no sockets, no reactor."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from ocsbal import Pool, PoolService, Port, Server
+from ocsbal.admin import AdminTokenError, admin_site
+from ocsbal.config import Admin
+
+URL = "http://127.0.0.1:9900"
+
+
+def makePool(**kw: Any) -> Pool:
+    return Pool(
+        name="pool01",
+        fqdn="pool01.example.com",
+        vip="127.0.1.10",
+        servers=(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12", 50)),
+        ports=(Port(5060, "sip"), Port(135)),
+        scheduler="round-robin",
+        **kw,
+    )
+
+
+class AdminTests(SynchronousTestCase):
+    token: bytes | None = None
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.service = PoolService(makePool(), self.reactor)
+        self.service.startService()
+        self.treq = StubTreq(admin_site(self.service, lambda: self.token).resource)
+
+    def call(
+        self, method: str, path: str, body: object = None, **kw: Any
+    ) -> tuple[int, Any]:
+        if body is not None:
+            kw["data"] = body if isinstance(body, bytes) else json.dumps(body).encode()
+            kw.setdefault("headers", {})["content-type"] = ["application/json"]
+        response = self.successResultOf(self.treq.request(method, URL + path, **kw))
+        content = self.successResultOf(response.content())
+        if response.headers.getRawHeaders("content-type") == ["application/json"]:
+            return response.code, json.loads(content)
+        return response.code, content
+
+    def connect(self) -> StringTransport:
+        """A client connects to port 5060 and its server connection succeeds."""
+        factory = self.reactor.tcpServers[0][1]
+        client = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        factory.buildProtocol(None).makeConnection(client)
+        server = self.reactor.tcpClients[-1][2].buildProtocol(None)
+        server.makeConnection(StringTransport())
+        return client
+
+
+class ReadTests(AdminTests):
+    def test_pool(self) -> None:
+        self.connect()
+        status, pool = self.call("GET", "/api/pool")
+        assert status == 200
+        assert (pool["name"], pool["vip"], pool["scheduler"]) == (
+            "pool01",
+            "127.0.1.10",
+            "round-robin",
+        )
+        assert pool["listeners"] == [
+            {
+                "port": 5060,
+                "protocol": "sip",
+                "active": 1,
+                "accepted": 1,
+                "rejected": 0,
+            },
+            {"port": 135, "protocol": "tcp", "active": 0, "accepted": 0, "rejected": 0},
+        ]
+        assert pool["totals"] == {
+            "servers": 2,
+            "up": 2,
+            "ready": 2,
+            "active": 1,
+            "accepted": 1,
+            "rejected": 0,
+        }
+        assert pool["monitor"]["ports"] == [5060]
+
+    def test_servers(self) -> None:
+        self.connect()
+        status, servers = self.call("GET", "/api/servers")
+        assert status == 200
+        assert servers[0] == {
+            "name": "fe1",
+            "address": "127.0.1.11",
+            "weight": 100,
+            "state": "ready",
+            "removed": False,
+            "health": "up",
+            "last_check": "not checked yet",
+            "active": 1,
+            "total": 1,
+            "bytes_to_server": 0,
+            "bytes_from_server": 0,
+        }
+        assert self.call("GET", "/api/servers/fe2")[1] == servers[1]
+
+    def test_connections(self) -> None:
+        self.connect()
+        self.reactor.advance(7)
+        status, [connection] = self.call("GET", "/api/connections")
+        assert status == 200
+        assert connection == {
+            "client": "127.0.0.1:40000",
+            "port": 5060,
+            "protocol": "sip",
+            "server": "fe1",
+            "age": 7,
+            "idle": 7,
+            "bytes_from_client": 0,
+            "bytes_from_server": 0,
+        }
+
+    def test_metrics(self) -> None:
+        self.connect()
+        status, text = self.call("GET", "/metrics")
+        assert status == 200
+        lines = text.decode().splitlines()
+        for line in [
+            'ocsbal_server_up{pool="pool01",server="fe1"} 1.0',
+            'ocsbal_server_weight{pool="pool01",server="fe2"} 50.0',
+            'ocsbal_server_active_connections{pool="pool01",server="fe1"} 1.0',
+            'ocsbal_server_connections_total{pool="pool01",server="fe1"} 1.0',
+            'ocsbal_server_admin_state{pool="pool01",server="fe1",state="drain"} 0.0',
+            'ocsbal_listener_accepted_connections_total{pool="pool01",port="5060",'
+            'protocol="sip"} 1.0',
+        ]:
+            assert line in lines
+
+    def test_unknown_paths_and_methods_are_json_errors(self) -> None:
+        assert self.call("GET", "/nothing") == (404, {"error": "no such resource"})
+        assert self.call("GET", "/api/servers/fe9") == (
+            404,
+            {"error": "no server named fe9 in the pool"},
+        )
+        assert self.call("GET", "/api/servers/fe1/../fe2/x")[0] == 404
+        assert self.call("PUT", "/api/pool") == (
+            405,
+            {"error": "method PUT not allowed"},
+        )
+
+
+class ChangeTests(AdminTests):
+    def test_add_a_server(self) -> None:
+        status, server = self.call(
+            "POST", "/api/servers", {"name": "fe3", "address": "127.0.1.13"}
+        )
+        assert status == 201
+        assert (server["name"], server["weight"], server["health"]) == (
+            "fe3",
+            100,
+            "down",
+        )
+        assert [s.name for s in self.service.pool.servers] == ["fe1", "fe2", "fe3"]
+
+    def test_refused_additions_change_nothing(self) -> None:
+        before = self.service.pool
+        for body, status, error in [
+            (b"{nope", 400, "the body is not JSON"),
+            (b"[1]", 400, "the body must be a JSON object"),
+            (b"x" * 70000, 413, "the body is over 65536 bytes"),
+            ({"name": "fe3"}, 400, "missing field 'address'"),
+            ({"name": "fe3", "address": "x", "colour": 1}, 400, "unknown field 'col"),
+            ({"name": "fe3", "address": "127.0.1.13", "weight": "9"}, 400, "weight mu"),
+            ({"name": "fe3", "address": "127.0.1.13", "weight": True}, 400, "weight"),
+            ({"name": "fe3", "address": "fe3.example.com"}, 400, "not a host name"),
+            ({"name": "fe3", "address": "127.0.1.11"}, 409, "already server fe1's"),
+            ({"name": "fe1", "address": "127.0.1.13"}, 409, "already listed"),
+            ({"name": "fe3", "address": "127.0.1.10"}, 409, "is the VIP"),
+        ]:
+            assert self.call("POST", "/api/servers", body) == (
+                status,
+                {"error": _Containing(error)},
+            )
+        assert self.service.pool == before
+
+    def test_patch_weight_and_state(self) -> None:
+        status, server = self.call(
+            "PATCH", "/api/servers/fe2", {"weight": 7, "state": "drain"}
+        )
+        assert status == 200
+        assert (server["weight"], server["state"]) == (7, "drain")
+        assert self.service.balancer.backend("fe2").pickable is False
+
+    def test_a_bad_patch_changes_nothing(self) -> None:
+        for body, error in [
+            ({"weight": 7, "state": "sleeping"}, "state must be one of ready, drain"),
+            ({"weight": 70000, "state": "drain"}, "weight = 70000: must be a whole"),
+            ({"address": "127.0.1.99"}, "unknown field 'address'; allowed: weight"),
+        ]:
+            assert self.call("PATCH", "/api/servers/fe2", body) == (
+                400,
+                {"error": _Containing(error)},
+            )
+        backend = self.service.balancer.backend("fe2")
+        assert (backend.weight, backend.state.value) == (50, "ready")
+
+    def test_delete_lets_connections_finish_unless_forced(self) -> None:
+        client = self.connect()
+        status, server = self.call("DELETE", "/api/servers/fe1")
+        assert status == 200
+        assert (server["removed"], server["active"]) == (True, 1)
+        assert not client.disconnecting
+        assert [s["name"] for s in self.call("GET", "/api/servers")[1]] == [
+            "fe2",
+            "fe1",
+        ]
+        assert self.call("DELETE", "/api/servers/fe1")[0] == 404
+
+    def test_delete_with_force_closes_connections(self) -> None:
+        client = self.connect()
+        assert self.call("DELETE", "/api/servers/fe1?force=1")[0] == 200
+        assert client.disconnecting
+
+    def test_the_last_server_cannot_be_removed(self) -> None:
+        self.call("DELETE", "/api/servers/fe1")
+        status, answer = self.call("DELETE", "/api/servers/fe2")
+        assert (status, answer) == (
+            409,
+            {"error": "fe2 is the pool's last server; add another before removing it"},
+        )
+
+
+class _Containing(str):
+    """Equal to any string that contains it, for readable error checks."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and str(self) in other
+
+    __hash__ = str.__hash__
+
+
+class TokenTests(AdminTests):
+    token = b"s3cret"
+
+    def test_no_or_a_wrong_token_is_refused(self) -> None:
+        for headers in [
+            {},
+            {"authorization": ["Bearer wrong"]},
+            {"authorization": ["Bearer"]},
+            {"authorization": ["Digest s3cret"]},
+            {"authorization": ["Basic !!!"]},
+        ]:
+            status, answer = self.call("GET", "/api/pool", headers=headers)
+            assert (status, answer) == (
+                401,
+                {"error": "a valid admin token is required"},
+            )
+        status, _ = self.call(
+            "POST", "/api/servers", {"name": "x", "address": "1.2.3.4"}
+        )
+        assert status == 401
+        assert len(self.service.pool.servers) == 2
+
+    def test_bearer_and_basic_tokens_are_accepted(self) -> None:
+        basic = base64.b64encode(b"anyone:s3cret").decode()
+        for value in ["Bearer s3cret", f"Basic {basic}"]:
+            status, _ = self.call("GET", "/", headers={"authorization": [value]})
+            assert status == 200
+
+
+def test_a_missing_or_empty_token_file_is_named(tmp_path: Path) -> None:
+    from ocsbal.admin import read_token
+
+    missing = str(tmp_path / "missing")
+    with pytest.raises(AdminTokenError, match=f"token_file = {missing}: cannot read"):
+        read_token(Admin(token_file=missing))
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(AdminTokenError, match="is empty"):
+        read_token(Admin(token_file=str(tmp_path / "empty")))
+    (tmp_path / "token").write_text("s3cret\n")
+    assert read_token(Admin(token_file=str(tmp_path / "token"))) == b"s3cret"
+    assert read_token(Admin()) is None
