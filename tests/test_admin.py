@@ -49,7 +49,8 @@ class AdminTests(SynchronousTestCase):
             kw.setdefault("headers", {})["content-type"] = ["application/json"]
         response = self.successResultOf(self.treq.request(method, URL + path, **kw))
         content = self.successResultOf(response.content())
-        if response.headers.getRawHeaders("content-type") == ["application/json"]:
+        is_json = response.headers.getRawHeaders("content-type") == ["application/json"]
+        if is_json and content:
             return response.code, json.loads(content)
         return response.code, content
 
@@ -288,3 +289,8 @@ def test_a_missing_or_empty_token_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("s3cret\n")
     assert read_token(Admin(token_file=str(tmp_path / "token"))) == b"s3cret"
     assert read_token(Admin()) is None
+
+
+class HeadTests(AdminTests):
+    def test_head_is_get_without_a_body(self) -> None:
+        assert self.call("HEAD", "/api/pool") == (200, b"")

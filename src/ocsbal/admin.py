@@ -106,8 +106,9 @@ def _json(request: Request, status: int, body: object) -> bytes:
 class _Endpoint(Resource):
     """A resource answering JSON, by method, with JSON errors.
 
-    Subclasses define ``GET``, ``POST``... as methods returning the body to
-    send (status 200) or raising :class:`_RequestError`.
+    Subclasses define ``do_GET``, ``do_POST``... returning the body to send
+    (status 200 unless they set another) or raising :class:`_RequestError`.
+    ``HEAD`` is answered as ``GET``, without the body.
     """
 
     isLeaf = True
@@ -118,6 +119,8 @@ class _Endpoint(Resource):
 
     def render(self, request: Request) -> bytes:
         method = request.method.decode("ascii", "replace")
+        if method == "HEAD":
+            method = "GET"  # twisted.web drops the body
         handler: Callable[[Request], object] | None = getattr(
             self, f"do_{method}", None
         )
