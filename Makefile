@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # netcat-openbsd: the demo tour talks to the VIP with nc.
-APT_PACKAGES := netcat-openbsd
+# chromium: the status page is tested in a real headless browser.
+APT_PACKAGES := netcat-openbsd chromium
 STAMP  := $(VENV)/.installed
 
 .PHONY: install system-packages demo test lint docs bench clean

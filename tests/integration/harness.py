@@ -307,3 +307,13 @@ def admin_call(
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def require_tool(path: str, package: str) -> None:
+    """Skip locally, fail in CI, when the program at ``path`` is missing."""
+    if Path(path).exists():
+        return
+    message = f"{path} is missing; install it with: apt-get install {package}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
