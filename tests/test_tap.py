@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from twisted.python.usage import UsageError
 
-from ocsbal.service import PoolService
+from ocsbal.service import ConfigReloader, PoolService
 from ocsbal.tap import Options, makeService
 
 EXAMPLE = str(Path(__file__).parents[1] / "examples" / "pool.ini")
@@ -21,6 +21,8 @@ def test_the_pool_is_loaded_while_options_are_parsed() -> None:
     assert isinstance(service, PoolService)
     assert service.pool is options.pool
     assert service.grace_period == 2.5
+    [reloader] = [c for c in service if isinstance(c, ConfigReloader)]
+    assert (reloader.path, reloader.pool_service) == (EXAMPLE, service)
 
 
 @pytest.mark.parametrize(
