@@ -146,6 +146,11 @@ class TestMonitor:
             MonitorType.TCP, (5060, 444, 5061), 1, 0.5, 3, 4
         )
 
+    def test_https_with_a_url(self) -> None:
+        text = MINIMAL + "[monitor]\ntype = https\nports = 443\nurl = /health?x=1\n"
+        monitor = parse(text).monitor
+        assert (monitor.type, monitor.url) == (MonitorType.HTTPS, "/health?x=1")
+
     def test_the_effective_ports_are_shown_when_rendered(self) -> None:
         assert "ports = ; by default: 5061, 5060, 444\n" in render(parse(MINIMAL))
 
@@ -245,7 +250,10 @@ BAD_VALUES = [
     ("monitor", "timeout", "6", "must not exceed the interval (5 s)"),
     ("monitor", "rise", "0", "must be a whole number from 1 to 1000"),
     ("monitor", "fall", "-2", "must be a whole number from 1 to 1000"),
-    ("monitor", "url", "/", "unknown key; allowed: type, ports, interval"),
+    ("monitor", "url", "health", "must be a path starting with /, without spaces"),
+    ("monitor", "url", "/a b", "must be a path starting with /, without spaces"),
+    ("monitor", "url", "/health", "is only used by type = https"),
+    ("monitor", "path", "/", "unknown key; allowed: type, ports, interval"),
 ]
 
 
@@ -455,7 +463,13 @@ names = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)
 @st.composite
 def monitors(draw: st.DrawFn) -> Monitor:
     interval = draw(st.floats(1, 3600))
+    kind = draw(st.sampled_from(MonitorType))
+    url = "/"
+    if kind is MonitorType.HTTPS:
+        url = draw(st.from_regex(r"/[a-z0-9/?=&.-]{0,30}", fullmatch=True))
     return Monitor(
+        type=kind,
+        url=url,
         ports=draw(st.lists(st.integers(1, 65535), max_size=3, unique=True)),
         interval=interval,
         timeout=draw(st.floats(0.001, interval)),

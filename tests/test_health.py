@@ -8,18 +8,16 @@ import attrs
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
 from ocsbal._proxy import AdminState, Balancer
 from ocsbal.config import Monitor, Pool, Port, PortProtocol, Server
-from ocsbal.health import HealthChecks, HealthState, IMonitor, TCPMonitor
+from ocsbal.health import HealthChecks, HealthState, IMonitor
 from ocsbal.scheduling import RoundRobin
 
 FE1 = Server("fe1", "127.0.1.11")
@@ -60,51 +58,6 @@ class TestHealthState:
         state.record(False, "x")
         state.record(True)
         assert not state.up
-
-
-class TestTCPMonitor(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
-        self.monitor = TCPMonitor(self.reactor, (5061, 5060), timeout=2)
-
-    def test_it_provides_imonitor(self) -> None:
-        assert verifyObject(IMonitor, self.monitor)
-
-    def test_every_port_is_connected_with_the_timeout(self) -> None:
-        self.monitor.check(FE1)
-        assert [(h, p, t) for h, p, _, t, _ in self.reactor.tcpClients] == [
-            ("127.0.1.11", 5061, 2),
-            ("127.0.1.11", 5060, 2),
-        ]
-
-    def accept(self, index: int) -> StringTransport:
-        host, port, factory, *_ = self.reactor.tcpClients[index]
-        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return transport
-
-    def fail(self, index: int, error: Exception) -> None:
-        factory = self.reactor.tcpClients[index][2]
-        factory.clientConnectionFailed(self.reactor.connectors[index], Failure(error))
-
-    def test_success_when_every_port_accepts_and_each_is_closed(self) -> None:
-        d = self.monitor.check(FE1)
-        transports = [self.accept(0), self.accept(1)]
-        assert self.successResultOf(d) is None
-        assert all(t.disconnecting for t in transports)
-
-    def test_one_refused_port_fails_the_check_naming_it(self) -> None:
-        d = self.monitor.check(FE1)
-        self.accept(0)
-        self.fail(1, ConnectionRefusedError())
-        assert str(self.failureResultOf(d).value) == "port 5060 refused"
-
-    def test_a_timeout_is_named(self) -> None:
-        d = self.monitor.check(FE1)
-        self.fail(0, TimeoutError())
-        self.accept(1)
-        assert str(self.failureResultOf(d).value) == "port 5061 timed out after 2 s"
 
 
 @implementer(IMonitor)

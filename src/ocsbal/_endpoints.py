@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+
+
+class ReactorTCPTime(IReactorTCP, IReactorTime):
+    """The reactor features the relay and the monitors need: TCP and a clock."""
 
 
 def server_endpoint(

@@ -25,8 +25,6 @@ from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
     IPushProducer,
-    IReactorTCP,
-    IReactorTime,
     IStreamClientEndpoint,
     ITCPTransport,
 )
@@ -35,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ocsbal._endpoints import server_endpoint
+from ocsbal._endpoints import ReactorTCPTime, server_endpoint
 from ocsbal._idle import IdleTimeout
 from ocsbal.health import HealthState
 from ocsbal.scheduling import IScheduler, NoServerAvailable, scheduler_class
@@ -44,10 +42,6 @@ if TYPE_CHECKING:
     from ocsbal.config import Pool, Port, Server
 
 log = Logger(namespace="ocsbal")
-
-
-class ReactorTCPTime(IReactorTCP, IReactorTime):
-    """The reactor features the relay needs: TCP and a clock."""
 
 
 class _SplicedTransport(ITCPTransport, IPushProducer, IConsumer):

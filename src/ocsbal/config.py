@@ -288,6 +288,12 @@ class MonitorType(enum.Enum):
 
     #: A TCP connection established and closed: OCS 2007 R2's heartbeat.
     TCP = "tcp"
+    #: A TLS handshake completed.
+    TLS = "tls"
+    #: A SIP OPTIONS answered with a final response (not 503).
+    SIP_OPTIONS = "sip-options"
+    #: An HTTPS GET of the monitor's ``url`` answered 2xx or 3xx.
+    HTTPS = "https"
 
 
 #: The heartbeat ports OCS 2007 R2 names (SIP/TLS, SIP/TCP, conferencing).
@@ -310,6 +316,12 @@ def _check_port_list(ports: tuple[int, ...]) -> None:
 
 _PORT_LIST = "must be distinct ports from 1 to 65535, separated by commas"
 
+
+def _check_url(url: str) -> None:
+    if not isinstance(url, str) or not re.fullmatch(r"/[\x21-\x7e]*", url):
+        raise _NotAllowedError("must be a path starting with /, without spaces")
+
+
 #: The rule of each ``[monitor]`` key, which is also the rule of its attribute.
 _MONITOR_RULES: dict[str, _Rule[Any]] = {
     "type": _enum_rule(MonitorType),
@@ -322,6 +334,7 @@ _MONITOR_RULES: dict[str, _Rule[Any]] = {
     "timeout": _seconds_rule(),
     "rise": _whole_rule(1, 1000),
     "fall": _whole_rule(1, 1000),
+    "url": _Rule(str, _check_url),
 }
 
 
@@ -344,6 +357,7 @@ class Monitor:
     :ivar timeout: seconds a check may take; no more than ``interval``.
     :ivar rise: successes in a row that bring a down server back.
     :ivar fall: failures in a row that take an up server down.
+    :ivar url: the path an ``https`` check asks for.
     """
 
     type: MonitorType = attrs.field(
@@ -362,6 +376,7 @@ class Monitor:
     )
     rise: int = attrs.field(default=2, validator=_MONITOR_RULES["rise"])
     fall: int = attrs.field(default=2, validator=_MONITOR_RULES["fall"])
+    url: str = attrs.field(default="/", validator=_MONITOR_RULES["url"])
 
 
 def _check_listen(text: str) -> None:
@@ -521,6 +536,17 @@ def _relations(
     would fix it.  A draft's refused values are ``None`` and not checked.
     """
     monitor = pool.monitor
+    if (
+        monitor is not None
+        and monitor.url != "/"
+        and monitor.type is not MonitorType.HTTPS
+    ):
+        yield (
+            "monitor",
+            "url",
+            monitor.url,
+            "is only used by type = https",
+        )
     if monitor is not None and monitor.timeout > monitor.interval:
         yield (
             "monitor",

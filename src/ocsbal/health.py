@@ -1,9 +1,8 @@
 """Health monitoring: which servers may be picked.
 
 :class:`HealthState` is the pure rise/fall state machine of one server.
-:class:`IMonitor` is what checks a server once; :class:`TCPMonitor` is OCS
-2007 R2's heartbeat, a TCP connection established and closed on each
-heartbeat port.  :class:`HealthChecks` runs a monitor on every server of a
+:class:`IMonitor` is what checks a server once (:mod:`ocsbal.monitors` has
+the monitors).  :class:`HealthChecks` runs a monitor on every server of a
 balancer on a :class:`~twisted.internet.task.LoopingCall`, feeding the
 results to each server's state.
 """
@@ -11,36 +10,25 @@ results to each server's state.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
-from twisted.internet.error import (
-    ConnectionRefusedError,
-    TCPTimedOutError,
-    TimeoutError,
-)
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
-    IReactorTCP,
     IReactorTime,
-    ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
-
-from ocsbal._endpoints import server_endpoint
+from zope.interface import Interface
 
 if TYPE_CHECKING:
     from ocsbal._proxy import Backend, Balancer
     from ocsbal.config import Server
 
-__all__ = ["HealthChecks", "HealthState", "HeartbeatError", "IMonitor", "TCPMonitor"]
+__all__ = ["HealthChecks", "HealthState", "IMonitor"]
 
 log = Logger(namespace="ocsbal")
 
@@ -96,59 +84,6 @@ class IMonitor(Interface):
             healthy, or fails with an exception whose string says why not.
             It fires within the monitor's timeout.
         """
-
-
-class _Closer(Protocol):
-    transport: ITransport
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()
-
-
-class _Quiet(Factory):
-    # One log line per heartbeat would bury everything else.
-    noisy = False
-    protocol = _Closer
-
-
-class HeartbeatError(Exception):
-    """A heartbeat failed; the message says on which port and why."""
-
-
-@implementer(IMonitor)
-@attrs.frozen
-class TCPMonitor:
-    """The OCS heartbeat: a TCP connection established and closed on every port.
-
-    :param reactor: provides TCP and the clock for the timeout.
-    :param ports: the server ports that must all accept.
-    :param timeout: seconds each connection may take.
-    """
-
-    reactor: IReactorTCP
-    ports: Sequence[int]
-    timeout: float
-
-    def check(self, server: Server) -> Deferred[None]:
-        """Connect to every port of ``server`` at once; all must accept."""
-        attempts = [
-            server_endpoint(self.reactor, server.address, port, self.timeout)
-            .connect(_Quiet())
-            .addErrback(self._explain, port)
-            for port in self.ports
-        ]
-        d = gatherResults(attempts, consumeErrors=True)
-        return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
-
-    def _explain(self, failure: Failure, port: int) -> Failure:
-        error = failure.value
-        if isinstance(error, ConnectionRefusedError):
-            why = "refused"
-        elif isinstance(error, TimeoutError | TCPTimedOutError):
-            why = f"timed out after {self.timeout:g} s"
-        else:
-            why = str(error)
-        return Failure(HeartbeatError(f"port {port} {why}"))
 
 
 class HealthChecks(Service):

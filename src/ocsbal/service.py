@@ -19,17 +19,18 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorThreads
 from twisted.logger import Logger
 
+from ocsbal._endpoints import ReactorTCPTime
 from ocsbal._proxy import (
     AdminState,
     Balancer,
     LastServerError,
     Listener,
-    ReactorTCPTime,
     UnknownServerError,
 )
 from ocsbal.admin import AdminService, AdminTokenError
 from ocsbal.config import ConfigError, NatMode, load
-from ocsbal.health import HealthChecks, TCPMonitor
+from ocsbal.health import HealthChecks
+from ocsbal.monitors import monitor_for
 from ocsbal.scheduling import scheduler_class
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class PoolService(MultiService):
         pool = self.pool
         checks = HealthChecks(
             self.balancer,
-            TCPMonitor(self._reactor, pool.heartbeat_ports, pool.monitor.timeout),
+            monitor_for(pool, self._reactor),
             pool.monitor.interval,
             self._reactor,
         )
