@@ -90,3 +90,7 @@ def test_the_tour_uses_the_pool_it_runs() -> None:
     assert "nc -q1 127.0.0.10 5060" in text
     assert "nc -q1 127.0.0.10 135" in text
     assert "demo-fe3 127.0.0.13" in text
+    assert (
+        "admin interface (status page, JSON API) is on http://127.0.0.1:9900/" in text
+    )
+    assert "ocsbal ctl --admin tcp:host=127.0.0.1:port=9900 servers" in text

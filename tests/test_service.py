@@ -206,7 +206,7 @@ class RuntimeChangeTests(SynchronousTestCase):
             "server fe3 (127.0.1.13) added; it takes connections once 2 checks "
             "in a row pass",
             "server fe3 weight is now 9",
-            "server fe2 is now drain: no new connections; open ones continue",
+            "server fe2 is now in state drain: no new connections; open ones continue",
             "server fe1 (127.0.1.11) removed; its 1 open connections may finish",
         ]
         assert not self.client.disconnecting

@@ -1,7 +1,8 @@
-"""The ``ocsbal`` console script: tools that need no running balancer.
+"""The ``ocsbal`` console script.
 
 ``ocsbal check POOL.INI`` validates a configuration file and prints the
-effective pool, every default filled in, as INI text.
+effective pool, every default filled in, as INI text.  ``ocsbal ctl ...``
+calls a running pool's admin API (:mod:`ocsbal._ctl`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ocsbal import _ctl
 from ocsbal.config import ConfigError, load, render
 
 
@@ -27,7 +29,7 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ocsbal`` command with ``argv``; return its exit status."""
     parser = argparse.ArgumentParser(
-        prog="ocsbal", description="Tools for ocsbal pool configurations."
+        prog="ocsbal", description="Tools for ocsbal pools."
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     check = commands.add_parser(
@@ -38,6 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.add_argument("config", metavar="POOL.INI")
     check.set_defaults(run=_check)
+    ctl = commands.add_parser(
+        "ctl",
+        help="watch and change a running pool through its admin interface",
+        description="Call a running pool's admin API: list servers, add, "
+        "drain, re-weight or remove them.",
+    )
+    _ctl.add_arguments(ctl)
+    ctl.set_defaults(run=_ctl.main)
     args = parser.parse_args(argv)
     status: int = args.run(args)
     return status

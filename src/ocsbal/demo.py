@@ -33,6 +33,7 @@ from twisted.logger import (
 from twisted.protocols.wire import Echo
 from zope.interface import implementer
 
+from ocsbal._ctl import client_endpoint
 from ocsbal.config import ConfigError, Pool, PortProtocol, Server, load
 from ocsbal.service import PoolService
 
@@ -146,6 +147,15 @@ def demo_servers(pool: Pool) -> MultiService:
     return servers
 
 
+def _url(endpoint: str) -> str:
+    """Where a browser finds the admin interface at a client endpoint."""
+    kind, *parts = endpoint.split(":")
+    options = dict(part.split("=", 1) for part in parts)
+    if kind != "tcp":
+        return endpoint
+    return f"http://{options['host']}:{options['port']}/"
+
+
 def tour(pool: Pool) -> str:
     """What a newcomer can type to see the demo pool balance."""
     sip = next(p.number for p in pool.ports if p.protocol is PortProtocol.SIP)
@@ -155,6 +165,16 @@ def tour(pool: Pool) -> str:
         rf"OPTIONS sip:{pool.fqdn} SIP/2.0\r\nCall-ID: demo-%s\r\n"
         r"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     )
+    admin = ""
+    if pool.admin is not None:
+        endpoint = client_endpoint(pool.admin.listen)
+        ctl = f".venv/bin/ocsbal ctl --admin {endpoint}"
+        admin = (
+            f"\nThe admin interface (status page, JSON API) is on {_url(endpoint)}.  "
+            f"From a shell:\n\n"
+            f"  {ctl} servers\n"
+            f"  {ctl} drain {pool.servers[0].name}   # and: ready, weight, remove\n"
+        )
     return f"""\
 ocsbal demo: pool {pool.name} ({pool.fqdn}), VIP {pool.vip}, \
 {len(pool.ports)} ports, scheduler {pool.scheduler}
@@ -169,7 +189,7 @@ Each connection goes to one server; the answer names it.  Try:
   echo hello | nc -q1 {pool.vip} {other}     # the other ports echo
 
   .venv/bin/ocsbal check examples/pool.ini   # validate a real pool
-
+{admin}
 Ctrl-C stops the demo.
 """
 

@@ -247,7 +247,7 @@ class PoolService(MultiService):
             return
         self.balancer.set_state(name, state)
         log.info(
-            "server {server} is now {state}: {meaning}",
+            "server {server} is now in state {state}: {meaning}",
             server=name,
             state=state.value,
             meaning=_STATE_MEANINGS[state],

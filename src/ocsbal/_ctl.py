@@ -1,0 +1,332 @@
+"""``ocsbal ctl``: the admin API from a shell, with treq.
+
+The admin endpoint and token come from a pool's ``[admin]`` section
+(``--config``) or from a client endpoint string (``--admin``), so the same
+client reaches a TCP port or a Unix socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import ConnectError
+from twisted.internet.task import react
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from ocsbal.admin import AdminTokenError, read_token
+from ocsbal.config import Admin, ConfigError, load
+
+#: Seconds any one request may take.
+TIMEOUT = 10.0
+
+
+class CtlError(Exception):
+    """A command failed; the message is what to tell the operator."""
+
+
+def client_endpoint(listen: str) -> str:
+    """The client endpoint string that reaches a server endpoint string.
+
+    ``tcp:9900:interface=127.0.0.1`` becomes ``tcp:host=127.0.0.1:port=9900``;
+    no interface (or a wildcard one) means loopback; ``unix:PATH`` becomes
+    ``unix:path=PATH``.
+    """
+    kind, *parts = re.split(r"(?<!\\):", listen)
+    # The config check parsed it: there is an address or a port.
+    positional = [p for p in parts if "=" not in p] + [""]
+    options = dict(p.split("=", 1) for p in parts if "=" in p)
+    if kind == "unix":
+        return f"unix:path={options.get('address', positional[0])}"
+    port = options.get("port", positional[0])
+    wildcard, loopback = (
+        (r"\:\:", r"\:\:1") if kind == "tcp6" else ("0.0.0.0", "127.0.0.1")
+    )
+    host = options.get("interface", "")
+    if host in ("", wildcard, wildcard.replace("\\", "")):
+        host = loopback
+    return f"{kind}:host={host}:port={port}"
+
+
+@implementer(IAgentEndpointFactory)
+class _Always:
+    """Every URL's connection goes to one endpoint: the admin interface's."""
+
+    def __init__(self, reactor: Any, description: str) -> None:
+        self.reactor = reactor
+        self.description = description
+
+    def endpointForURI(self, uri: Any) -> Any:  # noqa: ARG002
+        return clientFromString(self.reactor, self.description)
+
+
+class AdminClient:
+    """Calls the admin API.
+
+    :param http: the treq client to send requests with.
+    :param where: names the admin interface in error messages.
+    :param token: sent as ``Authorization: Bearer``, if any.
+    """
+
+    def __init__(self, http: HTTPClient, where: str, token: bytes | None) -> None:
+        self.http = http
+        self.where = where
+        self.token = token
+
+    async def call(self, method: str, path: str, body: object = None) -> Any:
+        """Send one request; return the JSON answer or raise :class:`CtlError`."""
+        headers = Headers({b"content-type": [b"application/json"]})
+        if self.token is not None:
+            headers.addRawHeader(b"authorization", b"Bearer " + self.token)
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            response = await self.http.request(
+                method,
+                f"http://ocsbal{path}",
+                data=data,
+                headers=headers,
+                timeout=TIMEOUT,
+            )
+            content = await treq.content(response)
+        except ConnectError as e:
+            raise CtlError(
+                f"cannot reach the admin interface at {self.where}: {e}"
+            ) from None
+        try:
+            answer = json.loads(content) if content else None
+        except ValueError:
+            raise CtlError(f"{self.where} did not answer with JSON") from None
+        if response.code >= 400:
+            error = answer.get("error") if isinstance(answer, dict) else answer
+            raise CtlError(f"{response.code} {error}")
+        return answer
+
+
+def _table(rows: list[list[object]], head: list[str]) -> str:
+    cells = [head, *([str(c) for c in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
+
+
+def show_servers(servers: list[dict[str, Any]]) -> str:
+    """The servers as a table."""
+    head = [
+        "NAME",
+        "ADDRESS",
+        "WEIGHT",
+        "STATE",
+        "HEALTH",
+        "ACTIVE",
+        "TOTAL",
+        "LAST CHECK",
+    ]
+    rows: list[list[object]] = [
+        [
+            s["name"],
+            s["address"],
+            s["weight"],
+            "removed" if s["removed"] else s["state"],
+            s["health"],
+            s["active"],
+            s["total"],
+            s["last_check"],
+        ]
+        for s in servers
+    ]
+    return _table(rows, head)
+
+
+def show_pool(pool: dict[str, Any]) -> str:
+    """The pool's settings and listeners."""
+    totals = pool["totals"]
+    listeners = _table(
+        [
+            [x["port"], x["protocol"], x["active"], x["accepted"], x["rejected"]]
+            for x in pool["listeners"]
+        ],
+        ["PORT", "PROTOCOL", "OPEN", "ACCEPTED", "REJECTED"],
+    )
+    return (
+        f"pool {pool['name']} ({pool['fqdn']}) on {pool['vip']}: {pool['kind']}, "
+        f"{pool['nat']} NAT, {pool['scheduler']}\n"
+        f"servers up {totals['up']}/{totals['servers']}, taking connections "
+        f"{totals['ready']}, open connections {totals['active']}\n\n{listeners}"
+    )
+
+
+def show_connections(connections: list[dict[str, Any]]) -> str:
+    """The open connections as a table."""
+    rows: list[list[object]] = [
+        [
+            c["client"],
+            c["port"],
+            c["server"] or "-",
+            f"{c['age']:.0f}s",
+            f"{c['idle']:.0f}s",
+            c["bytes_from_client"],
+            c["bytes_from_server"],
+        ]
+        for c in connections
+    ]
+    head = ["CLIENT", "PORT", "SERVER", "AGE", "IDLE", "FROM CLIENT", "FROM SERVER"]
+    return _table(rows, head)
+
+
+def _changed(what: str) -> Callable[[dict[str, Any]], str]:
+    def show(server: dict[str, Any]) -> str:
+        return what.format(**server)
+
+    return show
+
+
+#: Each command: how to build its request from the arguments, and how to
+#: show the answer.
+_COMMANDS: dict[
+    str,
+    tuple[
+        Callable[[argparse.Namespace], tuple[str, str, object]], Callable[[Any], str]
+    ],
+] = {
+    "servers": (lambda _: ("GET", "/api/servers", None), show_servers),
+    "pool": (lambda _: ("GET", "/api/pool", None), show_pool),
+    "connections": (lambda _: ("GET", "/api/connections", None), show_connections),
+    "add": (
+        lambda a: (
+            "POST",
+            "/api/servers",
+            {"name": a.name, "address": a.address, "weight": a.weight},
+        ),
+        _changed(
+            "added {name} ({address}), weight {weight}: it takes connections "
+            "once its health checks pass"
+        ),
+    ),
+    "drain": (
+        lambda a: ("PATCH", f"/api/servers/{a.name}", {"state": "drain"}),
+        _changed("{name} is draining: no new connections, {active} open"),
+    ),
+    "ready": (
+        lambda a: ("PATCH", f"/api/servers/{a.name}", {"state": "ready"}),
+        _changed("{name} is ready: it takes new connections while it is {health}"),
+    ),
+    "maint": (
+        lambda a: ("PATCH", f"/api/servers/{a.name}", {"state": "maint"}),
+        _changed(
+            "{name} is in maintenance: no new connections, no checks, {active} open"
+        ),
+    ),
+    "weight": (
+        lambda a: ("PATCH", f"/api/servers/{a.name}", {"weight": a.weight}),
+        _changed("{name} has weight {weight} for new connections"),
+    ),
+    "remove": (
+        lambda a: (
+            "DELETE",
+            f"/api/servers/{a.name}" + ("?force=1" if a.force else ""),
+            None,
+        ),
+        _changed("removed {name}: its {active} open connections may finish"),
+    ),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``ocsbal ctl``'s options and commands to ``parser``."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--config",
+        metavar="POOL.INI",
+        help="find the admin interface in this pool's [admin] section",
+    )
+    where.add_argument(
+        "--admin",
+        metavar="ENDPOINT",
+        help="a client endpoint, e.g. tcp:host=127.0.0.1:port=9900",
+    )
+    parser.add_argument("--token-file", metavar="FILE", help="send the token in FILE")
+    parser.add_argument("--json", action="store_true", help="print the JSON answer")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("servers", help="list the servers")
+    commands.add_parser("pool", help="show the pool and its listeners")
+    commands.add_parser("connections", help="list the open connections")
+    add = commands.add_parser("add", help="add a server")
+    add.add_argument("name")
+    add.add_argument("address")
+    add.add_argument("--weight", type=int, default=100)
+    for name, meaning in [
+        ("drain", "no new connections for a server; open ones continue"),
+        ("ready", "let a server take new connections again"),
+        ("maint", "no new connections and no health checks for a server"),
+    ]:
+        commands.add_parser(name, help=meaning).add_argument("name")
+    weight = commands.add_parser("weight", help="set a server's weight")
+    weight.add_argument("name")
+    weight.add_argument("weight", type=int)
+    remove = commands.add_parser("remove", help="remove a server")
+    remove.add_argument("name")
+    remove.add_argument(
+        "--force", action="store_true", help="close its connections now"
+    )
+
+
+def _target(args: argparse.Namespace) -> tuple[str, Admin]:
+    """The client endpoint and the admin settings the arguments name."""
+    if args.config is None:
+        return args.admin, Admin(token_file=args.token_file)
+    try:
+        admin = load(args.config).admin
+    except ConfigError as e:
+        raise CtlError(f"invalid configuration:\n{e}") from None
+    if admin is None:
+        raise CtlError(f"{args.config} has no [admin] section")
+    if args.token_file is not None:
+        admin = Admin(admin.listen, args.token_file)
+    return client_endpoint(admin.listen), admin
+
+
+async def run(args: argparse.Namespace, reactor: Any, out: TextIO = sys.stdout) -> None:
+    """Run the command ``args`` names, printing its result to ``out``."""
+    endpoint, admin = _target(args)
+    try:
+        token = read_token(admin)
+    except AdminTokenError as e:
+        raise CtlError(str(e)) from None
+    agent = Agent.usingEndpointFactory(reactor, _Always(reactor, endpoint))
+    client = AdminClient(HTTPClient(agent), endpoint, token)
+    build, show = _COMMANDS[args.command]
+    answer = await client.call(*build(args))
+    print(json.dumps(answer, indent=2) if args.json else show(answer), file=out)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``ocsbal ctl`` on the global reactor; return the exit status."""
+    failed = False
+
+    async def go(reactor: Any) -> None:
+        nonlocal failed
+        try:
+            await run(args, reactor)
+        except CtlError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed = True
+
+    try:
+        react(lambda reactor: ensureDeferred(go(reactor)))
+    except SystemExit as e:  # react always leaves this way
+        if e.code:
+            return int(e.code)
+    return 1 if failed else 0

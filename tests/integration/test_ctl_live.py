@@ -1,0 +1,99 @@
+"""``ocsbal ctl`` against a live balancer, as an operator types it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import WAIT, Launcher, pool_ini
+
+OCSBAL = str(Path(sys.executable).with_name("ocsbal"))
+
+
+def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [OCSBAL, "ctl", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+def start(launch: Launcher, admin: str) -> Path:
+    servers = {f"fe{i}": (f"127.0.43.1{i}", 1) for i in (1, 2, 3)}
+    launch.servers(pool_ini("127.0.43.10", servers, {15060: "sip"}))
+    two = {k: v for k, v in servers.items() if k != "fe3"}
+    launch.balancer(pool_ini("127.0.43.10", two, {15060: "sip"}) + admin)
+    return launch.tmp_path / "pool.ini"
+
+
+def test_servers_add_drain_weight_remove(launch: Launcher) -> None:
+    config = start(launch, "\n[admin]\nlisten = tcp:19900:interface=127.0.43.1\n")
+    listing = ctl(config, "servers")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split()[:6] == [
+        "NAME",
+        "ADDRESS",
+        "WEIGHT",
+        "STATE",
+        "HEALTH",
+        "ACTIVE",
+    ]
+    assert lines[1].split()[:5] == ["fe1", "127.0.43.11", "1", "ready", "up"]
+
+    done = ctl(config, "add", "fe3", "127.0.43.13", "--weight", "50")
+    assert done.stdout == (
+        "added fe3 (127.0.43.13), weight 50: it takes connections once its "
+        "health checks pass\n"
+    )
+    assert ctl(config, "drain", "fe2").stdout == (
+        "fe2 is draining: no new connections, 0 open\n"
+    )
+    assert ctl(config, "weight", "fe1", "5").stdout == (
+        "fe1 has weight 5 for new connections\n"
+    )
+    assert ctl(config, "remove", "fe2").stdout == (
+        "removed fe2: its 0 open connections may finish\n"
+    )
+    state = json.loads(ctl(config, "--json", "servers").stdout)
+    assert [(s["name"], s["weight"], s["state"]) for s in state] == [
+        ("fe1", 5, "ready"),
+        ("fe3", 50, "ready"),
+    ]
+    refused = ctl(config, "drain", "fe9")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "error: 404 no server named fe9 in the pool\n",
+    )
+
+
+def test_a_token_is_required_when_configured(launch: Launcher) -> None:
+    token = launch.write("admin.token", "s3cret\n")
+    admin = (
+        f"\n[admin]\nlisten = tcp:19900:interface=127.0.43.1\ntoken_file = {token}\n"
+    )
+    config = start(launch, admin)
+    assert ctl(config, "pool").returncode == 0  # the file names the token
+    wrong = launch.write("wrong.token", "guess\n")
+    refused = ctl(config, "--token-file", str(wrong), "pool")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "error: 401 a valid admin token is required\n",
+    )
+
+
+def test_an_unreachable_interface_is_named(launch: Launcher) -> None:
+    config = launch.write(
+        "pool.ini",
+        pool_ini("127.0.43.10", {"fe1": ("127.0.43.11", 1)}, {15060: "sip"})
+        + "\n[admin]\nlisten = tcp:19901:interface=127.0.43.1\n",
+    )
+    failed = ctl(config, "servers")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith(
+        "error: cannot reach the admin interface at tcp:host=127.0.43.1:port=19901"
+    )

@@ -1,0 +1,143 @@
+"""``ocsbal ctl`` against the real admin site, in memory (treq's StubTreq)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ocsbal import Pool, PoolService, Port, Server
+from ocsbal._ctl import (
+    AdminClient,
+    CtlError,
+    add_arguments,
+    client_endpoint,
+    show_connections,
+    show_pool,
+    show_servers,
+)
+from ocsbal._report import connections_report, pool_report, servers_report
+from ocsbal.admin import admin_site
+
+
+@pytest.mark.parametrize(
+    ("listen", "client"),
+    [
+        ("tcp:9900:interface=127.0.0.1", "tcp:host=127.0.0.1:port=9900"),
+        ("tcp:9900", "tcp:host=127.0.0.1:port=9900"),
+        ("tcp:port=9900:interface=0.0.0.0", "tcp:host=127.0.0.1:port=9900"),
+        ("tcp:9900:interface=10.0.0.5", "tcp:host=10.0.0.5:port=9900"),
+        ("tcp6:9900:interface=\\:\\:1", "tcp6:host=\\:\\:1:port=9900"),
+        ("tcp6:9900", "tcp6:host=\\:\\:1:port=9900"),
+        ("unix:/run/ocsbal/admin.sock", "unix:path=/run/ocsbal/admin.sock"),
+        ("unix:address=/run/a.sock:mode=660", "unix:path=/run/a.sock"),
+    ],
+)
+def test_client_endpoint(listen: str, client: str) -> None:
+    assert client_endpoint(listen) == client
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_one_of_config_or_admin_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse("servers")
+    assert (
+        "one of the arguments --config --admin is required" in capsys.readouterr().err
+    )
+
+
+class ClientTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        pool = Pool(
+            name="pool01",
+            fqdn="pool01.example.com",
+            vip="127.0.1.10",
+            servers=(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12")),
+            ports=(Port(5060, "sip"),),
+        )
+        self.service = PoolService(pool, MemoryReactorClock())
+        self.service.startService()
+        site = admin_site(self.service, lambda: b"s3cret")
+        self.http = StubTreq(site.resource)
+
+    def call(self, token: bytes | None, *request: Any) -> Any:
+        client = AdminClient(self.http, "tcp:host=x:port=1", token)
+        return ensureDeferred(client.call(*request))
+
+    def test_the_token_is_sent_and_changes_are_made(self) -> None:
+        answer = self.successResultOf(
+            self.call(b"s3cret", "PATCH", "/api/servers/fe2", {"state": "drain"})
+        )
+        assert answer["state"] == "drain"
+        assert self.service.balancer.backend("fe2").state.value == "drain"
+
+    def test_an_api_error_is_a_ctl_error(self) -> None:
+        failure = self.failureResultOf(self.call(b"guess", "GET", "/api/pool"))
+        failure.trap(CtlError)
+        assert str(failure.value) == "401 a valid admin token is required"
+
+    def test_tables_show_the_reports(self) -> None:
+        balancer = self.service.balancer
+        servers = show_servers(servers_report(balancer)).splitlines()
+        assert servers[0].split() == [
+            "NAME",
+            "ADDRESS",
+            "WEIGHT",
+            "STATE",
+            "HEALTH",
+            "ACTIVE",
+            "TOTAL",
+            "LAST",
+            "CHECK",
+        ]
+        assert servers[1].split() == [
+            "fe1",
+            "127.0.1.11",
+            "100",
+            "ready",
+            "up",
+            "0",
+            "0",
+            "not",
+            "checked",
+            "yet",
+        ]
+        pool = show_pool(pool_report(balancer))
+        assert pool.startswith("pool pool01 (pool01.example.com) on 127.0.1.10:")
+        assert "5060  sip" in pool
+        assert show_connections(connections_report(balancer)).split() == [
+            "CLIENT",
+            "PORT",
+            "SERVER",
+            "AGE",
+            "IDLE",
+            "FROM",
+            "CLIENT",
+            "FROM",
+            "SERVER",
+        ]
+
+
+def test_show_servers_marks_removed_ones() -> None:
+    row = {
+        "name": "fe1",
+        "address": "a",
+        "weight": 1,
+        "state": "drain",
+        "removed": True,
+        "health": "up",
+        "active": 3,
+        "total": 9,
+        "last_check": "ok",
+    }
+    assert show_servers([row]).splitlines()[1].split()[3] == "removed"
