@@ -372,3 +372,26 @@ class ConfigReloaderTests(SynchronousTestCase):
         assert calls == [self.reloader.reload]
         self.reloader.stopService()
         assert signal.getsignal(signal.SIGHUP) is self.hangup
+
+
+class TokenReloadTests(SynchronousTestCase):
+    def test_a_reload_reads_the_token_again_and_a_bad_one_changes_nothing(
+        self,
+    ) -> None:
+        folder = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, folder)
+        (folder / "token").write_text("old\n")
+        admin = Admin(token_file=str(folder / "token"))
+        service = PoolService(makePool(ports=[Port(5060)], admin=admin), Reactor())
+        service.startService()
+        assert service.admin is not None
+        (folder / "token").write_text("new\n")
+        self.successResultOf(service.reload(service.pool))
+        assert service.admin._token == b"new"
+        missing = Admin(token_file=str(folder / "missing"))
+        bigger = attrs.evolve(
+            service.pool, admin=missing, ports=[Port(5060), Port(135)]
+        )
+        self.failureResultOf(service.reload(bigger)).trap(AdminTokenError)
+        assert service.admin._token == b"new"
+        assert [p.number for p in service.pool.ports] == [5060]

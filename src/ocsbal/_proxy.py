@@ -148,7 +148,7 @@ class _Side(Protocol):
         self._readClosed = False
         self._writeClosed = False
         self.lost = False
-        #: Bytes read from this side's peer.
+        #: Bytes read on this side's connection.
         self.received = 0
 
     def connectionMade(self) -> None:
@@ -350,7 +350,10 @@ class _Connector(Factory):
 
 
 class Listener(ServerFactory):
-    """Accepts client connections on one VIP port."""
+    """Accepts client connections on one VIP port.
+
+    :ivar port: the VIP port and what it carries; a reload may replace it.
+    """
 
     # The port already logs that it listens; the factory would say it again.
     noisy = False
@@ -377,10 +380,10 @@ class LastServerError(ValueError):
 class Balancer:
     """The pool at run time: its servers, their load, and the open splices.
 
-    Servers are added, removed, re-weighted, drained and put in maintenance
-    here, while connections run; every change is checked against the same
-    rules as a configuration file (:class:`~ocsbal.config.Pool`) before any
-    of it is applied.
+    A new configuration (a :class:`~ocsbal.config.Pool`, which has already
+    checked itself) is applied with :meth:`reconfigure`, and servers are
+    drained or put in maintenance with :meth:`set_state`, while connections
+    run.
 
     :param pool: the pool's configuration.
     :param reactor: provides TCP and the clock for timeouts.

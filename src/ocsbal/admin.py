@@ -365,7 +365,8 @@ class AdminService(StreamServerEndpointService):
     """Serves a pool's admin site on its ``[admin] listen`` endpoint.
 
     The token file is read before listening, so a missing token stops the
-    start instead of leaving the API open, and again at :meth:`reload`.
+    start instead of leaving the API open; a reload hands over the token it
+    read with :meth:`use`.
     """
 
     #: A port that cannot be bound stops the start, as the VIP's ports do
@@ -386,7 +387,6 @@ class AdminService(StreamServerEndpointService):
         self._token = read_token(self.admin)
         super().privilegedStartService()
 
-    def reload(self, admin: Admin) -> None:
-        """Read the token of ``admin``, the same but for its token file."""
-        token = read_token(admin)
+    def use(self, admin: Admin, token: bytes | None) -> None:
+        """Take ``admin``'s token file, already read as ``token``, from now on."""
         self.admin, self._token = admin, token

@@ -27,7 +27,7 @@ from ocsbal._proxy import (
     Listener,
     UnknownServerError,
 )
-from ocsbal.admin import AdminService, AdminTokenError
+from ocsbal.admin import AdminService, AdminTokenError, read_token
 from ocsbal.config import ConfigError, NatMode, load
 from ocsbal.health import HealthChecks
 from ocsbal.monitors import monitor_for
@@ -306,12 +306,13 @@ class PoolService(MultiService):
             raise ReloadError(
                 "[admin] listen cannot change while running; restart to change it"
             )
-        if self.admin is not None and pool.admin is not None:
-            self.admin.reload(pool.admin)
+        token = None if pool.admin is None else read_token(pool.admin)
         wanted = {port.number: port for port in pool.ports}
         if self._listening:
             self._listen(p for n, p in wanted.items() if n not in self._listening)
         # From here on, nothing can fail: the change is applied whole.
+        if self.admin is not None and pool.admin is not None:
+            self.admin.use(pool.admin, token)
         closing = []
         for number in list(self._listening):
             if number in wanted:
