@@ -8,6 +8,7 @@ connections keep talking: no client may see a failure.
 from __future__ import annotations
 
 import signal
+import socket
 import time
 import urllib.request
 
@@ -19,9 +20,14 @@ MONITOR = (
 )
 
 
-def controlled(block: int, servers: dict[str, tuple[str, int]], **pool: object) -> str:
+def controlled(
+    block: int,
+    servers: dict[str, tuple[str, int]],
+    ports: dict[int, str] = SIP_ONLY,
+    **pool: object,
+) -> str:
     admin = f"\n[admin]\nlisten = tcp:19900:interface=127.0.{block}.1\n"
-    ini = pool_ini(f"127.0.{block}.10", servers, SIP_ONLY, **pool)
+    ini = pool_ini(f"127.0.{block}.10", servers, ports, **pool)
     return ini + MONITOR + admin
 
 
@@ -94,10 +100,14 @@ def test_sighup_applies_the_file_and_a_bad_file_changes_nothing(
     servers = {"fe2": ("127.0.41.12", 2), "fe3": ("127.0.41.13", 1)}
     with Load("127.0.41.10", 15060) as load:
         load.wait_for("fe1")
-        config.write_text(controlled(41, servers, scheduler="weighted-round-robin"))
+        ports = {15060: "sip", 15062: "tcp"}
+        config.write_text(
+            controlled(41, servers, ports, scheduler="weighted-round-robin")
+        )
         reloaded = time.monotonic()
         balancer.popen.send_signal(signal.SIGHUP)
         wait_logged(balancer, f"reloaded {config}")
+        socket.create_connection(("127.0.41.10", 15062), timeout=WAIT).close()
         load.wait_for("fe3", after=reloaded)
         settled = time.monotonic()
         load.wait_for("fe2", after=settled)
