@@ -89,17 +89,9 @@ class ClientTests(SynchronousTestCase):
     def test_tables_show_the_reports(self) -> None:
         balancer = self.service.balancer
         servers = show_servers(servers_report(balancer)).splitlines()
-        assert servers[0].split() == [
-            "NAME",
-            "ADDRESS",
-            "WEIGHT",
-            "STATE",
-            "HEALTH",
-            "ACTIVE",
-            "TOTAL",
-            "LAST",
-            "CHECK",
-        ]
+        assert " ".join(servers[0].split()) == (
+            "NAME ADDRESS WEIGHT STATE HEALTH ACTIVE TOTAL LAST CHECK"
+        )
         assert servers[1].split() == [
             "fe1",
             "127.0.1.11",
