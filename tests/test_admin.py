@@ -127,6 +127,12 @@ class ReadTests(AdminTests):
             "idle": 7,
             "bytes_from_client": 0,
             "bytes_from_server": 0,
+            "sip": {
+                "registered": {},
+                "keepalives": 0,
+                "last_message": None,
+                "inspection": "on",
+            },
         }
 
     def test_metrics(self) -> None:

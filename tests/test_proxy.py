@@ -304,3 +304,47 @@ def test_a_new_scheduler_or_idle_timeout_takes_effect_on_reconfigure() -> None:
     h.balancer.reconfigure(pool)
     assert isinstance(h.balancer.scheduler, LeastConnections)
     assert h.balancer.idle.timeout == 9
+
+
+REGISTER = (
+    b"REGISTER sip:contoso.com SIP/2.0\r\nTo: <sip:alice@contoso.com>\r\n"
+    b"Call-ID: c1\r\nCSeq: 7 REGISTER\r\nContact: <sip:alice@10.1.0.5>\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+REGISTERED = (
+    b"SIP/2.0 200 OK\r\nCall-ID: c1\r\nCSeq: 7 REGISTER\r\n"
+    b"Contact: <sip:alice@10.1.0.5>;expires=900\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+def test_sip_is_followed_on_sip_ports_without_changing_a_byte() -> None:
+    h = Harness()
+    client, client_t = h.accept()
+    server, server_t = h.succeed()
+    h.reactor.advance(10)
+    for piece in (REGISTER[:30], REGISTER[30:], b"\r\n\r\n"):
+        client.dataReceived(piece)
+    server.dataReceived(REGISTERED)
+    assert server_t.value() == REGISTER + b"\r\n\r\n"
+    assert client_t.value() == REGISTERED
+    [splice] = h.balancer.splices
+    assert splice.sip is not None
+    assert splice.sip.bindings == {"sip:alice@contoso.com": 910}
+    assert splice.sip.keepalives == 1
+
+
+def test_unparseable_sip_stops_inspection_and_the_relay_goes_on() -> None:
+    h = Harness()
+    client, _ = h.accept()
+    _, server_t = h.succeed()
+    client.dataReceived(b"\x16\x03\x01 not sip\r\n\r\n")
+    client.dataReceived(REGISTER)
+    assert server_t.value() == b"\x16\x03\x01 not sip\r\n\r\n" + REGISTER
+    [splice] = h.balancer.splices
+    assert splice.gave_up == "bad-start-line"
+    assert splice.client.inspector is None
+    assert splice.server is not None
+    assert splice.server.inspector is None
+    assert h.balancer.gave_up == {"bad-start-line": 1}
+    assert splice.sip is not None
+    assert splice.sip.bindings == {}

@@ -107,3 +107,11 @@ class PoolCollector(Collector):
             accepted.add_metric(values, balancer.accepted[port.number])
             rejected.add_metric(values, balancer.rejected[port.number])
         yield from (active, accepted, rejected)
+        gave_up = CounterMetricFamily(
+            "ocsbal_sip_inspections_given_up",
+            "SIP connections no longer inspected (relayed as plain TCP), by reason.",
+            labels=["pool", "reason"],
+        )
+        for reason, count in sorted(balancer.gave_up.items()):
+            gave_up.add_metric([pool, reason], count)
+        yield gave_up

@@ -35,8 +35,10 @@ from zope.interface import implementer
 
 from ocsbal._endpoints import ReactorTCPTime, server_endpoint
 from ocsbal._idle import IdleTimeout
+from ocsbal.config import PortProtocol
 from ocsbal.health import HealthState
 from ocsbal.scheduling import IScheduler, NoServerAvailable, scheduler_class
+from ocsbal.sip import GaveUp, Registrations, SIPInspector
 
 if TYPE_CHECKING:
     from ocsbal.config import Pool, Port, Server
@@ -150,6 +152,8 @@ class _Side(Protocol):
         self.lost = False
         #: Bytes read on this side's connection.
         self.received = 0
+        #: Follows the SIP this side reads, on sip ports, until it gives up.
+        self.inspector: SIPInspector | None = None
 
     def connectionMade(self) -> None:
         if self is self.splice.client:
@@ -157,9 +161,12 @@ class _Side(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         # One clock read per chunk is all idle accounting costs (see _idle).
-        self.splice.last_activity = self.splice.clock.seconds()
+        now = self.splice.last_activity = self.splice.clock.seconds()
         self.received += len(data)
         self.peer.transport.write(data)
+        # Observed after it is on its way: inspection never delays or alters.
+        if self.inspector is not None:
+            self.splice.inspect(self, data, now)
 
     def readConnectionLost(self) -> None:
         self._readClosed = True
@@ -187,6 +194,9 @@ class Splice:
     :ivar started: clock time the client connected.
     :ivar last_activity: clock time of the last byte read on either side.
     :ivar backend: the server chosen, once connected.
+    :ivar sip: what the SIP on a ``sip`` port says of registrations and
+        keep-alives; ``None`` on other ports.
+    :ivar gave_up: why SIP inspection stopped on this connection, if it did.
     """
 
     def __init__(self, balancer: Balancer, port: Port) -> None:
@@ -199,6 +209,27 @@ class Splice:
         self.started = self.last_activity = self.clock.seconds()
         self._connecting: Deferred[Any] | None = None
         self._expiring = False
+        self.sip: Registrations | None = None
+        self.gave_up: str | None = None
+        if port.protocol is PortProtocol.SIP:
+            self.sip = Registrations()
+            self.client.inspector = SIPInspector()
+
+    def inspect(self, side: _Side, data: bytes, now: float) -> None:
+        """Follow the SIP in ``data``, just relayed from ``side``."""
+        observe = cast(Registrations, self.sip).from_client
+        if side is not self.client:
+            observe = cast(Registrations, self.sip).from_server
+        for event in cast(SIPInspector, side.inspector).feed(data):
+            if isinstance(event, GaveUp):
+                # Plain TCP from now on, both ways.
+                self.client.inspector = None
+                if self.server is not None:
+                    self.server.inspector = None
+                self.gave_up = event.reason
+                self.balancer.gave_up[event.reason] += 1
+                return
+            observe(event, now)
 
     @property
     def peer(self) -> IAddress:
@@ -284,6 +315,8 @@ class Splice:
             return
         server.peer = self.client
         self.client.peer = server
+        if self.client.inspector is not None:
+            server.inspector = SIPInspector()
         self.client.transport.registerProducer(server.transport, True)
         server.transport.registerProducer(self.client.transport, True)
         self.client.transport.resumeProducing()
@@ -395,6 +428,7 @@ class Balancer:
     :ivar accepted: client connections accepted, by VIP port.
     :ivar rejected: client connections closed because no server could
         take them, by VIP port.
+    :ivar gave_up: SIP inspections given up, by reason.
     """
 
     def __init__(
@@ -412,6 +446,8 @@ class Balancer:
         self.idle = IdleTimeout(pool.idle_timeout)
         self.accepted: Counter[int] = Counter()
         self.rejected: Counter[int] = Counter()
+        #: SIP inspections given up, by reason.
+        self.gave_up: Counter[str] = Counter()
         self._emptied: list[Deferred[None]] = []
 
     def backend(self, name: str) -> Backend:

@@ -84,8 +84,13 @@ def pool_report(balancer: Balancer) -> dict[str, Any]:
 
 
 def connection_report(splice: Splice, now: float) -> dict[str, Any]:
-    """One client connection, ``now`` being the clock's time."""
-    return {
+    """One client connection, ``now`` being the clock's time.
+
+    On a ``sip`` port it says what the SIP told: registered addresses of
+    record and when they expire, keep-alives, the last message, and whether
+    inspection gave up.
+    """
+    report: dict[str, Any] = {
         "client": _address(splice.peer),
         "port": splice.port.number,
         "protocol": splice.port.protocol.value,
@@ -95,6 +100,17 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
         "bytes_from_client": splice.upstream,
         "bytes_from_server": splice.downstream,
     }
+    if splice.sip is not None:
+        report["sip"] = {
+            "registered": {
+                aor: round(expiry - now, 3)
+                for aor, expiry in splice.sip.bindings.items()
+            },
+            "keepalives": splice.sip.keepalives,
+            "last_message": splice.sip.last_message,
+            "inspection": "gave up: " + splice.gave_up if splice.gave_up else "on",
+        }
+    return report
 
 
 def connections_report(balancer: Balancer) -> list[dict[str, Any]]:
