@@ -132,6 +132,7 @@ class ReadTests(AdminTests):
                 "keepalives": 0,
                 "last_message": None,
                 "inspection": "on",
+                "missed_refresh": False,
             },
         }
 

@@ -228,6 +228,8 @@ BAD_VALUES = [
     ("pool", "connect_timeout", "-1", "must be a number of seconds greater than 0"),
     ("pool", "retries", "-1", "must be a whole number, 0 or more"),
     ("pool", "retries", "2.5", "must be a whole number, 0 or more"),
+    ("pool", "registration_grace", "0", "must be a number of seconds greater than 0"),
+    ("pool", "reap_expired", "maybe", "must be yes or no"),
     ("pool", "colour", "blue", "unknown key; allowed: name, fqdn, vip, kind, nat"),
     ("server:fe1", "address", "fe01.contoso.com", "not a host name"),
     ("server:fe1", "weight", "65536", "must be a whole number from 0 to 65535"),
@@ -519,6 +521,8 @@ def pools(draw: st.DrawFn) -> Pool:
         idle_timeout=draw(st.floats(0.001, 1e7)),
         connect_timeout=draw(st.floats(0.001, 600)),
         retries=draw(st.integers(0, 10)),
+        registration_grace=draw(st.floats(0.001, 1e6)),
+        reap_expired=draw(st.booleans()),
     )
 
 

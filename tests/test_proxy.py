@@ -348,3 +348,47 @@ def test_unparseable_sip_stops_inspection_and_the_relay_goes_on() -> None:
     assert h.balancer.gave_up == {"bad-start-line": 1}
     assert splice.sip is not None
     assert splice.sip.bindings == {}
+
+
+def registered(h: Harness) -> tuple[Any, StringTransport]:
+    """A client registers for 900 s at t = 0; return its side and transport."""
+    client, client_t = h.accept()
+    server, _ = h.succeed()
+    client.dataReceived(REGISTER)
+    server.dataReceived(REGISTERED)
+    return client, client_t
+
+
+def test_a_registered_connection_outlives_the_idle_timeout_until_expiry_and_grace() -> (
+    None
+):
+    h = Harness(idle_timeout=60, registration_grace=120)
+    _, client_t = registered(h)
+    h.reactor.advance(1019)
+    h.balancer.sweep()
+    assert not client_t.disconnecting  # 900 s granted + 120 s grace
+    h.reactor.advance(2)
+    h.balancer.sweep()
+    assert client_t.disconnecting
+
+
+def test_a_missed_refresh_is_reported_once_and_reaped_if_asked() -> None:
+    for reap in (False, True):
+        h = Harness(idle_timeout=3600, registration_grace=120, reap_expired=reap)
+        client, client_t = registered(h)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            for _ in range(3):
+                h.reactor.advance(500)
+                client.dataReceived(b"\r\n\r\n")  # keep-alives, but no refresh
+                h.balancer.sweep()
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        assert warnings == [
+            "connection from IPv4Address(type='TCP', host='127.0.0.1', port=40000) "
+            "missed its registration refresh (sip:alice@contoso.com) by more than "
+            "120 s"
+        ]
+        assert client_t.disconnecting is reap

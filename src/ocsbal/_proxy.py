@@ -211,6 +211,8 @@ class Splice:
         self._expiring = False
         self.sip: Registrations | None = None
         self.gave_up: str | None = None
+        #: Whether its registration missed its refresh (reported once).
+        self.dead = False
         if port.protocol is PortProtocol.SIP:
             self.sip = Registrations()
             self.client.inspector = SIPInspector()
@@ -555,8 +557,36 @@ class Balancer:
         return Counter(splice.port.number for splice in self.splices)
 
     def sweep(self) -> None:
-        """Close the connections that have been idle too long."""
-        for splice in self.idle.expired(self.splices, self.reactor.seconds()):
+        """Close the connections that have been idle too long.
+
+        A connection carrying a live SIP registration is kept until its
+        expiry plus the grace, however long that is; one whose registration
+        missed its refresh by the grace is reported once, and closed if the
+        pool says to reap it.
+        """
+        now = self.reactor.seconds()
+        timeout, grace = self.idle.timeout, self.pool.registration_grace
+        closing = {
+            splice
+            for splice in self.idle.expired(self.splices, now)
+            if splice.sip is None
+            or splice.sip.deadline(timeout, splice.last_activity, grace) <= now
+        }
+        for splice in self.splices:
+            if splice.sip is None or not splice.sip.missed_refresh(now, grace):
+                continue
+            if not splice.dead:
+                splice.dead = True
+                log.warn(
+                    "connection from {peer} missed its registration refresh "
+                    "({aors}) by more than {grace:g} s",
+                    peer=splice.peer,
+                    aors=", ".join(splice.sip.bindings),
+                    grace=grace,
+                )
+            if self.pool.reap_expired:
+                closing.add(splice)
+        for splice in closing:
             splice.expire()
 
     def forget(self, splice: Splice) -> None:

@@ -109,6 +109,7 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
             "keepalives": splice.sip.keepalives,
             "last_message": splice.sip.last_message,
             "inspection": "gave up: " + splice.gave_up if splice.gave_up else "on",
+            "missed_refresh": splice.dead,
         }
     return report
 

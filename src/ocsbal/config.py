@@ -180,6 +180,28 @@ def _seconds_rule() -> _Rule[float]:
     )
 
 
+_BOOLEANS = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "no": False,
+    "false": False,
+    "off": False,
+}
+
+
+def _read_boolean(text: str) -> bool:
+    try:
+        return _BOOLEANS[text.lower()]
+    except KeyError:
+        raise _NotAllowedError("must be yes or no") from None
+
+
+def _check_boolean(value: bool) -> None:
+    if not isinstance(value, bool):
+        raise _NotAllowedError("must be yes or no")
+
+
 def _normal_address(value: Any) -> Any:
     """Write an IP address the one way Python does, leaving anything else alone."""
     try:
@@ -444,6 +466,8 @@ _POOL_RULES: dict[str, _Rule[Any]] = {
     "idle_timeout": _seconds_rule(),
     "connect_timeout": _seconds_rule(),
     "retries": _whole_rule(0),
+    "registration_grace": _seconds_rule(),
+    "reap_expired": _Rule(_read_boolean, _check_boolean),
 }
 
 
@@ -470,6 +494,11 @@ class Pool:
     :ivar connect_timeout: seconds to wait for a server to accept.
     :ivar retries: how many other servers a connection tries when connecting
         to one fails.
+    :ivar registration_grace: seconds a registration seen on a ``sip``
+        port may go past its expiry without a refresh; until then its
+        connection is never closed for idleness.
+    :ivar reap_expired: whether a connection whose registration missed its
+        refresh by the grace is closed (it is always reported).
     :ivar monitor: how servers are health-checked.
     :ivar admin: where the admin interface listens; ``None`` for none.
     """
@@ -499,6 +528,12 @@ class Pool:
         default=5.0, converter=float, validator=_POOL_RULES["connect_timeout"]
     )
     retries: int = attrs.field(default=2, validator=_POOL_RULES["retries"])
+    registration_grace: float = attrs.field(
+        default=120.0, converter=float, validator=_POOL_RULES["registration_grace"]
+    )
+    reap_expired: bool = attrs.field(
+        default=False, validator=_POOL_RULES["reap_expired"]
+    )
     monitor: Monitor = attrs.field(
         default=Monitor(), validator=attrs.validators.instance_of(Monitor)
     )
@@ -864,6 +899,8 @@ def render(pool: Pool) -> str:
 
 
 def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, tuple):
         return ", ".join(map(_text, value))
     if isinstance(value, enum.Enum):
