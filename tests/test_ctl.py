@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from ocsbal import Pool, PoolService, Port, Server
 from ocsbal._ctl import (
     AdminClient,
     CtlError,
+    _target,
     add_arguments,
     client_endpoint,
     show_connections,
@@ -133,3 +135,13 @@ def test_show_servers_marks_removed_ones() -> None:
         "last_check": "ok",
     }
     assert show_servers([row]).splitlines()[1].split()[3] == "removed"
+
+
+def test_a_relative_token_file_is_taken_from_where_ctl_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    endpoint, admin = _target(
+        parse("--admin", "unix:path=/s", "--token-file", "t", "pool")
+    )
+    assert (endpoint, admin.token_file) == ("unix:path=/s", str(tmp_path / "t"))

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 import treq
@@ -285,16 +286,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _target(args: argparse.Namespace) -> tuple[str, Admin]:
     """The client endpoint and the admin settings the arguments name."""
+    # The token file may be given relative to where ctl runs.
+    token_file = (
+        None if args.token_file is None else str(Path(args.token_file).resolve())
+    )
     if args.config is None:
-        return args.admin, Admin(token_file=args.token_file)
+        return args.admin, Admin(token_file=token_file)
     try:
         admin = load(args.config).admin
     except ConfigError as e:
         raise CtlError(f"invalid configuration:\n{e}") from None
     if admin is None:
         raise CtlError(f"{args.config} has no [admin] section")
-    if args.token_file is not None:
-        admin = Admin(admin.listen, args.token_file)
+    if token_file is not None:
+        admin = Admin(admin.listen, token_file)
     return client_endpoint(admin.listen), admin
 
 
