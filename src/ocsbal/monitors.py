@@ -90,6 +90,20 @@ def unverified_tls() -> CertificateOptions:
     return CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2)
 
 
+#: A connection that took too long: the check's own timeout, or the
+#: kernel's or the endpoint's.
+_TIMEOUTS = (
+    TimeoutError,
+    ConnectTimeoutError,
+    TCPTimedOutError,
+    ConnectingCancelledError,
+)
+
+
+#: How twisted.web.client reports a request that failed on its way.
+_ResponseFailed = (ResponseFailed, ResponseNeverReceived)
+
+
 def _all_ports(
     ports: Sequence[int],
     probe: Callable[[int], Coroutine[Any, Any, None]],
@@ -125,20 +139,6 @@ def _all_ports(
     ]
     d = gatherResults(attempts, consumeErrors=True)
     return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
-
-
-#: A connection that took too long: the check's own timeout, or the
-#: kernel's or the endpoint's.
-_TIMEOUTS = (
-    TimeoutError,
-    ConnectTimeoutError,
-    TCPTimedOutError,
-    ConnectingCancelledError,
-)
-
-
-#: How twisted.web.client reports a request that failed on its way.
-_ResponseFailed = (ResponseFailed, ResponseNeverReceived)
 
 
 def _tls_reason(error: Exception) -> str:
