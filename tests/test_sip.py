@@ -225,3 +225,12 @@ class TestRegistrations:
         assert account.keepalives == 2
         exchange(account, b"", answer(cseq=b"9"), now=0)
         assert account.expiry == 3600  # no Contact, no Expires: the default
+
+
+def test_headers_it_does_not_read_are_still_checked_for_form() -> None:
+    folded = REGISTER.replace(b"Max-Forwards: 70\r\n", b"Subject: a\r\n  b\r\n")
+    [request] = events(folded)
+    assert isinstance(request, Request)
+    assert events(REGISTER.replace(b"Max-Forwards: 70", b"Max-Forwards 70")) == [
+        GaveUp("bad-header")
+    ]

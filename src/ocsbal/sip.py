@@ -54,6 +54,11 @@ _COMPACT = {
     b"l": b"content-length",
 }
 
+#: The headers ocsbal reads; the others are checked for form only.
+_READ = frozenset(
+    [b"call-id", b"cseq", b"from", b"to", b"contact", b"expires", b"content-length"]
+)
+
 _TOKEN = rb"[A-Za-z0-9.!%*_+`'~-]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (\S+) SIP/2\.0\Z")
 _STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9]) ([^\x00-\x08\x0a-\x1f\x7f]*)\Z")
@@ -239,14 +244,16 @@ def _headers(block: bytes) -> SIPHeaders:
             if not name:
                 raise _GiveUpError("bad-header")
             # A folded line continues the previous value (RFC 3261 §7.3.1).
-            values[name][-1] += " " + line.strip().decode("utf-8", "replace")
+            if name in _READ:
+                values[name][-1] += " " + line.strip().decode("utf-8", "replace")
             continue
         raw, colon, value = line.partition(b":")
         raw = raw.strip().lower()
         if not colon or not raw or b" " in raw or b"\x00" in line:
             raise _GiveUpError("bad-header")
         name = _COMPACT.get(raw, raw)
-        values.setdefault(name, []).append(value.strip().decode("utf-8", "replace"))
+        if name in _READ:
+            values.setdefault(name, []).append(value.strip().decode("utf-8", "replace"))
     return _parsed(values)
 
 
@@ -292,6 +299,8 @@ def _cseq(text: str | None) -> tuple[int, str] | None:
 
 def _split_list(value: str) -> list[str]:
     """Split a comma-separated header value, minding <...> and "..."."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
     parts: list[str] = []
     current: list[str] = []
     depth, quoted = 0, False
