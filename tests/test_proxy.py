@@ -324,13 +324,13 @@ def test_sip_is_followed_on_sip_ports_without_changing_a_byte() -> None:
     h.reactor.advance(10)
     for piece in (REGISTER[:30], REGISTER[30:], b"\r\n\r\n"):
         client.dataReceived(piece)
-    server.dataReceived(REGISTERED)
+    server.dataReceived(REGISTERED + b"\r\n")
     assert server_t.value() == REGISTER + b"\r\n\r\n"
-    assert client_t.value() == REGISTERED
+    assert client_t.value() == REGISTERED + b"\r\n"
     [splice] = h.balancer.splices
     assert splice.sip is not None
     assert splice.sip.bindings == {"sip:alice@contoso.com": 910}
-    assert splice.sip.keepalives == 1
+    assert splice.sip.keepalives == 2  # the client's ping and the server's pong
 
 
 def test_unparseable_sip_stops_inspection_and_the_relay_goes_on() -> None:

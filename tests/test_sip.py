@@ -93,18 +93,35 @@ def test_contact_star_and_quoted_commas() -> None:
     assert options[0].headers.contacts == (Contact("sip:j@c.com"),)  # type: ignore[union-attr]
 
 
+def events_from_server(*chunks: bytes) -> list[Event]:
+    inspector = SIPInspector(from_server=True)
+    return [event for chunk in chunks for event in inspector.feed(chunk)]
+
+
 @pytest.mark.parametrize(
     ("stream", "expected"),
     [
         (b"\r\n\r\n", [Ping()]),
         (b"\r\n\r\n\r\n\r\n", [Ping(), Ping()]),
-        (b"\r\n", []),  # a pong is known by what follows
-        (b"\r\n" + OK[:17], [Pong()]),
-        (b"\r\n\r\n\r\n" + OK[:17], [Ping(), Pong()]),
+        (b"\r\n", []),  # half a ping, or leading whitespace: not yet known
+        (b"\r\n" + REGISTER[:17], []),  # leading whitespace (RFC 3261 7.5)
+        (b"\r\n\r\n\r\n" + REGISTER[:17], [Ping()]),
     ],
 )
-def test_keep_alives_between_messages(stream: bytes, expected: list[Event]) -> None:
+def test_the_clients_double_crlfs_are_pings(
+    stream: bytes, expected: list[Event]
+) -> None:
     assert events(stream) == expected
+
+
+def test_a_ping_cut_in_two_is_one_ping() -> None:
+    assert events(b"\r\n", b"\r", b"\n") == [Ping()]
+
+
+def test_each_crlf_from_the_server_is_a_pong_at_once() -> None:
+    assert events_from_server(b"\r\n") == [Pong()]
+    assert events_from_server(b"\r\n\r\n", b"\r") == [Pong(), Pong()]
+    assert events_from_server(OK, b"\r\n")[1:] == [Pong()]
 
 
 @pytest.mark.parametrize(
@@ -118,6 +135,7 @@ def test_keep_alives_between_messages(stream: bytes, expected: list[Event]) -> N
         (b"OPTIONS sip:x SIP/2.0\r\nl: 99999999999\r\n\r\n", "bad-content-length"),
         (b"OPTIONS sip:x SIP/2.0\r\nl: 1\r\nl: 2\r\n\r\n", "bad-content-length"),
         (b"\n\n", "bad-keep-alive"),
+        (b"\r\rOPTIONS", "bad-keep-alive"),
         (b"OPTIONS sip:x SIP/2.0\r\n" + b"X: y\r\n" * 20000, "header-too-large"),
     ],
 )
@@ -140,24 +158,31 @@ def test_a_header_block_just_under_the_cap_is_followed() -> None:
 messages = st.sampled_from([REGISTER, OK, b"\r\n\r\n", b"\r\n"])
 
 
-@given(st.lists(messages, max_size=8), st.data())
+@given(st.lists(messages, max_size=8), st.booleans(), st.data())
 def test_any_cutting_of_a_stream_yields_the_same_events(
-    parts: list[bytes], data: st.DataObject
+    parts: list[bytes], from_server: bool, data: st.DataObject
 ) -> None:
-    stream = b"".join(parts) + REGISTER  # ends with a message, settling any pong
+    stream = b"".join(parts)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     chunks = [
         stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)
     ]
-    assert events(*chunks) == events(stream)
+
+    def feed(*pieces: bytes) -> list[Event]:
+        inspector = SIPInspector(from_server=from_server)
+        return [event for piece in pieces for event in inspector.feed(piece)]
+
+    assert feed(*chunks) == feed(stream)
 
 
-@given(st.lists(st.binary(max_size=200), max_size=20))
-def test_arbitrary_bytes_never_raise_and_stay_bounded(chunks: list[bytes]) -> None:
-    inspector = SIPInspector(max_header_bytes=256)
+@given(st.lists(st.binary(max_size=200), max_size=20), st.booleans())
+def test_arbitrary_bytes_never_raise_and_stay_bounded(
+    chunks: list[bytes], from_server: bool
+) -> None:
+    inspector = SIPInspector(max_header_bytes=256, from_server=from_server)
     for chunk in chunks:
         inspector.feed(chunk)
-        assert len(inspector._buffer) <= 256 + 200
+        assert len(inspector._tail) < 256
 
 
 def exchange(
@@ -234,3 +259,24 @@ def test_headers_it_does_not_read_are_still_checked_for_form() -> None:
     assert events(REGISTER.replace(b"Max-Forwards: 70", b"Max-Forwards 70")) == [
         GaveUp("bad-header")
     ]
+
+
+def test_header_values_are_read_only_when_asked_for_and_malformed_ones_are_none() -> (
+    None
+):
+    [request] = events(
+        b"register sip:c.com sip/2.0\r\n"  # methods are case-sensitive, versions not
+        b"To: <sip:a@c.com>;tag=x1\r\n"
+        b"CSeq: 4294967296 REGISTER\r\n"  # beyond 2**32 - 1
+        b"Expires: soon\r\n"
+        b"Contact: <sip:a@10.0.0.1>;expires=never\r\n"
+        b"Contact: <sip:a@10.0.0.2>\r\n"
+        b"Content-Length: 0\r\nl: 0\r\n\r\n"  # twice, but the same
+    )
+    assert isinstance(request, Request)
+    assert request.method == "register"
+    headers = request.headers
+    assert (headers.to_uri, headers.to_tag) == ("sip:a@c.com", "x1")
+    assert (headers.cseq, headers.expires, headers.call_id) == (None, None, None)
+    assert headers.contacts == (Contact("sip:a@10.0.0.1"), Contact("sip:a@10.0.0.2"))
+    assert headers.values("content-length") == ["0", "0"]

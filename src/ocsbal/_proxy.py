@@ -318,7 +318,7 @@ class Splice:
         server.peer = self.client
         self.client.peer = server
         if self.client.inspector is not None:
-            server.inspector = SIPInspector()
+            server.inspector = SIPInspector(from_server=True)
         self.client.transport.registerProducer(server.transport, True)
         server.transport.registerProducer(self.client.transport, True)
         self.client.transport.resumeProducing()

@@ -4,20 +4,35 @@
 in whatever pieces they arrive, and returns what they said: keep-alives,
 requests and responses with the few headers ocsbal needs.  It does no I/O
 and knows nothing of sockets or reactors (the h11 way); the relay forwards
-every byte before and whatever the inspector makes of it.
+every byte before, and whatever, the inspector makes of it.
+:class:`Registrations` turns the events of both directions of a connection
+into what its registrations say of how long it may stay quiet.
 
 Framing follows RFC 3261 §7.5 and §18.3 for stream transports: CRLFs before
 a start line are skipped, the header block ends at the first empty line,
 and the body is exactly ``Content-Length`` bytes, which are counted and
-skipped, never kept.
+skipped, never kept.  A message without Content-Length is taken to have no
+body: §18.3 makes the header mandatory on streams, and a message that
+omits it is almost always one without a body, as SIP proxies assume too.
 
-Keep-alives (RFC 5626 §3.5.1, §4.4.1) are recognised between messages: each
-double CRLF is a :class:`Ping`; a single CRLF is a :class:`Pong`, reported
-once the next byte shows that it was not the first half of a ping.
+Keep-alives (RFC 5626 §3.5.1, §4.4.1) are CRLFs between messages, read by
+the direction they travel in: the client pings with a double CRLF, the
+server answers with a single one.  On the client's side each double CRLF
+is a :class:`Ping`, and an odd CRLF left before a message is the leading
+whitespace §7.5 allows, so no event.  On the server's side every CRLF is a
+:class:`Pong`, reported as soon as it arrives, because a pong is the one
+sign of life a quiet server gives and must not wait for the next message.
 
 On anything it cannot frame or parse, or a header block over the cap, the
-inspector gives up for good: it returns one :class:`GaveUp` with a short
-reason (fit for a metric label) and from then on ignores its input.
+inspector gives up for good: it returns one :class:`GaveUp` and from then
+on ignores its input.  The reasons are short and stable, fit for a metric
+label: ``bad-keep-alive`` (a CR or LF between messages that is not part of
+a CRLF), ``bad-start-line`` (neither a request nor a status line; binary
+data, such as TLS on a ``sip`` port, fails at its first byte),
+``bad-header`` (a header line without a name and colon, or a folded line
+with nothing to continue), ``bad-content-length`` (not a number, beyond
+:data:`MAX_CONTENT_LENGTH`, or given twice differently) and
+``header-too-large``.
 """
 
 from __future__ import annotations
@@ -27,6 +42,9 @@ import re
 import attrs
 
 __all__ = [
+    "DEFAULT_EXPIRES",
+    "MAX_CONTENT_LENGTH",
+    "MAX_HEADER_BYTES",
     "Contact",
     "Event",
     "GaveUp",
@@ -39,31 +57,67 @@ __all__ = [
     "SIPInspector",
 ]
 
-#: The largest header block followed before giving up.
+#: The largest header block followed, its closing empty line included.
 MAX_HEADER_BYTES = 64 * 1024
 
 #: The largest body length believed.
 MAX_CONTENT_LENGTH = 2**31 - 1
 
-#: RFC 3261 §7.3.3 compact forms of the headers ocsbal reads.
-_COMPACT = {
-    b"i": b"call-id",
-    b"f": b"from",
-    b"t": b"to",
-    b"m": b"contact",
-    b"l": b"content-length",
-}
+#: The largest CSeq number and expiry (RFC 3261 §8.1.1.5, §20.19); larger
+#: ones are malformed, and read as absent.
+_MAX_32_BIT = 2**32 - 1
 
-#: The headers ocsbal reads; the others are checked for form only.
-_READ = frozenset(
-    [b"call-id", b"cseq", b"from", b"to", b"contact", b"expires", b"content-length"]
+#: RFC 3261 §25.1 token: what a method and a header name are made of.
+_TOKEN = rb"[-A-Za-z0-9.!%*_+`'~]"
+_TOKEN_BYTES = frozenset(
+    b"-.!%*_+`'~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
 
-_TOKEN = rb"[A-Za-z0-9.!%*_+`'~-]+"
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (\S+) SIP/2\.0\Z")
-_STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9]) ([^\x00-\x08\x0a-\x1f\x7f]*)\Z")
-_EXPIRES_PARAM = re.compile(r";\s*expires\s*=\s*([0-9]+)", re.IGNORECASE)
-_TAG_PARAM = re.compile(r";\s*tag\s*=\s*([^;\s]+)", re.IGNORECASE)
+_CRLFS = re.compile(rb"(?:\r\n)+")
+_VERSION = rb"[Ss][Ii][Pp]/2\.0"  # RFC 3261 §7.1: case-insensitive
+_REQUEST_LINE = re.compile(b"(" + _TOKEN + rb"+) ([^\x00-\x20\x7f]+) " + _VERSION)
+_STATUS_LINE = re.compile(
+    _VERSION + rb" ([1-6][0-9][0-9]) ([^\x00-\x08\x0a-\x1f\x7f]*)"
+)
+# A line that is neither a header (a token and a colon) nor a continuation;
+# possessive, so that it fails in linear time.
+_BAD_LINE = re.compile(b"\r\n(?!" + _TOKEN + rb"++[ \t]*+:|[ \t])")
+_READ_HEADER = re.compile(
+    rb"\r\n(call-id|i|cseq|from|f|to|t|contact|m|expires|content-length|l)"
+    rb"[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+    re.IGNORECASE,
+)
+#: The headers read, by their names in lower case and RFC 3261 §7.3.3
+#: compact forms.
+_CANONICAL = {
+    b"call-id": "call-id",
+    b"i": "call-id",
+    b"cseq": "cseq",
+    b"from": "from",
+    b"f": "from",
+    b"to": "to",
+    b"t": "to",
+    b"contact": "contact",
+    b"m": "contact",
+    b"expires": "expires",
+    b"content-length": "content-length",
+    b"l": "content-length",
+}
+_FOLD = re.compile(rb"\r\n[ \t]+")
+
+_NUMBER = re.compile(r"0*([0-9]{1,10})")
+_CSEQ = re.compile(r"0*([0-9]{1,10})\s+(\S+)")
+_QUOTED = r'"(?:[^"\\]|\\.)*+"'
+# An item of a comma-separated list: commas within a quoted string or <...>
+# do not count; a quote or < that is never closed is an ordinary character.
+_LIST_ITEM = re.compile(r"(?:" + _QUOTED + r'|<[^<>]*+>|[^,"<]|["<])++', re.DOTALL)
+# A name-addr (groups 1 and 2: URI and parameters) or an addr-spec, whose
+# parameters start at the first semicolon (groups 3 and 4; RFC 3261 §20).
+_ADDRESS = re.compile(
+    r"(?:" + _QUOTED + r'|[^"<])*+<([^>]*)>(.*)|([^;]*)(.*)', re.DOTALL
+)
+_EXPIRES_PARAM = re.compile(r";\s*expires\s*=\s*([^;,\s]*)", re.IGNORECASE)
+_TAG_PARAM = re.compile(r";\s*tag\s*=\s*([^;,\s]+)", re.IGNORECASE)
 
 
 @attrs.frozen
@@ -76,38 +130,91 @@ class Contact:
 
 @attrs.frozen
 class SIPHeaders:
-    """The headers of a message that ocsbal reads, parsed.
+    """The headers of a message that ocsbal reads.
 
-    :ivar call_id: the Call-ID.
-    :ivar cseq: the CSeq number and method.
-    :ivar to_uri: the To header's URI, the address of record of a REGISTER.
-    :ivar from_uri: the From header's URI.
-    :ivar from_tag: the From header's tag.
-    :ivar contacts: the Contact values, in order.
-    :ivar contact_star: whether Contact is ``*`` (remove every binding).
-    :ivar expires: the Expires header.
-    :ivar content_length: the body's length.
+    As h11 does, it keeps them as they came, and parses a value only when
+    it is asked for: most messages are relayed without anyone asking.  A
+    header that is absent, or whose value is malformed, reads as ``None``.
+
+    :ivar fields: each header read, in order: its name (long form, lower
+        case, as in :meth:`values`) and its raw value.
+    :ivar content_length: the body's length; 0 when the header is absent.
     """
 
-    call_id: str | None = None
-    cseq: tuple[int, str] | None = None
-    to_uri: str | None = None
-    from_uri: str | None = None
-    from_tag: str | None = None
-    contacts: tuple[Contact, ...] = ()
-    contact_star: bool = False
-    expires: int | None = None
+    fields: tuple[tuple[str, bytes], ...] = ()
     content_length: int = 0
+
+    def values(self, name: str) -> list[str]:
+        """The values of one of the headers read, decoded, unfolded, stripped.
+
+        :param name: ``call-id``, ``cseq``, ``from``, ``to``, ``contact``,
+            ``expires`` or ``content-length``.
+        """
+        return [_text(value) for field, value in self.fields if field == name]
+
+    @property
+    def call_id(self) -> str | None:
+        """The Call-ID."""
+        return self._first("call-id")
+
+    @property
+    def cseq(self) -> tuple[int, str] | None:
+        """The CSeq number and method."""
+        return _cseq(self._first("cseq"))
+
+    @property
+    def to_uri(self) -> str | None:
+        """The To header's URI: the address of record of a REGISTER."""
+        return _tagged(self._first("to"))[0]
+
+    @property
+    def to_tag(self) -> str | None:
+        """The To header's tag."""
+        return _tagged(self._first("to"))[1]
+
+    @property
+    def from_uri(self) -> str | None:
+        """The From header's URI."""
+        return _tagged(self._first("from"))[0]
+
+    @property
+    def from_tag(self) -> str | None:
+        """The From header's tag."""
+        return _tagged(self._first("from"))[1]
+
+    @property
+    def contacts(self) -> tuple[Contact, ...]:
+        """The Contact values but ``*``, in order, from one line or many."""
+        return tuple(_contact(item) for item in self._contact_items() if item != "*")
+
+    @property
+    def contact_star(self) -> bool:
+        """Whether a Contact is ``*``: remove every binding."""
+        return "*" in self._contact_items()
+
+    @property
+    def expires(self) -> int | None:
+        """The Expires header, in seconds."""
+        return _number(self._first("expires"), _MAX_32_BIT)
+
+    def _first(self, name: str) -> str | None:
+        for field, value in self.fields:
+            if field == name:
+                return _text(value)
+        return None
+
+    def _contact_items(self) -> list[str]:
+        return [item for value in self.values("contact") for item in _items(value)]
 
 
 @attrs.frozen
 class Ping:
-    """A double CRLF between messages: a client's keep-alive."""
+    """A client's double CRLF between messages: a keep-alive."""
 
 
 @attrs.frozen
 class Pong:
-    """A single CRLF between messages: a server's keep-alive answer."""
+    """A server's CRLF between messages: the answer to a keep-alive."""
 
 
 @attrs.frozen
@@ -137,6 +244,10 @@ class GaveUp:
 
 Event = Ping | Pong | Request | Response | GaveUp
 
+# Keep-alives come by the thousand on a hostile stream; they carry nothing.
+_PING = Ping()
+_PONG = Pong()
+
 
 class _GiveUpError(Exception):
     """Raised inside the inspector; becomes a :class:`GaveUp` event."""
@@ -145,209 +256,226 @@ class _GiveUpError(Exception):
 class SIPInspector:
     """Follows one direction of a SIP stream; see the module docstring.
 
-    :param max_header_bytes: the largest header block followed.
+    Whatever the pieces the stream is fed in, the events are the same.  The
+    inspector keeps only an incomplete header block between calls, and
+    never one of ``max_header_bytes`` or more: a header block, its closing
+    empty line included, may be at most that long.
+
+    :param max_header_bytes: the longest header block followed.
+    :param from_server: whether this is the server's direction, whose CRLFs
+        between messages are pongs, rather than the client's, whose double
+        CRLFs are pings.
+    :ivar gave_up: why inspection stopped, or ``None`` while it goes on.
     """
 
-    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+    def __init__(
+        self, max_header_bytes: int = MAX_HEADER_BYTES, *, from_server: bool = False
+    ) -> None:
         self.max_header_bytes = max_header_bytes
-        #: Why inspection stopped, or ``None`` while it goes on.
+        self.from_server = from_server
         self.gave_up: str | None = None
-        self._buffer = b""
+        #: The start of an incomplete header block (or a CR awaiting its LF).
+        self._tail = bytearray()
         #: Body bytes still to skip.
-        self._body = 0
-        #: A CRLF seen between messages, waiting for the next byte.
-        self._lone_crlf = False
-        #: Where to resume looking for the end of the header block.
-        self._searched = 0
+        self._skip = 0
+        #: On the client's side, a CRLF that may be half of a ping.
+        self._crlf = False
 
     def feed(self, data: bytes) -> list[Event]:
         """Take the next bytes of the stream; return what they completed."""
         if self.gave_up is not None:
             return []
+        if self._skip >= len(data):  # all body (or nothing)
+            self._skip -= len(data)
+            return []
+        start, self._skip = self._skip, 0
+        buffer: bytes | bytearray = data
+        searched = 0
+        tail = self._tail
+        if tail:  # then no body was being skipped, and start is 0
+            # The block's end was not in the tail; look from its last 3 bytes.
+            searched = len(tail) - 3
+            tail += data
+            buffer = tail
         events: list[Event] = []
-        if self._body:
-            skipped = min(self._body, len(data))
-            self._body -= skipped
-            data = data[skipped:]
-        self._buffer += data
         try:
-            self._parse(events)
+            end = self._frame(buffer, start, searched, events)
         except _GiveUpError as e:
             self.gave_up = str(e)
-            self._buffer = b""
+            self._tail = bytearray()
             events.append(GaveUp(self.gave_up))
+            return events
+        if end == len(buffer):
+            self._tail = bytearray()
+        elif buffer is tail:
+            del tail[:end]
+        else:
+            self._tail = bytearray(data[end:])
         return events
 
-    def _parse(self, events: list[Event]) -> None:
-        while self._buffer and not self._body:
-            if not self._searched and not self._between(events):
-                return
-            end = self._buffer.find(b"\r\n\r\n", self._searched)
-            if end < 0:
-                if len(self._buffer) > self.max_header_bytes:
-                    raise _GiveUpError("header-too-large")
-                self._searched = max(0, len(self._buffer) - 3)
-                return
-            if end > self.max_header_bytes:
-                raise _GiveUpError("header-too-large")
-            head, rest = self._buffer[:end], self._buffer[end + 4 :]
-            self._searched = 0
-            event = _message(head)
-            events.append(event)
-            skipped = min(event.headers.content_length, len(rest))
-            self._body = event.headers.content_length - skipped
-            self._buffer = rest[skipped:]
+    def _frame(
+        self, buffer: bytes | bytearray, pos: int, searched: int, events: list[Event]
+    ) -> int:
+        """Read the messages and keep-alives in ``buffer`` from ``pos``.
 
-    def _between(self, events: list[Event]) -> bool:
-        """Consume keep-alives before a message; return whether one starts."""
-        stripped = self._buffer.lstrip(b"\r\n")
-        run = self._buffer[: len(self._buffer) - len(stripped)]
-        pairs, odd = divmod(len(run), 2)
-        if run[: 2 * pairs] != b"\r\n" * pairs:
-            raise _GiveUpError("bad-keep-alive")
-        if odd:
-            if run[-1:] != b"\r" or stripped:
-                raise _GiveUpError("bad-keep-alive")
-            stripped = b"\r"  # wait for its LF
-        crlfs = pairs + self._lone_crlf
-        events.extend(Ping() for _ in range(crlfs // 2))
-        self._lone_crlf = bool(crlfs % 2)
-        self._buffer = stripped
-        if stripped in (b"", b"\r"):
-            return False
-        if self._lone_crlf:
-            events.append(Pong())
-            self._lone_crlf = False
-        return True
+        :param searched: where in ``buffer`` the end of the first header
+            block may be; before it, it has been looked for in vain.
+        :return: where the unread bytes start.
+        """
+        size = len(buffer)
+        while pos < size:
+            first = buffer[pos]
+            if first in b"\r\n":
+                crlfs = _CRLFS.match(buffer, pos)
+                if crlfs is not None:
+                    self._keepalives((crlfs.end() - pos) // 2, events)
+                    pos = crlfs.end()
+                elif first == 13 and pos + 1 == size:
+                    break  # a CR whose LF is yet to come
+                else:
+                    raise _GiveUpError("bad-keep-alive")
+                continue
+            # A message starts: a CRLF left over was leading whitespace.
+            self._crlf = False
+            if first not in _TOKEN_BYTES:
+                raise _GiveUpError("bad-start-line")
+            end = buffer.find(b"\r\n\r\n", max(pos, searched))
+            if end < 0 and size - pos >= self.max_header_bytes:
+                raise _GiveUpError("header-too-large")
+            if end < 0:
+                break
+            if end + 4 - pos > self.max_header_bytes:
+                raise _GiveUpError("header-too-large")
+            message = _message(bytes(buffer[pos:end]))
+            events.append(message)
+            pos = end + 4 + message.headers.content_length
+            searched = 0
+        if pos > size:
+            self._skip = pos - size
+            return size
+        return pos
+
+    def _keepalives(self, crlfs: int, events: list[Event]) -> None:
+        """Report ``crlfs`` CRLFs seen between messages."""
+        if self.from_server:
+            events += [_PONG] * crlfs
+            return
+        crlfs += self._crlf
+        events += [_PING] * (crlfs // 2)
+        self._crlf = bool(crlfs % 2)
 
 
 def _message(head: bytes) -> Request | Response:
-    """Parse a header block (without its final empty line)."""
-    start, _, rest = head.partition(b"\r\n")
-    headers = _headers(rest)
-    request = _REQUEST_LINE.match(start)
+    """Parse a header block (without its closing empty line)."""
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        line_end = len(head)
+    start, block = head[:line_end], head[line_end:]
+    request = _REQUEST_LINE.fullmatch(start)
     if request is not None:
-        method, uri = (part.decode("ascii", "replace") for part in request.groups())
-        return Request(method, uri, headers)
-    status = _STATUS_LINE.match(start)
+        method, uri = request.groups()
+        return Request(
+            method.decode("ascii"), uri.decode("utf-8", "replace"), _headers(block)
+        )
+    status = _STATUS_LINE.fullmatch(start)
     if status is not None:
         code, reason = status.groups()
-        return Response(int(code), reason.decode("utf-8", "replace"), headers)
+        return Response(int(code), reason.decode("utf-8", "replace"), _headers(block))
     raise _GiveUpError("bad-start-line")
 
 
 def _headers(block: bytes) -> SIPHeaders:
-    values: dict[bytes, list[str]] = {}
-    name = b""
-    for line in block.split(b"\r\n") if block else []:
-        if line[:1] in (b" ", b"\t"):
-            if not name:
-                raise _GiveUpError("bad-header")
-            # A folded line continues the previous value (RFC 3261 §7.3.1).
-            if name in _READ:
-                values[name][-1] += " " + line.strip().decode("utf-8", "replace")
-            continue
-        raw, colon, value = line.partition(b":")
-        raw = raw.strip().lower()
-        if not colon or not raw or b" " in raw or b"\x00" in line:
-            raise _GiveUpError("bad-header")
-        name = _COMPACT.get(raw, raw)
-        if name in _READ:
-            values.setdefault(name, []).append(value.strip().decode("utf-8", "replace"))
-    return _parsed(values)
-
-
-def _parsed(values: dict[bytes, list[str]]) -> SIPHeaders:
-    lengths = {v.strip() for v in values.get(b"content-length", [])}
-    if len(lengths) > 1:
-        raise _GiveUpError("bad-content-length")
-    length = lengths.pop() if lengths else "0"
-    if not length.isdigit() or int(length) > MAX_CONTENT_LENGTH:
-        raise _GiveUpError("bad-content-length")
-    contacts = [c for v in values.get(b"contact", []) for c in _split_list(v)]
-    to_uri = _first(values, b"to")
-    from_value = _first(values, b"from")
-    tag = _TAG_PARAM.search(_after_uri(from_value)) if from_value else None
-    return SIPHeaders(
-        call_id=_first(values, b"call-id"),
-        cseq=_cseq(_first(values, b"cseq")),
-        to_uri=_uri(to_uri) if to_uri else None,
-        from_uri=_uri(from_value) if from_value else None,
-        from_tag=tag.group(1) if tag else None,
-        contacts=tuple(_contact(c) for c in contacts if c != "*"),
-        contact_star="*" in contacts,
-        expires=_whole(_first(values, b"expires")),
-        content_length=int(length),
+    """Read the header lines, each starting with its CRLF."""
+    if block.startswith((b"\r\n ", b"\r\n\t")) or _BAD_LINE.search(block):
+        raise _GiveUpError("bad-header")
+    fields = tuple(
+        [
+            (_CANONICAL[name.lower()], value)
+            for name, value in _READ_HEADER.findall(block)
+        ]
     )
+    lengths = {_text(value) for name, value in fields if name == "content-length"}
+    # Given twice it must say the same, or where the body ends is unknowable.
+    lengths = lengths or {"0"}
+    length = _number(lengths.pop(), MAX_CONTENT_LENGTH) if len(lengths) == 1 else None
+    if length is None:
+        raise _GiveUpError("bad-content-length")
+    return SIPHeaders(fields, length)
 
 
-def _first(values: dict[bytes, list[str]], name: bytes) -> str | None:
-    found = values.get(name)
-    return found[0] if found else None
+def _text(value: bytes) -> str:
+    """A raw header value, unfolded (RFC 3261 §7.3.1), decoded and stripped."""
+    if b"\r\n" in value:
+        value = _FOLD.sub(b" ", value)
+    return value.decode("utf-8", "replace").strip()
 
 
-def _whole(text: str | None) -> int | None:
-    return int(text) if text is not None and text.isdigit() else None
+def _number(text: str | None, limit: int) -> int | None:
+    """A whole number of at most ``limit``, or ``None`` if ``text`` is not."""
+    digits = _NUMBER.fullmatch(text or "")
+    if digits is None:
+        return None
+    value = int(digits[1])
+    return value if value <= limit else None
 
 
 def _cseq(text: str | None) -> tuple[int, str] | None:
-    number, _, method = (text or "").partition(" ")
-    if not number.isdigit() or not method.strip():
+    cseq = _CSEQ.fullmatch(text or "")
+    if cseq is None:
         return None
-    return int(number), method.strip()
+    number = int(cseq[1])
+    return (number, cseq[2]) if number <= _MAX_32_BIT else None
 
 
-def _split_list(value: str) -> list[str]:
-    """Split a comma-separated header value, minding <...> and "..."."""
-    if "," not in value:
-        return [value.strip()] if value.strip() else []
-    parts: list[str] = []
-    current: list[str] = []
-    depth, quoted = 0, False
-    for char in value:
-        if char == '"':
-            quoted = not quoted
-        elif not quoted and char == "<":
-            depth += 1
-        elif not quoted and char == ">":
-            depth -= 1
-        elif char == "," and not quoted and depth <= 0:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current).strip())
-    return [p for p in parts if p]
+def _items(value: str) -> list[str]:
+    """The items of a comma-separated header value, minding <...> and "..."."""
+    if "," not in value:  # the usual case, and much the cheapest
+        return [value] if value else []
+    return [item for item in map(str.strip, _LIST_ITEM.findall(value)) if item]
 
 
-def _uri(value: str) -> str:
-    """The URI of a name-addr (``"x" <sip:a@b>;tag=1``) or an addr-spec."""
-    if "<" in value:
-        return value.partition("<")[2].partition(">")[0].strip()
-    return value.partition(";")[0].strip()
+def _address(value: str) -> tuple[str, str]:
+    """A name-addr's or addr-spec's URI, and the parameters that follow it."""
+    address = _ADDRESS.match(value)
+    assert address is not None  # its second branch matches anything
+    uri, params, spec, spec_params = address.groups()
+    if uri is None:
+        uri, params = spec, spec_params
+    return uri.strip(), params
 
 
-def _after_uri(value: str) -> str:
-    """A header value's parameters: what follows its URI."""
-    if "<" in value:
-        return value.partition(">")[2]
-    return ";" + value.partition(";")[2] if ";" in value else ""
+def _tagged(value: str | None) -> tuple[str | None, str | None]:
+    """The URI and tag of a To or From header."""
+    if value is None:
+        return None, None
+    uri, params = _address(value)
+    tag = _TAG_PARAM.search(params)
+    return uri, tag[1] if tag else None
 
 
-def _contact(value: str) -> Contact:
-    expires = _EXPIRES_PARAM.search(_after_uri(value))
-    return Contact(_uri(value), int(expires.group(1)) if expires else None)
+def _contact(item: str) -> Contact:
+    uri, params = _address(item)
+    expires = _EXPIRES_PARAM.search(params)
+    return Contact(uri, _number(expires[1], _MAX_32_BIT) if expires else None)
 
 
-#: The expiry a registrar grants when it names none (RFC 3261 §10.2.1.1).
+#: The expiry a registrar grants when nothing says otherwise (RFC 3261
+#: §10.2.1.1).
 DEFAULT_EXPIRES = 3600
 
 
 @attrs.frozen
 class _Pending:
+    """A REGISTER awaiting its final response.
+
+    :ivar aor: the address of record, from its To header.
+    :ivar asked: each Contact's URI and the expiry it asked for, if it did.
+    :ivar star: whether it was ``Contact: *``, removing every binding.
+    """
+
     aor: str
-    contacts: frozenset[str]
-    unregister: bool
+    asked: tuple[tuple[str, int | None], ...]
+    star: bool
 
 
 @attrs.define
@@ -355,25 +483,29 @@ class Registrations:
     """What one connection's SIP says about its registrations.
 
     Fed the inspector's events of both directions with the time they were
-    seen, it matches each REGISTER with its response (Call-ID and CSeq) and
-    keeps when each address of record's registration expires: the expiry a
-    2xx grants to the REGISTER's own Contact, else its Expires header, else
-    3600 s (RFC 3261 §10.2.1, §10.3).  An expiry of 0, or ``Contact: *``,
-    ends the registration.
+    seen (it has no clock of its own), it matches each REGISTER with its
+    final response by Call-ID and CSeq and keeps when each binding the
+    REGISTER named expires (RFC 3261 §10.2.1, §10.3).  A Contact that asked
+    for 0 is removed; any other is granted the ``expires`` of the same
+    Contact in the 2xx, else the 2xx's Expires header, else what it asked
+    (its ``expires``, else the REGISTER's Expires header), else
+    :data:`DEFAULT_EXPIRES`.  ``Contact: *`` removes the address of
+    record's bindings.  A REGISTER without a Contact only asks which
+    bindings there are, and changes nothing; nor does any other response.
 
     :param max_pending: REGISTERs awaiting a response that are remembered;
         beyond it the oldest is forgotten, so a client cannot grow it.
-    :ivar bindings: the expiry time of each registered address of record.
     :ivar keepalives: keep-alive pings and pongs seen.
     :ivar last_message: the last request's method and URI, or response's
-        status and CSeq method.
+        status, reason and CSeq method.
     """
 
     max_pending: int = 16
-    bindings: dict[str, float] = attrs.Factory(dict)
-    keepalives: int = 0
-    last_message: str | None = None
-    _pending: dict[tuple[str, int], _Pending] = attrs.Factory(dict)
+    keepalives: int = attrs.field(init=False, default=0)
+    last_message: str | None = attrs.field(init=False, default=None)
+    _pending: dict[tuple[str, int], _Pending] = attrs.field(init=False, factory=dict)
+    #: When each binding expires, by address of record and Contact URI.
+    _expiries: dict[tuple[str, str], float] = attrs.field(init=False, factory=dict)
 
     def from_client(self, event: Event, now: float) -> None:  # noqa: ARG002
         """Count an event of the client's direction, seen at ``now``."""
@@ -382,15 +514,22 @@ class Registrations:
         elif isinstance(event, Request):
             self.last_message = f"{event.method} {event.uri}"
             headers = event.headers
-            if event.method != "REGISTER" or not (headers.call_id and headers.cseq):
+            if not (
+                event.method == "REGISTER"
+                and headers.call_id
+                and headers.cseq
+                and headers.to_uri
+                and (headers.contacts or headers.contact_star)
+            ):
                 return
-            asked = [c.expires for c in headers.contacts] + [headers.expires]
-            self._pending[headers.call_id, headers.cseq[0]] = _Pending(
-                aor=headers.to_uri or event.uri,
-                contacts=frozenset(c.uri for c in headers.contacts),
-                unregister=headers.contact_star or 0 in asked,
+            asked = tuple(
+                (c.uri, headers.expires if c.expires is None else c.expires)
+                for c in headers.contacts
             )
-            while len(self._pending) > self.max_pending:
+            key = (headers.call_id, headers.cseq[0])
+            self._pending.pop(key, None)  # a retransmission counts as the newest
+            self._pending[key] = _Pending(headers.to_uri, asked, headers.contact_star)
+            if len(self._pending) > self.max_pending:
                 del self._pending[next(iter(self._pending))]
 
     def from_server(self, event: Event, now: float) -> None:
@@ -398,24 +537,39 @@ class Registrations:
         if isinstance(event, Ping | Pong):
             self.keepalives += 1
         elif isinstance(event, Response):
-            headers = event.headers
-            method = headers.cseq[1] if headers.cseq else "?"
-            self.last_message = f"{event.status} {event.reason} ({method})"
-            if event.status < 200 or not (headers.call_id and headers.cseq):
+            headers, cseq = event.headers, event.headers.cseq
+            self.last_message = (
+                f"{event.status} {event.reason} ({cseq[1] if cseq else '?'})"
+            )
+            if event.status < 200 or not (
+                cseq and cseq[1] == "REGISTER" and headers.call_id
+            ):
                 return
-            pending = self._pending.pop((headers.call_id, headers.cseq[0]), None)
-            if pending is None or not 200 <= event.status < 300:
+            pending = self._pending.pop((headers.call_id, cseq[0]), None)
+            if pending is None or event.status >= 300:
                 return
-            granted = _granted(pending, event.headers)
-            if pending.unregister or granted == 0:
-                self.bindings.pop(pending.aor, None)
-            else:
-                self.bindings[pending.aor] = now + granted
+            if pending.star:
+                for binding in [b for b in self._expiries if b[0] == pending.aor]:
+                    del self._expiries[binding]
+            for uri, asked in pending.asked:
+                granted = _granted(uri, asked, headers)
+                if granted:
+                    self._expiries[pending.aor, uri] = now + granted
+                else:
+                    self._expiries.pop((pending.aor, uri), None)
+
+    @property
+    def bindings(self) -> dict[str, float]:
+        """When each registered address of record's last binding expires."""
+        aors: dict[str, float] = {}
+        for (aor, _), expiry in self._expiries.items():
+            aors[aor] = max(expiry, aors.get(aor, expiry))
+        return aors
 
     @property
     def expiry(self) -> float | None:
         """When the last registration on this connection expires, if any."""
-        return max(self.bindings.values(), default=None)
+        return max(self._expiries.values(), default=None)
 
     def deadline(
         self, idle_timeout: float, last_activity: float, grace: float
@@ -435,9 +589,13 @@ class Registrations:
         return expiry is not None and now > expiry + grace
 
 
-def _granted(pending: _Pending, headers: SIPHeaders) -> int:
-    own = [c.expires for c in headers.contacts if c.uri in pending.contacts]
-    for expires in [*own, headers.expires]:
-        if expires is not None:
-            return expires
-    return DEFAULT_EXPIRES
+def _granted(uri: str, asked: int | None, ok: SIPHeaders) -> int:
+    """How long a 2xx keeps the binding of ``uri``, which asked for ``asked``."""
+    if asked == 0:  # a removal, which no registrar turns into a binding
+        return 0
+    answered = next((c.expires for c in ok.contacts if c.uri == uri), None)
+    return next(
+        value
+        for value in (answered, ok.expires, asked, DEFAULT_EXPIRES)
+        if value is not None
+    )
