@@ -24,6 +24,8 @@ from ocsbal.config import (
     PortProtocol,
     Problem,
     Server,
+    TLSMode,
+    TLSSettings,
     load,
     parse,
     render,
@@ -169,6 +171,46 @@ class TestAdmin:
         assert parse(text).admin == Admin("unix:/run/a.sock", "/etc/t")
 
 
+class TestTLS:
+    def test_no_section_passes_tls_through(self) -> None:
+        assert parse(MINIMAL).tls == TLSSettings()
+        assert parse(MINIMAL).tls.mode is TLSMode.PASSTHROUGH
+
+    def test_terminate_with_files_taken_from_the_files_directory(
+        self, tmp_path: Path
+    ) -> None:
+        ini = tmp_path / "pool.ini"
+        ini.write_text(
+            MINIMAL.replace(
+                "address = 10.0.0.11",
+                "address = 10.0.0.11\ntls_name = FE01.Contoso.com.",
+            )
+            + "[tls]\nmode = terminate\ncertificate = pool.pem\n"
+            "trust = /etc/ca.pem\nclient_certificate = certs/lb.pem\n"
+            "handshake_timeout = 2.5\n"
+        )
+        pool = load(ini)
+        assert pool.tls == TLSSettings(
+            TLSMode.TERMINATE,
+            str(tmp_path / "pool.pem"),
+            "/etc/ca.pem",
+            str(tmp_path / "certs" / "lb.pem"),
+            2.5,
+        )
+        assert pool.servers[0].tls_name == "fe01.contoso.com"
+        assert pool.servers[0].certificate_name == "fe01.contoso.com"
+
+    def test_a_servers_certificate_name_is_its_address_by_default(self) -> None:
+        assert Server("fe1", "10.0.0.11").certificate_name == "10.0.0.11"
+        assert Server("fe1", "10.0.0.11", tls_name="::1").certificate_name == "::1"
+
+    def test_terminate_needs_the_pools_certificate(self) -> None:
+        assert problems(MINIMAL + "[tls]\nmode = terminate\n") == [
+            "t.ini: [tls] certificate = : is required with mode = terminate: "
+            "the pool's key and certificate, which clients verify"
+        ]
+
+
 class TestValues:
     @pytest.mark.parametrize("name", sorted(SCHEDULERS))
     def test_every_scheduler_name(self, name: str) -> None:
@@ -235,6 +277,15 @@ BAD_VALUES = [
     ("server:fe1", "weight", "65536", "must be a whole number from 0 to 65535"),
     ("server:fe1", "weight", "heavy", "must be a whole number from 0 to 65535"),
     ("server:fe1", "port", "5060", "unknown key; allowed: address, weight"),
+    ("server:fe1", "tls_name", "fe 01", "must be the DNS name (such as fe01"),
+    ("server:fe1", "tls_name", "-fe.contoso.com", "must be the DNS name"),
+    ("tls", "mode", "offload", "must be one of passthrough, terminate"),
+    ("tls", "handshake_timeout", "0", "greater than 0 and at most 300"),
+    ("tls", "handshake_timeout", "301", "greater than 0 and at most 300"),
+    ("tls", "certificate", "/etc/pool.pem", "is only used by mode = terminate"),
+    ("tls", "trust", "/etc/ca.pem", "is only used by mode = terminate"),
+    ("tls", "client_certificate", "/etc/lb.pem", "is only used by mode = terminate"),
+    ("tls", "key", "pool.key", "unknown key; allowed: mode, certificate, trust"),
     ("ports", "5060", "udp", "must be one of tcp, sip, sips"),
     ("ports", "0", "tcp", "the port must be a whole number from 1 to 65535"),
     ("ports", "sip", "tcp", "the port must be a whole number from 1 to 65535"),
@@ -284,7 +335,7 @@ class TestProblems:
             "t.ini: [server:fe1] address = nowhere: must be a static IPv4 or IPv6 "
             "address, not a host name",
             "t.ini: [extra]: unknown section; allowed: [pool], [ports], [server:NAME], "
-            "[monitor], [admin]",
+            "[monitor], [tls], [admin]",
         ]
 
     @pytest.mark.parametrize("kind", ["enterprise", "director", "web-access"])
@@ -480,6 +531,21 @@ def monitors(draw: st.DrawFn) -> Monitor:
     )
 
 
+files = st.from_regex(r"/[a-z0-9/._-]{1,30}", fullmatch=True)
+tls_settings = st.builds(TLSSettings) | st.builds(
+    TLSSettings,
+    mode=st.just(TLSMode.TERMINATE),
+    certificate=files,
+    trust=st.none() | files,
+    client_certificate=st.none() | files,
+    handshake_timeout=st.floats(0.001, 300),
+)
+tls_names = (
+    st.none()
+    | addresses.map(str)
+    | st.from_regex(r"[a-z0-9]{1,10}(\.[a-z0-9]{1,10}){0,3}", fullmatch=True)
+)
+
 admins = st.none() | st.builds(
     Admin,
     listen=st.integers(0, 65535).map(lambda n: f"tcp:{n}:interface=127.0.0.1")
@@ -502,7 +568,7 @@ def pools(draw: st.DrawFn) -> Pool:
         ),
         vip=chosen[0],
         servers=[
-            Server(n, a, weight=draw(st.integers(0, 65535)))
+            Server(n, a, weight=draw(st.integers(0, 65535)), tls_name=draw(tls_names))
             for n, a in zip(server_names, chosen[1:], strict=True)
         ],
         ports=[
@@ -517,6 +583,7 @@ def pools(draw: st.DrawFn) -> Pool:
         else NatMode.FULL,
         scheduler=draw(st.sampled_from(sorted(SCHEDULERS))),
         monitor=draw(monitors()),
+        tls=draw(tls_settings),
         admin=draw(admins),
         idle_timeout=draw(st.floats(0.001, 1e7)),
         connect_timeout=draw(st.floats(0.001, 600)),

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
+import trustme
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -21,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ocsbal import OCS_PORTS, ConfigError, Pool, PoolService, Port, PortProtocol, Server
 from ocsbal._proxy import AdminState, LastServerError, UnknownServerError
 from ocsbal.admin import AdminTokenError
-from ocsbal.config import Admin, Monitor, load, render
+from ocsbal.config import Admin, Monitor, TLSMode, TLSSettings, load, render
 from ocsbal.service import ConfigReloader, UnsupportedNatError
 
 
@@ -292,6 +293,44 @@ class AdminInterfaceTests(SynchronousTestCase):
         with pytest.raises(AdminTokenError, match="cannot read"):
             service.privilegedStartService()
         assert [p.stopped for p in reactor.ports] == [True]
+
+    def test_reload_refuses_tls_changes(self) -> None:
+        service = PoolService(makePool(), Reactor())
+        service.startService()
+        tls = TLSSettings(TLSMode.TERMINATE, certificate=self.pool_pem())
+        failure = self.failureResultOf(
+            service.reload(attrs.evolve(service.pool, tls=tls))
+        )
+        assert str(failure.value) == (
+            "[tls] cannot change while running; restart to change it"
+        )
+
+    def test_reload_refuses_a_port_moving_into_tls_termination(self) -> None:
+        tls = TLSSettings(TLSMode.TERMINATE, certificate=self.pool_pem())
+        service = PoolService(makePool(ports=[Port(5061)], tls=tls), Reactor())
+        service.startService()
+        failure = self.failureResultOf(
+            service.reload(makePool(ports=[Port(5061, PortProtocol.SIPS)], tls=tls))
+        )
+        assert str(failure.value) == (
+            "[ports] 5061 cannot change between a terminated TLS port and another "
+            "while running; restart to change it"
+        )
+
+    def pool_pem(self) -> str:
+        path = Path(self.mktemp())
+        path.mkdir()
+        pem = trustme.CA().issue_cert("pool01.example.com")
+        pem.private_key_and_cert_chain_pem.write_to_path(str(path / "pool.pem"))
+        return str(path / "pool.pem")
+
+    def test_terminated_sips_ports_listen_behind_tls(self) -> None:
+        tls = TLSSettings(TLSMode.TERMINATE, certificate=self.pool_pem())
+        ports = [Port(5060, PortProtocol.SIP), Port(5061, PortProtocol.SIPS)]
+        reactor = Reactor()
+        PoolService(makePool(ports=ports, tls=tls), reactor).startService()
+        factories = [type(f).__name__ for _, f, *_ in reactor.tcpServers]
+        assert factories == ["Listener", "TLSMemoryBIOFactory"]
 
     def test_an_admin_port_in_use_stops_the_start_with_nothing_bound(self) -> None:
         reactor = Reactor(taken=9900)

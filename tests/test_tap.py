@@ -46,3 +46,17 @@ def test_every_configuration_problem_is_in_the_usage_error(tmp_path: Path) -> No
     lines = str(raised.value).splitlines()
     assert lines[0] == "invalid configuration:"
     assert len(lines) == 5  # fqdn, vip missing; nat; address
+
+
+def test_a_certificate_that_cannot_be_used_is_a_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "pool.ini"
+    config.write_text(
+        Path(EXAMPLE).read_text() + "\n[tls]\nmode = terminate\ncertificate = no.pem\n"
+    )
+    with pytest.raises(UsageError) as raised:
+        Options().parseOptions(["--config", str(config)])
+    assert str(raised.value) == (
+        "invalid configuration:\n"
+        f"[tls] certificate = {tmp_path / 'no.pem'}: cannot read: No such file or "
+        "directory"
+    )

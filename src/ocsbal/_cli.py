@@ -1,6 +1,7 @@
 """The ``ocsbal`` console script.
 
-``ocsbal check POOL.INI`` validates a configuration file and prints the
+``ocsbal check POOL.INI`` validates a configuration file (and loads the
+certificates it names) and prints the
 effective pool, every default filled in, as INI text.  ``ocsbal ctl ...``
 calls a running pool's admin API (:mod:`ocsbal._ctl`).
 """
@@ -12,13 +13,15 @@ import sys
 from collections.abc import Sequence
 
 from ocsbal import _ctl
+from ocsbal._tls import TLSSetupError, tls_contexts
 from ocsbal.config import ConfigError, load, render
 
 
 def _check(args: argparse.Namespace) -> int:
     try:
         pool = load(args.config)
-    except ConfigError as e:
+        tls_contexts(pool)
+    except (ConfigError, TLSSetupError) as e:
         print(f"invalid configuration:\n{e}", file=sys.stderr)
         return 1
     print(f"; {args.config}: valid; the effective pool, defaults filled in:\n")

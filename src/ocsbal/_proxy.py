@@ -9,7 +9,16 @@ The splice follows :mod:`twisted.protocols.portforward` and tightens it:
   by the transports' own buffers, whatever the peers do;
 - half-close passes through (:class:`IHalfCloseableProtocol`): an EOF from
   one peer shuts down writing towards the other, which may still answer;
-- the relay never looks at, changes or reorders the bytes it carries.
+- the relay never changes or reorders the bytes it carries; on ``sip``
+  ports (and ``sips`` ports whose TLS it terminates) it follows the SIP
+  after relaying each chunk, without delaying or altering it.
+
+On ``sips`` ports with ``[tls] mode = terminate`` both sides are Twisted's
+TLS (:mod:`twisted.protocols.tls`): the client's handshake must complete
+within ``handshake_timeout`` before a server is picked, and a server counts
+as connected only once its handshake completes and its certificate checks
+out, so a server that fails verification is a failed connection attempt
+and the next one is tried.
 """
 
 from __future__ import annotations
@@ -19,22 +28,24 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
     IHalfCloseableProtocol,
+    IHandshakeListener,
     IPushProducer,
-    IStreamClientEndpoint,
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ocsbal._endpoints import ReactorTCPTime, server_endpoint
 from ocsbal._idle import IdleTimeout
+from ocsbal._tls import tls_contexts, tls_reason
 from ocsbal.config import PortProtocol
 from ocsbal.health import HealthState
 from ocsbal.scheduling import IScheduler, NoServerAvailable, scheduler_class
@@ -133,11 +144,14 @@ class Backend:
         self._closed_sent += splice.upstream
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class _Side(Protocol):
     """One side of a splice: the client connection or the server connection.
 
     Everything it reads is written to its peer's transport.
+
+    :ivar handshake: over TLS, fires when the handshake completes, or fails
+        with the reason the connection was lost before; ``None`` otherwise.
     """
 
     transport: _SplicedTransport
@@ -145,7 +159,7 @@ class _Side(Protocol):
     #: The other side; set when the splice is attached, before reading starts.
     peer: _Side
 
-    def __init__(self, splice: Splice) -> None:
+    def __init__(self, splice: Splice, tls: bool = False) -> None:
         self.splice = splice
         self._readClosed = False
         self._writeClosed = False
@@ -154,6 +168,7 @@ class _Side(Protocol):
         self.received = 0
         #: Follows the SIP this side reads, on sip ports, until it gives up.
         self.inspector: SIPInspector | None = None
+        self.handshake: Deferred[None] | None = Deferred() if tls else None
 
     def connectionMade(self) -> None:
         if self is self.splice.client:
@@ -183,9 +198,29 @@ class _Side(Protocol):
         if self._readClosed and self._writeClosed:
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: ARG002, B008
+    def handshakeCompleted(self) -> None:
+        if self.handshake is not None and not self.handshake.called:
+            self.handshake.callback(None)
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         self.lost = True
+        if self.handshake is not None and not self.handshake.called:
+            self.handshake.errback(reason)
         self.splice.sideLost(self)
+
+
+class _Held:
+    """The transport a terminated client writes to until its server is attached.
+
+    TLS hands over the bytes that came with the end of the handshake even
+    once the client is paused, so at most one read's worth waits here.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
 
 
 class Splice:
@@ -203,7 +238,9 @@ class Splice:
         self.balancer = balancer
         self.clock = balancer.reactor
         self.port = port
-        self.client = _Side(self)
+        #: Whether TLS is terminated here, on both sides.
+        self.tls = balancer.terminates(port)
+        self.client = _Side(self, self.tls)
         self.server: _Side | None = None
         self.backend: Backend | None = None
         self.started = self.last_activity = self.clock.seconds()
@@ -213,7 +250,7 @@ class Splice:
         self.gave_up: str | None = None
         #: Whether its registration missed its refresh (reported once).
         self.dead = False
-        if port.protocol is PortProtocol.SIP:
+        if port.protocol is PortProtocol.SIP or self.tls:
             self.sip = Registrations()
             self.client.inspector = SIPInspector()
 
@@ -249,15 +286,44 @@ class Splice:
         return 0 if self.server is None else self.server.received
 
     def start(self) -> None:
-        """Pause the new client connection and connect it to a server."""
-        self.client.transport.pauseProducing()
+        """Pause the new client connection and connect it to a server.
+
+        Over TLS, the client's handshake comes first.
+        """
         self.balancer.splices.add(self)
         self.balancer.accepted[self.port.number] += 1
         ensureDeferred(self._connect()).addErrback(
             lambda f: log.failure("unexpected error relaying {peer}", f, peer=self.peer)
         )
 
+    async def _handshake(self, handshake: Deferred[None]) -> bool:
+        """Wait for the client's TLS handshake; whether it completed."""
+        timeout = self.balancer.pool.tls.handshake_timeout
+        try:
+            await handshake.addTimeout(timeout, self.clock)
+        except Exception as e:
+            log.info(
+                "TLS handshake from {peer} on port {port} failed: {reason}",
+                peer=self.peer,
+                port=self.port.number,
+                reason=f"none within {timeout:g} s"
+                if isinstance(e, TimeoutError)
+                else tls_reason(e),
+            )
+            if not self.client.lost:
+                self.client.transport.abortConnection()
+            return False
+        waiting = _Side(self)
+        waiting.transport = cast(_SplicedTransport, _Held())
+        self.client.peer = waiting
+        return True
+
     async def _connect(self) -> None:
+        if self.client.handshake is not None and not await self._handshake(
+            self.client.handshake
+        ):
+            return
+        self.client.transport.pauseProducing()
         balancer = self.balancer
         pool = balancer.pool
         tried: list[Backend] = []
@@ -273,18 +339,22 @@ class Splice:
                 break
             tried.append(backend)
             backend.active += 1
-            side = _Side(self)
-            self._connecting = balancer.endpoint(
-                backend.server, self.port.number
-            ).connect(_Connector(side))
+            side = _Side(self, self.tls)
+            self._connecting = balancer.connect(backend.server, self.port, side)
             try:
                 await self._connecting
+                if side.handshake is not None:
+                    self._connecting = side.handshake
+                    await side.handshake.addTimeout(pool.connect_timeout, self.clock)
             except Exception as e:
+                if side.transport is not None and not side.lost:
+                    side.transport.abortConnection()  # connected, no handshake
                 balancer.release(backend)
                 if self.client.lost:
                     return
-                reason = f"server {backend.name} failed: {e}"
-                balancer.record(backend, False, f"a connection failed: {e}")
+                error = tls_reason(e)
+                reason = f"server {backend.name} failed: {error}"
+                balancer.record(backend, False, f"a connection failed: {error}")
                 log.warn(
                     "connection from {peer} to server {server} "
                     "({address}:{port}) failed: {error}",
@@ -292,7 +362,7 @@ class Splice:
                     server=backend.name,
                     address=backend.server.address,
                     port=self.port.number,
-                    error=e,
+                    error=error,
                 )
                 continue
             finally:
@@ -316,7 +386,11 @@ class Splice:
             server.transport.loseConnection()
             return
         server.peer = self.client
+        held = getattr(self.client, "peer", None)
         self.client.peer = server
+        if held is not None:
+            for chunk in cast(_Held, held.transport).chunks:
+                server.transport.write(chunk)
         if self.client.inspector is not None:
             server.inspector = SIPInspector(from_server=True)
         self.client.transport.registerProducer(server.transport, True)
@@ -324,14 +398,18 @@ class Splice:
         self.client.transport.resumeProducing()
 
     def sideLost(self, side: _Side) -> None:
-        """Pass a close through to the other side and settle the accounts."""
+        """Pass a close through to the other side and settle the accounts.
+
+        A server side lost before it was attached (its TLS handshake failed)
+        is :meth:`_connect`'s to handle.
+        """
         if side is self.client:
             self.balancer.forget(self)
             if self._connecting is not None:
                 self._connecting.cancel()
             if self.server is not None:
                 self.server.transport.loseConnection()
-        else:
+        elif side is self.server:
             backend = cast(Backend, self.backend)
             backend.detached(self)
             self.balancer.release(backend)
@@ -445,6 +523,8 @@ class Balancer:
         }
         self.leaving: set[Backend] = set()
         self.splices: set[Splice] = set()
+        #: The TLS of terminated ``sips`` ports; ``None`` where TLS passes through.
+        self.tls = tls_contexts(pool)
         self.idle = IdleTimeout(pool.idle_timeout)
         self.accepted: Counter[int] = Counter()
         self.rejected: Counter[int] = Counter()
@@ -524,11 +604,31 @@ class Balancer:
         """The factory accepting client connections on ``port``."""
         return Listener(self, port)
 
-    def endpoint(self, server: Server, port: int) -> IStreamClientEndpoint:
-        """The endpoint connecting to ``server`` on ``port``."""
-        return server_endpoint(
-            self.reactor, server.address, port, self.pool.connect_timeout
+    def terminates(self, port: Port) -> bool:
+        """Whether TLS on ``port`` is terminated here."""
+        return self.tls is not None and port.protocol is PortProtocol.SIPS
+
+    def serving(self, listener: Listener) -> ServerFactory[Any]:
+        """What accepts on ``listener``'s port: it, behind TLS if terminated."""
+        if self.tls is None or not self.terminates(listener.port):
+            return listener
+        tls = TLSMemoryBIOFactory(self.tls.accepting, False, listener, self.reactor)
+        # Typed a client factory, it serves as well; listenTCP's stub wants one.
+        return cast(ServerFactory[Any], tls)
+
+    def connect(self, server: Server, port: Port, side: _Side) -> Deferred[Any]:
+        """Connect ``side`` to ``server`` on ``port``, over TLS if terminated."""
+        factory: Factory[Any] = _Connector(side)
+        if self.tls is not None and self.terminates(port):
+            creator = self.tls.connecting(server)
+            # Not wrapClientTLS: TLS must take its clock from this reactor.
+            factory = cast(
+                Factory[Any], TLSMemoryBIOFactory(creator, True, factory, self.reactor)
+            )
+        endpoint = server_endpoint(
+            self.reactor, server.address, port.number, self.pool.connect_timeout
         )
+        return endpoint.connect(factory)
 
     def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:
         """Count a health check's result, or a failed connection, for ``backend``.

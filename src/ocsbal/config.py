@@ -17,8 +17,10 @@ import configparser
 import enum
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
@@ -41,6 +43,8 @@ __all__ = [
     "PortProtocol",
     "Problem",
     "Server",
+    "TLSMode",
+    "TLSSettings",
     "load",
     "parse",
     "render",
@@ -56,7 +60,8 @@ class PortProtocol(enum.Enum):
     TCP = "tcp"
     #: SIP over TCP (OCS: 5060).
     SIP = "sip"
-    #: SIP over TLS (OCS: 5061); relayed as TLS passthrough.
+    #: SIP over TLS (OCS: 5061): relayed encrypted, or decrypted and
+    #: followed as ``sip`` is, as the ``[tls]`` mode says.
     SIPS = "sips"
 
 
@@ -281,20 +286,52 @@ OCS_PORTS: tuple[Port, ...] = (
 )
 
 
+def _normal_tls_name(value: Any) -> Any:
+    return _normal_address(_normal_fqdn(value))
+
+
+def _check_tls_name(value: str | None) -> None:
+    if value is None:
+        return
+    with suppress(ValueError):
+        ipaddress.ip_address(value)
+        return
+    labels = value.split(".") if isinstance(value, str) else []
+    if not labels or len(value) > 253 or not all(map(_LABEL.match, labels)):
+        raise _NotAllowedError(
+            "must be the DNS name (such as fe01.contoso.com) or IP address "
+            "the server's certificate is issued to"
+        )
+
+
+_TLS_NAME_RULE = _Rule(_normal_tls_name, _check_tls_name)
+
+
 @attrs.frozen
 class Server:
     """A server of the pool.
 
-    :ivar name: its name in logs and, later, in the admin API.
+    :ivar name: its name in logs and in the admin API.
     :ivar address: its static IP address; each VIP port is relayed to the
         same port here.
     :ivar weight: its share of connections relative to the others' (0 to
         65535); 0 means it is never picked.
+    :ivar tls_name: the name its certificate must carry, checked when
+        ``[tls] mode = terminate`` re-encrypts to it; ``None`` checks its
+        address.
     """
 
     name: str = attrs.field(validator=_NAME_RULE)
     address: str = attrs.field(converter=_normal_address, validator=_ADDRESS_RULE)
     weight: int = attrs.field(default=100, validator=_WEIGHT_RULE)
+    tls_name: str | None = attrs.field(
+        default=None, converter=_normal_tls_name, validator=_TLS_NAME_RULE
+    )
+
+    @property
+    def certificate_name(self) -> str:
+        """The name checked in its certificate: ``tls_name``, else its address."""
+        return self.address if self.tls_name is None else self.tls_name
 
 
 def _servers(servers: Iterable[Server]) -> tuple[Server, ...]:
@@ -448,6 +485,80 @@ class Admin:
     )
 
 
+class TLSMode(enum.Enum):
+    """What ocsbal does with the TLS on ``sips`` ports."""
+
+    #: The encrypted bytes are relayed untouched; nothing is inspected.
+    PASSTHROUGH = "passthrough"
+    #: Clients handshake with ocsbal, which opens TLS of its own to the
+    #: server, verifies the server's certificate, and follows the SIP.
+    TERMINATE = "terminate"
+
+
+def _check_file(path: str | None) -> None:
+    if path is not None and (not isinstance(path, str) or not path):
+        raise _NotAllowedError("must be a file name")
+
+
+def _handshake_timeout(value: float) -> bool:
+    return math.isfinite(value) and 0 < value <= 300
+
+
+#: The rule of each ``[tls]`` key, which is also the rule of its attribute.
+_TLS_RULES: dict[str, _Rule[Any]] = {
+    "mode": _enum_rule(TLSMode),
+    "certificate": _Rule(str, _check_file),
+    "trust": _Rule(str, _check_file),
+    "client_certificate": _Rule(str, _check_file),
+    "handshake_timeout": _number_rule(
+        float,
+        "must be a number of seconds greater than 0 and at most 300",
+        _handshake_timeout,
+    ),
+}
+
+#: The ``[tls]`` keys that name files.
+_TLS_FILES = ("certificate", "trust", "client_certificate")
+
+
+@attrs.frozen
+class TLSSettings:
+    """TLS on the pool's ``sips`` ports (OCS: 5061).
+
+    The files are read, and the certificate checked against the pool FQDN,
+    when the pool starts (:mod:`ocsbal._tls`); the model holds their names.
+
+    :ivar mode: pass the encrypted bytes through, or terminate TLS here.
+    :ivar certificate: with ``terminate``, a PEM file holding the pool's
+        private key and certificate (and its chain), issued to the pool FQDN.
+    :ivar trust: a PEM file of the certificate authorities that sign the
+        servers' certificates; ``None`` trusts the system's authorities.
+    :ivar client_certificate: a PEM file of a private key and certificate
+        presented to the servers (mutual TLS); ``None`` presents none.
+    :ivar handshake_timeout: seconds a client has to complete its
+        handshake before it is disconnected.
+    """
+
+    mode: TLSMode = attrs.field(
+        default=TLSMode.PASSTHROUGH, converter=TLSMode, validator=_TLS_RULES["mode"]
+    )
+    certificate: str | None = attrs.field(
+        default=None, validator=_TLS_RULES["certificate"]
+    )
+    trust: str | None = attrs.field(default=None, validator=_TLS_RULES["trust"])
+    client_certificate: str | None = attrs.field(
+        default=None, validator=_TLS_RULES["client_certificate"]
+    )
+    handshake_timeout: float = attrs.field(
+        default=10.0, converter=float, validator=_TLS_RULES["handshake_timeout"]
+    )
+
+    @property
+    def terminate(self) -> bool:
+        """Whether TLS is terminated here."""
+        return self.mode is TLSMode.TERMINATE
+
+
 _DSR = (
     "Direct Server Return is not supported by OCS 2007 R2 pools: the load "
     "balancer must see the servers' replies; use full or half"
@@ -500,6 +611,7 @@ class Pool:
     :ivar reap_expired: whether a connection whose registration missed its
         refresh by the grace is closed (it is always reported).
     :ivar monitor: how servers are health-checked.
+    :ivar tls: what is done with TLS on ``sips`` ports.
     :ivar admin: where the admin interface listens; ``None`` for none.
     """
 
@@ -536,6 +648,9 @@ class Pool:
     )
     monitor: Monitor = attrs.field(
         default=Monitor(), validator=attrs.validators.instance_of(Monitor)
+    )
+    tls: TLSSettings = attrs.field(
+        default=TLSSettings(), validator=attrs.validators.instance_of(TLSSettings)
     )
     admin: Admin | None = attrs.field(
         default=None,
@@ -590,6 +705,8 @@ def _relations(
             f"must not exceed the interval ({_text(monitor.interval)} s): a "
             "check ends before the next begins",
         )
+    if pool.tls is not None:
+        yield from _tls_relations(pool.tls)
     if pool.kind is not None and pool.kind.internal and pool.nat is NatMode.HALF:
         yield (
             "pool",
@@ -627,6 +744,23 @@ def _relations(
                 "server needs its own",
             )
         owners.setdefault(server.address, server.name)
+
+
+def _tls_relations(
+    tls: TLSSettings,
+) -> Iterator[tuple[str, str | None, str | None, str]]:
+    if tls.terminate and tls.certificate is None:
+        yield (
+            "tls",
+            "certificate",
+            "",
+            "is required with mode = terminate: the pool's key and certificate, "
+            "which clients verify",
+        )
+    if not tls.terminate:
+        for key in _TLS_FILES:
+            if getattr(tls, key) is not None:
+                yield "tls", key, getattr(tls, key), "is only used by mode = terminate"
 
 
 @attrs.frozen
@@ -669,8 +803,11 @@ class _Draft:
     fields: dict[str, Any] = attrs.Factory(dict)
     ports: list[Port] = attrs.Factory(list)
     servers: list[Server] = attrs.Factory(list)
-    #: ``None`` where a ``[monitor]`` value was refused.
+    #: Where relative file names are taken from.
+    directory: Path = Path()
+    #: ``None`` where a ``[monitor]`` or ``[tls]`` value was refused.
     monitor: Monitor | None = Monitor()
+    tls: TLSSettings | None = TLSSettings()
     admin: Admin | None = None
     problems: list[Problem] = attrs.Factory(list)
 
@@ -748,6 +885,7 @@ def _read_ports(draft: _Draft, section: configparser.SectionProxy) -> None:
 _SERVER_RULES: dict[str, _Rule[Any]] = {
     "address": _ADDRESS_RULE,
     "weight": _WEIGHT_RULE,
+    "tls_name": _TLS_NAME_RULE,
 }
 
 
@@ -774,6 +912,17 @@ def _read_monitor(draft: _Draft, section: configparser.SectionProxy) -> None:
     draft.monitor = None if None in values.values() else Monitor(**values)
 
 
+def _read_tls(draft: _Draft, section: configparser.SectionProxy) -> None:
+    values: dict[str, Any] = {
+        key: draft.read(section.name, key, text, _TLS_RULES[key])
+        for key, text in draft.known_items(section, _TLS_RULES)
+    }
+    for key in _TLS_FILES:
+        if values.get(key):
+            values[key] = os.path.join(draft.directory, values[key])
+    draft.tls = None if None in values.values() else TLSSettings(**values)
+
+
 def _read_admin(draft: _Draft, section: configparser.SectionProxy) -> None:
     before = len(draft.problems)
     values: dict[str, Any] = {
@@ -794,14 +943,19 @@ _SECTIONS: list[
     (re.compile(r"ports\Z"), _read_ports),
     (re.compile(r"server:"), _read_server),
     (re.compile(r"monitor\Z"), _read_monitor),
+    (re.compile(r"tls\Z"), _read_tls),
     (re.compile(r"admin\Z"), _read_admin),
 ]
-_SECTION_NAMES = "[pool], [ports], [server:NAME], [monitor], [admin]"
+_SECTION_NAMES = "[pool], [ports], [server:NAME], [monitor], [tls], [admin]"
 
 
-def parse(text: str, source: str = "<string>") -> Pool:
+def parse(
+    text: str, source: str = "<string>", directory: str | Path | None = None
+) -> Pool:
     """Read a pool from INI text; ``source`` names it in problems.
 
+    :param directory: where file names that are not absolute are taken
+        from; by default the working directory.
     :raises ConfigError: listing every problem found.
     """
     parser = configparser.ConfigParser(
@@ -810,7 +964,7 @@ def parse(text: str, source: str = "<string>") -> Pool:
         empty_lines_in_values=False,
         default_section="\0",
     )
-    draft = _Draft(source)
+    draft = _Draft(source, directory=Path(directory or ".").absolute())
     try:
         parser.read_string(text, source=source)
     except configparser.Error as e:
@@ -838,6 +992,7 @@ def parse(text: str, source: str = "<string>") -> Pool:
         servers=draft.servers,
         ports=draft.ports,
         monitor=cast(Monitor, draft.monitor),  # not None: no problem was found
+        tls=cast(TLSSettings, draft.tls),
         admin=draft.admin,
         **draft.fields,
     )
@@ -870,7 +1025,7 @@ def load(path: str | Path) -> Pool:
         raise ConfigError(
             [Problem(source, None, None, None, f"cannot read: {reason}")]
         ) from None
-    return parse(text, source)
+    return parse(text, source, Path(path).parent)
 
 
 def render(pool: Pool) -> str:
@@ -884,6 +1039,8 @@ def render(pool: Pool) -> str:
     for server in pool.servers:
         lines += ["", f"[server:{server.name}]"]
         lines += [f"address = {server.address}", f"weight = {server.weight}"]
+        if server.tls_name is not None:
+            lines.append(f"tls_name = {server.tls_name}")
     lines += ["", "[monitor]"]
     monitor = attrs.asdict(pool.monitor, recurse=False)
     for key in _MONITOR_RULES:
@@ -891,6 +1048,12 @@ def render(pool: Pool) -> str:
         if key == "ports" and not pool.monitor.ports:
             line += f"; by default: {_text(pool.heartbeat_ports)}"
         lines.append(line)
+    if pool.tls != TLSSettings():
+        lines += ["", "[tls]"]
+        tls = attrs.asdict(pool.tls, recurse=False)
+        lines += [
+            f"{key} = {_text(tls[key])}" for key in _TLS_RULES if tls[key] is not None
+        ]
     if pool.admin is not None:
         lines += ["", "[admin]", f"listen = {pool.admin.listen}"]
         if pool.admin.token_file is not None:

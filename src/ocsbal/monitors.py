@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import treq
-from OpenSSL import SSL
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -63,6 +62,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ocsbal._endpoints import ReactorTCPTime, server_endpoint
+from ocsbal._tls import tls_reason
 from ocsbal.config import MonitorType, PortProtocol
 from ocsbal.health import IMonitor
 
@@ -139,13 +139,6 @@ def _all_ports(
     ]
     d = gatherResults(attempts, consumeErrors=True)
     return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
-
-
-def _tls_reason(error: Exception) -> str:
-    if isinstance(error, SSL.Error):
-        reasons = [r for *_, r in error.args[0] if r] if error.args else []
-        return f"TLS handshake failed: {', '.join(reasons) or 'TLS error'}"
-    return str(error) or type(error).__name__
 
 
 class _Conversation(Protocol):
@@ -260,7 +253,7 @@ class TLSMonitor:
             tls = wrapClientTLS(creator, endpoint)
             return _converse(tls, _Handshake, "TLS handshake completed")
 
-        return _all_ports(self.ports, probe, _tls_reason, self.reactor, self.timeout)
+        return _all_ports(self.ports, probe, tls_reason, self.reactor, self.timeout)
 
 
 @attrs.define
@@ -368,7 +361,7 @@ class SIPOptionsMonitor:
     def _reason(self, error: Exception) -> str:
         if isinstance(error, ConnectionDone | ConnectionLost):
             return "closed without a final SIP response"
-        return _tls_reason(error)
+        return tls_reason(error)
 
     def request(self, server: Server, port: int, secure: bool) -> bytes:
         """The OPTIONS request sent to ``server`` on ``port``."""
@@ -448,11 +441,11 @@ class HTTPSMonitor:
                     raise HeartbeatError(
                         "connected, but no HTTP response in time"
                     ) from None
-                raise HeartbeatError(_tls_reason(reason)) from None
+                raise HeartbeatError(tls_reason(reason)) from None
             if not 200 <= response.code < 400:
                 raise HeartbeatError(f"GET {self.url} answered HTTP {response.code}")
 
-        return _all_ports(self.ports, probe, _tls_reason, self.reactor, self.timeout)
+        return _all_ports(self.ports, probe, tls_reason, self.reactor, self.timeout)
 
 
 def monitor_for(pool: Pool, reactor: ReactorTCPTime) -> IMonitor:

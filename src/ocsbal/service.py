@@ -188,7 +188,7 @@ class PoolService(MultiService):
         try:
             for number, listener in listeners.items():
                 bound[number] = self._reactor.listenTCP(
-                    number, listener, interface=self.pool.vip
+                    number, self.balancer.serving(listener), interface=self.pool.vip
                 )
         except Exception:
             for port in bound.values():
@@ -282,9 +282,9 @@ class PoolService(MultiService):
         scheduler, idle timeout, monitor and timeouts take their new values.
         Servers keep their state (ready, drain, maint) and health.
 
-        :raises ReloadError: if the VIP, the NAT mode or where the admin
-            interface listens would change, which needs a restart; nothing
-            changes then.
+        :raises ReloadError: if the VIP, the NAT mode, the ``[tls]`` section,
+            whether a port's TLS is terminated, or where the admin interface
+            listens would change, which needs a restart; nothing changes then.
         :raises AdminTokenError: if the admin token file cannot be read;
             nothing changes then.
         :raises CannotListenError: if a new port cannot be bound; nothing
@@ -294,18 +294,7 @@ class PoolService(MultiService):
 
     async def _reload(self, pool: Pool) -> None:
         old = self.pool
-        fixed = {"vip": (old.vip, pool.vip), "nat": (old.nat.value, pool.nat.value)}
-        for key, (before, after) in fixed.items():
-            if before != after:
-                raise ReloadError(
-                    f"[pool] {key} cannot change from {before} to {after} while "
-                    "running; restart to change it"
-                )
-        listen = [a and a.listen for a in (old.admin, pool.admin)]
-        if listen[0] != listen[1]:
-            raise ReloadError(
-                "[admin] listen cannot change while running; restart to change it"
-            )
+        self._refuseRestartChanges(pool)
         token = None if pool.admin is None else read_token(pool.admin)
         wanted = {port.number: port for port in pool.ports}
         if self._listening:
@@ -329,6 +318,33 @@ class PoolService(MultiService):
             self.health = self._checker()
         await DeferredList(closing)
         self._warnIfIdleTimeoutShort()
+
+    def _refuseRestartChanges(self, pool: Pool) -> None:
+        """Raise :class:`ReloadError` if ``pool`` changes what needs a restart."""
+        old = self.pool
+        fixed = {"vip": (old.vip, pool.vip), "nat": (old.nat.value, pool.nat.value)}
+        for key, (before, after) in fixed.items():
+            if before != after:
+                raise ReloadError(
+                    f"[pool] {key} cannot change from {before} to {after} while "
+                    "running; restart to change it"
+                )
+        if old.tls != pool.tls:
+            raise ReloadError("[tls] cannot change while running; restart to change it")
+        for port in pool.ports:
+            listener = self._listeners.get(port.number)
+            if listener and self.balancer.terminates(
+                listener.port
+            ) != self.balancer.terminates(port):
+                raise ReloadError(
+                    f"[ports] {port.number} cannot change between a terminated "
+                    "TLS port and another while running; restart to change it"
+                )
+        listen = [a and a.listen for a in (old.admin, pool.admin)]
+        if listen[0] != listen[1]:
+            raise ReloadError(
+                "[admin] listen cannot change while running; restart to change it"
+            )
 
     def stopService(self) -> Deferred[None]:
         """Stop accepting, then close open connections after the grace period.

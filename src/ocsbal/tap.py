@@ -13,6 +13,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorThreads
 from twisted.python import usage
 
+from ocsbal._tls import TLSSetupError, tls_contexts
 from ocsbal.config import ConfigError, Pool, load
 from ocsbal.service import ConfigReloader, PoolService
 
@@ -46,7 +47,8 @@ class Options(usage.Options):
             raise usage.UsageError("--grace must be 0 or more seconds")
         try:
             self.pool = load(self["config"])
-        except ConfigError as e:
+            tls_contexts(self.pool)
+        except (ConfigError, TLSSetupError) as e:
             raise usage.UsageError(f"invalid configuration:\n{e}") from e
 
 
