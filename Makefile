@@ -6,7 +6,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # netcat-openbsd: the demo tour talks to the VIP with nc.
 # chromium: the status page is tested in a real headless browser.
-APT_PACKAGES := netcat-openbsd chromium
+# sip-tester kamailio: SIPp registers through the balancer to two Kamailio
+#   registrars that the test starts itself.  On a systemd host the package
+#   also starts kamailio.service, which binds 127.0.0.1 and the host's own
+#   addresses (never 127.0.50.x, the test's), so the two do not conflict.
+APT_PACKAGES := netcat-openbsd chromium sip-tester kamailio
 STAMP  := $(VENV)/.installed
 
 .PHONY: install system-packages demo test lint docs bench clean

@@ -1,0 +1,317 @@
+"""SIPp to two Kamailio registrars through a live balancer: real SIP both sides.
+
+SIPp (Debian's sip-tester) makes :data:`CALLS` calls of
+``sipp/register.xml``, each on a TCP connection of its own to the VIP's
+``sip`` port: a REGISTER of an address of record of its own, then an
+OPTIONS, both answered 200 by one of two Kamailio registrars (locations in
+memory, no authentication); the call then holds its connection a second
+and closes it.  With SIP stacks ocsbal did not write, the test proves that:
+
+- every call succeeds: SIPp counts :data:`CALLS` successful calls and no
+  failed one, and each call was one connection accepted on the VIP;
+- the scheduler spreads them: each Kamailio's own log shows at least 30 %
+  of the REGISTERs, and exactly as many as the admin API says were relayed
+  to it;
+- the SIP inspector follows every conversation: while a call holds its
+  connection, ``/api/connections`` shows its address of record registered
+  for an hour (the REGISTER matched with Kamailio's 200) and the 200 to the
+  OPTIONS as its last message; no inspection is given up (``/metrics``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import (
+    WAIT,
+    Launcher,
+    Process,
+    admin_call,
+    pool_ini,
+    require_tool,
+    wait_listening,
+)
+
+SIPP = "/usr/bin/sipp"
+KAMAILIO = "/usr/sbin/kamailio"
+SCENARIO = Path(__file__).with_name("sipp") / "register.xml"
+
+VIP = "127.0.50.10"
+CLIENT = "127.0.50.1"  # SIPp's address
+ADMIN = "127.0.50.1:19900"
+REGISTRARS = {"kam1": "127.0.50.11", "kam2": "127.0.50.12"}
+CALLS = 2000
+RATE = 200  # calls per second: 10 s of calls, about 200 connections open at once
+SIPP_TIMEOUT = 40  # seconds SIPp may run in all
+
+# A registrar and nothing else: usrloc in memory (db_mode 0), TCP only (no
+# UDP socket), and one log line per request, which the test counts.
+KAMAILIO_CFG = """\
+#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+tcp_children=2
+auto_aliases=no
+dns=no
+rev_dns=no
+listen=tcp:{address}:5060
+
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+
+modparam("usrloc", "db_mode", 0)
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+    xlog("L_NOTICE", "itest: $rm $fU\\n");
+    if (is_method("REGISTER")) {{
+        if (!save("location")) {{
+            sl_reply_error();
+        }}
+        exit;
+    }}
+    if (is_method("OPTIONS")) {{
+        sl_send_reply("200", "OK");
+        exit;
+    }}
+    sl_send_reply("405", "Method Not Allowed");
+}}
+"""
+
+
+def start_registrar(launch: Launcher, name: str, address: str) -> Process:
+    """Run Kamailio in the foreground on ``address``:5060, in a session of its own.
+
+    ``setsid`` makes Kamailio's process id its process group's, so that
+    :func:`stop_registrar` reaches its children too: they outlive a main
+    process that is killed, and keep the port.
+    """
+    with socket.socket() as probe:  # else wait_listening would find that one
+        taken = probe.connect_ex((address, 5060)) == 0
+    assert not taken, f"something already listens on {address}:5060"
+    config = launch.write(f"{name}.cfg", KAMAILIO_CFG.format(address=address))
+    run = launch.tmp_path / f"{name}-run"
+    run.mkdir()
+    return launch.spawn(
+        name,
+        [
+            *("setsid", KAMAILIO, "-DD", "-E", "-f", str(config)),
+            *("-m", "64", "-M", "8", "-Y", str(run), "-P", str(run / "pid")),
+        ],
+    )
+
+
+def stop_registrar(process: Process) -> None:
+    """SIGTERM, which Kamailio passes to its children; then kill what is left."""
+    group = process.popen.pid
+    with suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    try:
+        process.popen.wait(timeout=WAIT)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
+@pytest.fixture
+def registrars(launch: Launcher) -> Iterator[dict[str, Process]]:
+    """The two Kamailio registrars, listening; stopped, children and all."""
+    require_tool(SIPP, "sip-tester")
+    require_tool(KAMAILIO, "kamailio")
+    started: dict[str, Process] = {}
+    try:
+        for name, address in REGISTRARS.items():
+            started[name] = start_registrar(launch, name, address)
+        for name, address in REGISTRARS.items():
+            wait_listening(address, 5060, started[name])
+        yield started
+    finally:
+        for process in started.values():
+            stop_registrar(process)
+
+
+def logged(process: Process, method: str) -> int:
+    """How many of SIPp's requests of ``method`` Kamailio logged (users u1, u2...)."""
+    return process.output.count(f"itest: {method} u")
+
+
+def complaints(process: Process) -> list[str]:
+    """The errors and warnings in Kamailio's log."""
+    return [
+        line
+        for line in process.output.splitlines()
+        if " ERROR: " in line or " WARNING: " in line
+    ]
+
+
+def run_sipp(tmp_path: Path) -> tuple[int, dict[str, str], str]:
+    """Run the scenario to the end: SIPp's exit status, final statistics, errors."""
+    stats, errors = tmp_path / "sipp-stats.csv", tmp_path / "sipp-errors.log"
+    args = [
+        *(SIPP, f"{VIP}:5060", "-sf", str(SCENARIO), "-nostdin"),
+        # tn: TCP, one connection per call (t1 would be one for all calls);
+        # SIPp refuses a max_socket above ulimit -n, often 1024.
+        *("-t", "tn", "-max_socket", "1000", "-i", CLIENT),
+        *("-m", str(CALLS), "-r", str(RATE), "-l", "600"),
+        *("-recv_timeout", "5000", "-timeout", f"{SIPP_TIMEOUT}s", "-timeout_error"),
+        *("-trace_stat", "-stf", str(stats), "-trace_err", "-error_file", str(errors)),
+    ]
+    with (tmp_path / "sipp.log").open("wb") as screen:
+        code = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=screen,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            timeout=SIPP_TIMEOUT + WAIT,
+            check=False,
+        ).returncode
+    *_, final = csv.DictReader(stats.open(), delimiter=";")
+    return code, final, errors.read_text() if errors.exists() else ""
+
+
+class Watch:
+    """Polls ``/api/connections`` in a thread while the calls run.
+
+    Keeps, for each address of record seen registered, the last report of
+    its connection's SIP; every inspection state seen on any connection; and
+    what stopped the polling, if anything did.
+    """
+
+    def __init__(self, admin: str, period: float = 0.2) -> None:
+        self.admin, self.period = admin, period
+        self.calls: dict[str, dict[str, Any]] = {}
+        self.inspection: Counter[str] = Counter()
+        self.longest_gap = 0.0  # seconds between two polls, at most
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(WAIT)
+
+    def _poll(self) -> None:
+        last = time.monotonic()
+        try:
+            while not self._stop.wait(self.period):
+                _, connections = admin_call(self.admin, "GET", "/api/connections")
+                now = time.monotonic()
+                self.longest_gap, last = max(self.longest_gap, now - last), now
+                for connection in connections:
+                    sip = connection["sip"]
+                    self.inspection[sip["inspection"]] += 1
+                    for aor in sip["registered"]:
+                        self.calls[aor] = sip
+        except Exception as e:  # the test reports it
+            self.error = repr(e)
+
+
+def idle_pool(admin: str) -> dict[str, Any]:
+    """``/api/pool`` once no connection is open (SIPp's have all closed)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        pool: dict[str, Any] = admin_call(admin, "GET", "/api/pool")[1]
+        if pool["totals"]["active"] == 0:
+            return pool
+        assert time.monotonic() < deadline, pool["totals"]
+        time.sleep(0.1)
+
+
+def relayed(admin: str) -> dict[str, int]:
+    """Connections relayed to each server so far."""
+    _, servers = admin_call(admin, "GET", "/api/servers")
+    return {s["name"]: s["total"] for s in servers}
+
+
+def given_up(admin: str) -> list[str]:
+    """The samples of ``ocsbal_sip_inspections_given_up`` in ``/metrics``."""
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=WAIT) as reply:
+        text = reply.read().decode()
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith("ocsbal_sip_inspections_given_up")
+    ]
+
+
+def test_sipp_registers_through_the_balancer_to_two_kamailios_without_failure(
+    launch: Launcher, registrars: dict[str, Process]
+) -> None:
+    servers = {name: (address, 1) for name, address in REGISTRARS.items()}
+    monitor = "\n[monitor]\ntype = sip-options\ninterval = 2\n"
+    admin = f"\n[admin]\nlisten = tcp:19900:interface={CLIENT}\n"
+    balancer = launch.balancer(pool_ini(VIP, servers, {5060: "sip"}) + monitor + admin)
+    accepted = idle_pool(ADMIN)["listeners"][0]["accepted"]
+    relayed_before = relayed(ADMIN)
+
+    with Watch(ADMIN) as watch:
+        code, stats, errors = run_sipp(launch.tmp_path)
+
+    # SIPp: every call succeeded, each on a connection of its own.
+    calls = {k: v for k, v in stats.items() if k.endswith("Call(C)")}
+    assert code == 0, (calls, errors)
+    assert (calls["SuccessfulCall(C)"], calls["FailedCall(C)"]) == (str(CALLS), "0")
+    pool = idle_pool(ADMIN)
+    assert pool["listeners"][0]["accepted"] - accepted == CALLS
+    assert pool["totals"]["rejected"] == 0
+
+    # Spread: each Kamailio answered what the balancer relayed to it, 30 % or more.
+    split = Counter(relayed(ADMIN))
+    split.subtract(relayed_before)
+    assert split.total() == CALLS, split
+    for name, process in registrars.items():
+        assert logged(process, "REGISTER") == split[name], split
+        assert logged(process, "OPTIONS") == split[name], split
+        assert split[name] >= 0.3 * CALLS, split
+        assert complaints(process) == []
+
+    # The inspector: every call seen registered for an hour, then the OPTIONS'
+    # 200 last; never given up.
+    assert watch.error is None
+    assert set(watch.calls) == {
+        f"sip:u{n}@itest.example.com" for n in range(1, CALLS + 1)
+    }, f"{len(watch.calls)} of {CALLS} seen; polls {watch.longest_gap:.2f} s apart"
+    assert Counter(sip["last_message"] for sip in watch.calls.values()) == {
+        "200 OK (OPTIONS)": CALLS
+    }
+    assert all(
+        3590 < left <= 3600
+        for sip in watch.calls.values()
+        for left in sip["registered"].values()
+    )
+    assert set(watch.inspection) == {"on"}
+    assert given_up(ADMIN) == []
+
+    _, health = admin_call(ADMIN, "GET", "/api/servers")
+    assert [s["health"] for s in health] == ["up", "up"]  # SIP OPTIONS checks
+    balancer.assert_stops_cleanly()
