@@ -152,6 +152,27 @@ class ReadTests(AdminTests):
         ]:
             assert line in lines
 
+    def test_sip_metrics_count_methods_classes_keepalives_and_give_ups(self) -> None:
+        self.connect()
+        [splice] = self.service.balancer.splices
+        assert splice.server is not None
+        splice.client.dataReceived(
+            b"REGISTER sip:x SIP/2.0\r\n\r\nFOO sip:x SIP/2.0\r\n\r\n\r\n\r\n"
+        )
+        splice.server.dataReceived(b"SIP/2.0 401 No\r\n\r\n\r\n\x00")
+        _, text = self.call("GET", "/metrics")
+        lines = text.decode().splitlines()
+        for line in [
+            'ocsbal_sip_requests_total{method="REGISTER",pool="pool01"} 1.0',
+            'ocsbal_sip_requests_total{method="other",pool="pool01"} 1.0',
+            'ocsbal_sip_responses_total{class="4xx",pool="pool01"} 1.0',
+            'ocsbal_sip_keepalives_total{kind="ping",pool="pool01"} 1.0',
+            'ocsbal_sip_keepalives_total{kind="pong",pool="pool01"} 1.0',
+            'ocsbal_sip_inspections_given_up_total{pool="pool01",'
+            'reason="bad-start-line"} 1.0',
+        ]:
+            assert line in lines
+
     def test_unknown_paths_and_methods_are_json_errors(self) -> None:
         assert self.call("GET", "/nothing") == (404, {"error": "no such resource"})
         assert self.call("GET", "/api/servers/fe9") == (

@@ -345,7 +345,7 @@ def test_unparseable_sip_stops_inspection_and_the_relay_goes_on() -> None:
     assert splice.client.inspector is None
     assert splice.server is not None
     assert splice.server.inspector is None
-    assert h.balancer.gave_up == {"bad-start-line": 1}
+    assert h.balancer.sip.gave_up == {"bad-start-line": 1}
     assert splice.sip is not None
     assert splice.sip.bindings == {}
 

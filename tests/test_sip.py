@@ -16,6 +16,7 @@ from ocsbal.sip import (
     Request,
     Response,
     SIPInspector,
+    SIPTally,
 )
 
 REGISTER = (
@@ -280,3 +281,14 @@ def test_header_values_are_read_only_when_asked_for_and_malformed_ones_are_none(
     assert (headers.cseq, headers.expires, headers.call_id) == (None, None, None)
     assert headers.contacts == (Contact("sip:a@10.0.0.1"), Contact("sip:a@10.0.0.2"))
     assert headers.values("content-length") == ["0", "0"]
+
+
+def test_the_tally_counts_by_method_class_and_kind_and_makes_up_no_labels() -> None:
+    tally = SIPTally()
+    stream = REGISTER + b"\r\n\r\n" + REGISTER.replace(b"REGISTER sip", b"X-EVIL sip")
+    for event in [*events(stream), *events(OK), Pong(), GaveUp("bad-header")]:
+        tally.count(event)
+    assert tally.requests == {"REGISTER": 1, "other": 1}
+    assert tally.responses == {"2xx": 1}
+    assert tally.keepalives == {"ping": 1, "pong": 1}
+    assert tally.gave_up == {"bad-header": 1}

@@ -107,11 +107,30 @@ class PoolCollector(Collector):
             accepted.add_metric(values, balancer.accepted[port.number])
             rejected.add_metric(values, balancer.rejected[port.number])
         yield from (active, accepted, rejected)
-        gave_up = CounterMetricFamily(
-            "ocsbal_sip_inspections_given_up",
-            "SIP connections no longer inspected (relayed as plain TCP), by reason.",
-            labels=["pool", "reason"],
-        )
-        for reason, count in sorted(balancer.gave_up.items()):
-            gave_up.add_metric([pool, reason], count)
-        yield gave_up
+        yield from self._sip(pool)
+
+    def _sip(self, pool: str) -> Iterator[Metric]:
+        tally = self.balancer.sip
+        for name, documentation, label, counts in [
+            ("requests", "SIP requests seen, by method.", "method", tally.requests),
+            ("responses", "SIP responses seen, by class.", "class", tally.responses),
+            (
+                "keepalives",
+                "SIP keep-alives seen: client pings and server pongs.",
+                "kind",
+                tally.keepalives,
+            ),
+            (
+                "inspections_given_up",
+                "SIP connections no longer inspected (relayed as plain TCP), "
+                "by reason.",
+                "reason",
+                tally.gave_up,
+            ),
+        ]:
+            family = CounterMetricFamily(
+                f"ocsbal_sip_{name}", documentation, labels=["pool", label]
+            )
+            for value, count in sorted(counts.items()):
+                family.add_metric([pool, value], count)
+            yield family

@@ -49,7 +49,7 @@ from ocsbal._tls import tls_contexts, tls_reason
 from ocsbal.config import PortProtocol
 from ocsbal.health import HealthState
 from ocsbal.scheduling import IScheduler, NoServerAvailable, scheduler_class
-from ocsbal.sip import GaveUp, Registrations, SIPInspector
+from ocsbal.sip import GaveUp, Registrations, SIPInspector, SIPTally
 
 if TYPE_CHECKING:
     from ocsbal.config import Pool, Port, Server
@@ -266,9 +266,10 @@ class Splice:
                 if self.server is not None:
                     self.server.inspector = None
                 self.gave_up = event.reason
-                self.balancer.gave_up[event.reason] += 1
+                self.balancer.sip.count(event)
                 return
             observe(event, now)
+            self.balancer.sip.count(event)
 
     @property
     def peer(self) -> IAddress:
@@ -508,7 +509,7 @@ class Balancer:
     :ivar accepted: client connections accepted, by VIP port.
     :ivar rejected: client connections closed because no server could
         take them, by VIP port.
-    :ivar gave_up: SIP inspections given up, by reason.
+    :ivar sip: what the SIP on all its connections said, counted.
     """
 
     def __init__(
@@ -528,8 +529,7 @@ class Balancer:
         self.idle = IdleTimeout(pool.idle_timeout)
         self.accepted: Counter[int] = Counter()
         self.rejected: Counter[int] = Counter()
-        #: SIP inspections given up, by reason.
-        self.gave_up: Counter[str] = Counter()
+        self.sip = SIPTally()
         self._emptied: list[Deferred[None]] = []
 
     def backend(self, name: str) -> Backend:

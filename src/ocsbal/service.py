@@ -27,6 +27,7 @@ from ocsbal._proxy import (
     Listener,
     UnknownServerError,
 )
+from ocsbal._tls import TLSSetupError
 from ocsbal.admin import AdminService, AdminTokenError, read_token
 from ocsbal.config import ConfigError, NatMode, load
 from ocsbal.health import HealthChecks
@@ -41,6 +42,7 @@ __all__ = [
     "LastServerError",
     "PoolService",
     "ReloadError",
+    "TLSSetupError",
     "UnknownServerError",
     "UnsupportedNatError",
 ]
@@ -81,6 +83,8 @@ class PoolService(MultiService):
     :param reactor: provides TCP and time; the global reactor by default.
     :param grace_period: seconds :meth:`stopService` lets open connections
         run to completion before closing them.
+    :raises TLSSetupError: if the pool terminates TLS and a ``[tls]`` file
+        cannot be read or used.
     """
 
     def __init__(

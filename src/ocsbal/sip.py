@@ -38,6 +38,7 @@ with nothing to continue), ``bad-content-length`` (not a number, beyond
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import attrs
 
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_EXPIRES",
     "MAX_CONTENT_LENGTH",
     "MAX_HEADER_BYTES",
+    "METHODS",
     "Contact",
     "Event",
     "GaveUp",
@@ -55,6 +57,7 @@ __all__ = [
     "Response",
     "SIPHeaders",
     "SIPInspector",
+    "SIPTally",
 ]
 
 #: The largest header block followed, its closing empty line included.
@@ -599,3 +602,42 @@ def _granted(uri: str, asked: int | None, ok: SIPHeaders) -> int:
         for value in (answered, ok.expires, asked, DEFAULT_EXPIRES)
         if value is not None
     )
+
+
+#: The methods counted by name (RFC 3261 and its extensions, and the two of
+#: Microsoft's that OCS speaks); any other is counted as ``other``, so that
+#: a client cannot make up metric labels.
+METHODS = frozenset(
+    [
+        *("ACK", "BYE", "CANCEL", "INFO", "INVITE", "MESSAGE", "NOTIFY", "OPTIONS"),
+        *("PRACK", "PUBLISH", "REFER", "REGISTER", "SUBSCRIBE", "UPDATE"),
+        *("SERVICE", "BENOTIFY"),
+    ]
+)
+
+
+@attrs.define
+class SIPTally:
+    """What the SIP of many connections said, counted.
+
+    :ivar requests: requests, by method (:data:`METHODS`, else ``other``).
+    :ivar responses: responses, by class: ``1xx`` to ``6xx``.
+    :ivar keepalives: keep-alives, ``ping`` or ``pong``.
+    :ivar gave_up: inspections given up, by reason.
+    """
+
+    requests: Counter[str] = attrs.Factory(Counter)
+    responses: Counter[str] = attrs.Factory(Counter)
+    keepalives: Counter[str] = attrs.Factory(Counter)
+    gave_up: Counter[str] = attrs.Factory(Counter)
+
+    def count(self, event: Event) -> None:
+        """Count one event of an inspector."""
+        if isinstance(event, Request):
+            self.requests[event.method if event.method in METHODS else "other"] += 1
+        elif isinstance(event, Response):
+            self.responses[f"{event.status // 100}xx"] += 1
+        elif isinstance(event, GaveUp):
+            self.gave_up[event.reason] += 1
+        else:
+            self.keepalives["ping" if isinstance(event, Ping) else "pong"] += 1

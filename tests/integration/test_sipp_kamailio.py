@@ -15,7 +15,8 @@ and closes it.  With SIP stacks ocsbal did not write, the test proves that:
 - the SIP inspector follows every conversation: while a call holds its
   connection, ``/api/connections`` shows its address of record registered
   for an hour (the REGISTER matched with Kamailio's 200) and the 200 to the
-  OPTIONS as its last message; no inspection is given up (``/metrics``).
+  OPTIONS as its last message; ``/metrics`` counts every REGISTER, OPTIONS
+  and 200, and no inspection given up.
 """
 
 from __future__ import annotations
@@ -253,15 +254,16 @@ def relayed(admin: str) -> dict[str, int]:
     return {s["name"]: s["total"] for s in servers}
 
 
-def given_up(admin: str) -> list[str]:
-    """The samples of ``ocsbal_sip_inspections_given_up`` in ``/metrics``."""
+def sip_metrics(admin: str) -> dict[str, float]:
+    """The samples of the ``ocsbal_sip_*`` metrics in ``/metrics``, by name."""
     with urllib.request.urlopen(f"http://{admin}/metrics", timeout=WAIT) as reply:
         text = reply.read().decode()
-    return [
-        line
-        for line in text.splitlines()
-        if line.startswith("ocsbal_sip_inspections_given_up")
-    ]
+    samples = (line.rpartition(" ") for line in text.splitlines())
+    return {
+        name: float(value)
+        for name, _, value in samples
+        if name.startswith("ocsbal_sip_")
+    }
 
 
 def test_sipp_registers_through_the_balancer_to_two_kamailios_without_failure(
@@ -310,7 +312,12 @@ def test_sipp_registers_through_the_balancer_to_two_kamailios_without_failure(
         for left in sip["registered"].values()
     )
     assert set(watch.inspection) == {"on"}
-    assert given_up(ADMIN) == []
+    pool_label = 'pool="itest"'
+    assert sip_metrics(ADMIN) == {
+        f'ocsbal_sip_requests_total{{method="OPTIONS",{pool_label}}}': CALLS,
+        f'ocsbal_sip_requests_total{{method="REGISTER",{pool_label}}}': CALLS,
+        f'ocsbal_sip_responses_total{{class="2xx",{pool_label}}}': 2 * CALLS,
+    }  # and no inspection given up
 
     _, health = admin_call(ADMIN, "GET", "/api/servers")
     assert [s["health"] for s in health] == ["up", "up"]  # SIP OPTIONS checks
