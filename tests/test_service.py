@@ -318,8 +318,8 @@ class AdminInterfaceTests(SynchronousTestCase):
         )
 
     def pool_pem(self) -> str:
-        path = Path(self.mktemp())
-        path.mkdir()
+        path = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, path)
         pem = trustme.CA().issue_cert("pool01.example.com")
         pem.private_key_and_cert_chain_pem.write_to_path(str(path / "pool.pem"))
         return str(path / "pool.pem")
