@@ -127,6 +127,8 @@ class ReadTests(AdminTests):
             "idle": 7,
             "bytes_from_client": 0,
             "bytes_from_server": 0,
+            "closes_in": 1793,
+            "closes_because": "idle",
             "sip": {
                 "registered": {},
                 "keepalives": 0,

@@ -43,3 +43,12 @@ def test_sweep_interval_is_a_bounded_fraction_of_the_timeout(
 def test_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="timeout"):
         IdleTimeout(0)
+
+
+def test_a_live_registration_outlasts_the_idle_timeout_plus_grace() -> None:
+    idle = IdleTimeout(1800)
+    assert idle.closing(50) == (1850, "idle")
+    # Registered until 1300, with 60 s of grace.
+    assert idle.closing(100, expiry=1300, grace=60) == (1900, "idle")
+    assert IdleTimeout(600).closing(100, 1300, 60) == (1360, "registration")
+    assert idle.closing(100, 1300, 60, reap=True) == (1360, "missed-refresh")

@@ -392,3 +392,14 @@ def test_a_missed_refresh_is_reported_once_and_reaped_if_asked() -> None:
             "120 s"
         ]
         assert client_t.disconnecting is reap
+
+
+def test_the_closing_time_follows_the_registration() -> None:
+    h = Harness(idle_timeout=60, registration_grace=120)
+    registered(h)  # for 900 s at t = 0
+    [splice] = h.balancer.splices
+    assert h.balancer.closing_time(splice) == (1020, "registration")
+    reaping = Harness(idle_timeout=3600, registration_grace=120, reap_expired=True)
+    registered(reaping)
+    [splice] = reaping.balancer.splices
+    assert reaping.balancer.closing_time(splice) == (1020, "missed-refresh")

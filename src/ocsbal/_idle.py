@@ -6,6 +6,10 @@ connection only stamps the time of its last activity, and a coarse periodic
 sweep closes those whose stamp is older than the timeout.  A connection is
 therefore closed between ``timeout`` and ``timeout + sweep_interval`` seconds
 after it went quiet.
+
+A connection that carries a live SIP registration is the exception: it is
+kept until the registration's expiry plus a grace, however long that is,
+because an OCS client may stay quiet until it refreshes (:meth:`closing`).
 """
 
 from __future__ import annotations
@@ -64,3 +68,31 @@ class IdleTimeout:
         """
         deadline = now - self.timeout
         return [c for c in connections if c.last_activity <= deadline]
+
+    def closing(
+        self,
+        last_activity: float,
+        expiry: float | None = None,
+        grace: float = 0.0,
+        reap: bool = False,
+    ) -> tuple[float, str]:
+        """When a connection is due to close if it stays as it is, and why then.
+
+        :param last_activity: when the connection last saw traffic.
+        :param expiry: when its last SIP registration expires, if it has one.
+        :param grace: how long past ``expiry`` a registration may go without
+            a refresh.
+        :param reap: whether a registration not refreshed by then closes
+            the connection, however active it is.
+        :return: the time, and ``idle`` (:attr:`timeout` after the last
+            activity), ``registration`` (``expiry + grace``, which comes
+            later) or ``missed-refresh`` (``expiry + grace``, as ``reap``
+            says).
+        """
+        idle = last_activity + self.timeout
+        if expiry is None:
+            return idle, "idle"
+        end = expiry + grace
+        if reap:
+            return end, "missed-refresh"
+        return (idle, "idle") if idle >= end else (end, "registration")

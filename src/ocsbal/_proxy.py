@@ -665,12 +665,11 @@ class Balancer:
         pool says to reap it.
         """
         now = self.reactor.seconds()
-        timeout, grace = self.idle.timeout, self.pool.registration_grace
+        grace = self.pool.registration_grace
         closing = {
             splice
             for splice in self.idle.expired(self.splices, now)
-            if splice.sip is None
-            or splice.sip.deadline(timeout, splice.last_activity, grace) <= now
+            if splice.sip is None or self.closing_time(splice)[0] <= now
         }
         for splice in self.splices:
             if splice.sip is None or not splice.sip.missed_refresh(now, grace):
@@ -688,6 +687,18 @@ class Balancer:
                 closing.add(splice)
         for splice in closing:
             splice.expire()
+
+    def closing_time(self, splice: Splice) -> tuple[float, str]:
+        """When the sweep closes ``splice`` if it stays as it is, and why then.
+
+        See :meth:`IdleTimeout.closing`.
+        """
+        return self.idle.closing(
+            splice.last_activity,
+            None if splice.sip is None else splice.sip.expiry,
+            self.pool.registration_grace,
+            self.pool.reap_expired,
+        )
 
     def forget(self, splice: Splice) -> None:
         """Drop a splice whose client connection is gone."""

@@ -86,10 +86,13 @@ def pool_report(balancer: Balancer) -> dict[str, Any]:
 def connection_report(splice: Splice, now: float) -> dict[str, Any]:
     """One client connection, ``now`` being the clock's time.
 
-    On a ``sip`` port it says what the SIP told: registered addresses of
+    It says in how many seconds the idle sweep will close it if nothing
+    more happens, and why then (see :meth:`Balancer.closing_time`).  On a
+    ``sip`` port it also says what the SIP told: registered addresses of
     record and when they expire, keep-alives, the last message, and whether
     inspection gave up.
     """
+    closes_at, closes_because = splice.balancer.closing_time(splice)
     report: dict[str, Any] = {
         "client": _address(splice.peer),
         "port": splice.port.number,
@@ -99,6 +102,8 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
         "idle": round(now - splice.last_activity, 3),
         "bytes_from_client": splice.upstream,
         "bytes_from_server": splice.downstream,
+        "closes_in": round(closes_at - now, 3),
+        "closes_because": closes_because,
     }
     if splice.sip is not None:
         report["sip"] = {

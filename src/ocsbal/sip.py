@@ -574,18 +574,6 @@ class Registrations:
         """When the last registration on this connection expires, if any."""
         return max(self._expiries.values(), default=None)
 
-    def deadline(
-        self, idle_timeout: float, last_activity: float, grace: float
-    ) -> float:
-        """When this connection may be closed for idleness.
-
-        ``idle_timeout`` after the last activity, but never before a live
-        registration's expiry plus ``grace``.
-        """
-        floor = last_activity + idle_timeout
-        expiry = self.expiry
-        return floor if expiry is None else max(floor, expiry + grace)
-
     def missed_refresh(self, now: float, grace: float) -> bool:
         """Whether a registration expired ``grace`` ago without a refresh."""
         expiry = self.expiry
