@@ -284,7 +284,7 @@ def test_a_client_that_never_handshakes_is_cut_off_with_one_line(pki: PKI) -> No
         assert net.pumps[0].serverIO.disconnecting
         net.flush()
     assert net.log == [
-        f"TLS handshake from {PEER} on port 5061 failed: none within 10 s"
+        f"TLS client {PEER} on port 5061 dropped: no TLS handshake within 10 s"
     ]
     assert net.reactor.tcpClients == []
     assert net.balancer.splices == set()
@@ -297,7 +297,9 @@ def test_garbage_instead_of_a_client_hello_costs_one_line(pki: PKI) -> None:
         net.flush()
         net.reactor.advance(60)
     [line] = net.log
-    assert line.startswith(f"TLS handshake from {PEER} on port 5061 failed: ")
+    assert line.startswith(
+        f"TLS client {PEER} on port 5061 dropped: TLS handshake failed: "
+    )
     assert net.reactor.tcpClients == []
     assert net.balancer.splices == set()
 
@@ -365,3 +367,15 @@ class TestSetUp:
         assert str(raised.value) == (
             f"[tls] certificate = {mixed}: its private key is not its certificate's"
         )
+
+
+def test_a_client_that_closes_before_its_handshake_costs_nothing(pki: PKI) -> None:
+    """TCP probes and port scanners connect and close: no line for them."""
+    with Network(terminating_pool(pki)) as net:
+        net.connect_client(pki.client_options())
+        client = net.pumps[0].clientIO
+        client.getOutBuffer()  # its ClientHello is never sent
+        client.loseConnection()
+        net.flush()
+    assert net.log == []
+    assert net.balancer.splices == set()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -302,12 +303,14 @@ class Splice:
         timeout = self.balancer.pool.tls.handshake_timeout
         try:
             await handshake.addTimeout(timeout, self.clock)
+        except (ConnectionDone, ConnectionLost):
+            return False  # closed before a word, as TCP probes and scanners do
         except Exception as e:
             log.info(
-                "TLS handshake from {peer} on port {port} failed: {reason}",
+                "TLS client {peer} on port {port} dropped: {reason}",
                 peer=self.peer,
                 port=self.port.number,
-                reason=f"none within {timeout:g} s"
+                reason=f"no TLS handshake within {timeout:g} s"
                 if isinstance(e, TimeoutError)
                 else tls_reason(e),
             )
