@@ -272,6 +272,8 @@ BAD_VALUES = [
     ("pool", "retries", "2.5", "must be a whole number, 0 or more"),
     ("pool", "registration_grace", "0", "must be a number of seconds greater than 0"),
     ("pool", "reap_expired", "maybe", "must be yes or no"),
+    ("pool", "source", "lb01.contoso.com", "not a host name"),
+    ("pool", "freebind", "maybe", "must be yes or no"),
     ("pool", "colour", "blue", "unknown key; allowed: name, fqdn, vip, kind, nat"),
     ("server:fe1", "address", "fe01.contoso.com", "not a host name"),
     ("server:fe1", "weight", "65536", "must be a whole number from 0 to 65535"),
@@ -336,6 +338,15 @@ class TestProblems:
             "address, not a host name",
             "t.ini: [extra]: unknown section; allowed: [pool], [ports], [server:NAME], "
             "[monitor], [tls], [admin]",
+        ]
+
+    def test_a_source_address_is_only_for_full_nat(self) -> None:
+        text = MINIMAL.replace(
+            "[pool]", "[pool]\nkind = edge\nnat = half\nsource = 10.0.0.5"
+        )
+        assert problems(text) == [
+            "t.ini: [pool] source = 10.0.0.5: is only used by nat = full: with "
+            "half-NAT, server connections come from the client's own address"
         ]
 
     @pytest.mark.parametrize("kind", ["enterprise", "director", "web-access"])
@@ -561,6 +572,7 @@ def pools(draw: st.DrawFn) -> Pool:
         st.lists(names, min_size=len(chosen) - 1, max_size=len(chosen) - 1, unique=True)
     )
     kind = draw(st.sampled_from(PoolKind))
+    half = kind is PoolKind.EDGE and draw(st.booleans())
     return Pool(
         name=draw(names),
         fqdn=draw(
@@ -578,9 +590,7 @@ def pools(draw: st.DrawFn) -> Pool:
             )
         ],
         kind=kind,
-        nat=NatMode.HALF
-        if kind is PoolKind.EDGE and draw(st.booleans())
-        else NatMode.FULL,
+        nat=NatMode.HALF if half else NatMode.FULL,
         scheduler=draw(st.sampled_from(sorted(SCHEDULERS))),
         monitor=draw(monitors()),
         tls=draw(tls_settings),
@@ -590,6 +600,8 @@ def pools(draw: st.DrawFn) -> Pool:
         retries=draw(st.integers(0, 10)),
         registration_grace=draw(st.floats(0.001, 1e6)),
         reap_expired=draw(st.booleans()),
+        source=None if half else draw(st.none() | addresses.map(str)),
+        freebind=draw(st.booleans()),
     )
 
 

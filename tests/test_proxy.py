@@ -403,3 +403,19 @@ def test_the_closing_time_follows_the_registration() -> None:
     registered(reaping)
     [splice] = reaping.balancer.splices
     assert reaping.balancer.closing_time(splice) == (1020, "missed-refresh")
+
+
+def test_full_nat_connects_from_the_pools_source_address() -> None:
+    h = Harness(source="127.0.1.99")
+    h.accept()
+    assert h.reactor.tcpClients[-1][4] == ("127.0.1.99", 0)
+    plain = Harness()
+    plain.accept()
+    assert plain.reactor.tcpClients[-1][4] is None  # the routing table chooses
+
+
+def test_half_nat_connects_from_the_clients_own_address() -> None:
+    h = Harness(kind="edge", nat="half")
+    h.accept(client_port=40001)
+    host, port, *_, bind = h.reactor.tcpClients[-1]
+    assert (host, port, bind) == ("127.0.1.11", 5060, ("127.0.0.1", 0))

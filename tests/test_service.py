@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,18 +21,18 @@ from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from ocsbal import OCS_PORTS, ConfigError, Pool, PoolService, Port, PortProtocol, Server
-from ocsbal._proxy import AdminState, LastServerError, UnknownServerError
+from ocsbal._proxy import AdminState, LastServerError, Listener, UnknownServerError
 from ocsbal.admin import AdminTokenError
 from ocsbal.config import Admin, Monitor, TLSMode, TLSSettings, load, render
-from ocsbal.service import ConfigReloader, UnsupportedNatError
+from ocsbal.service import ConfigReloader, NetworkSetupError
 
 
 def makePool(**kw: Any) -> Pool:
     kw.setdefault("scheduler", "round-robin")
+    kw.setdefault("vip", "127.0.1.10")
     return Pool(
         name="pool01",
         fqdn="pool01.example.com",
-        vip="127.0.1.10",
         servers=(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12")),
         **kw,
     )
@@ -103,12 +104,27 @@ class PoolServiceTests(SynchronousTestCase):
         assert reactor.tcpServers  # some were bound before 444...
         assert all(p.stopped for p in reactor.ports)  # ...and all released
 
-    def test_half_nat_is_refused_at_start_binding_nothing(self) -> None:
+    def test_a_vip_this_host_does_not_hold_stops_the_start_binding_nothing(
+        self,
+    ) -> None:
         reactor = Reactor()
-        service = PoolService(makePool(kind="edge", nat="half"), reactor)
-        with pytest.raises(UnsupportedNatError, match="nat = half"):
+        service = PoolService(makePool(vip="192.0.2.10"), reactor)
+        with pytest.raises(NetworkSetupError) as raised:
             service.privilegedStartService()
+        assert str(raised.value) == (
+            "[pool] vip = 192.0.2.10 is not an address of this host: add it to an "
+            "interface, or set freebind = yes on a standby that binds it before "
+            "it holds it"
+        )
         assert reactor.tcpServers == []
+
+    def test_with_freebind_the_vip_is_bound_before_this_host_holds_it(self) -> None:
+        reactor = Reactor()
+        pool = makePool(vip="192.0.2.10", freebind=True, ports=[Port(15060)])
+        PoolService(pool, reactor).startService()
+        [(_, family, factory)] = reactor.adoptedPorts
+        assert family == socket.AF_INET
+        assert isinstance(factory, Listener)
 
     def test_an_idle_timeout_below_what_ocs_needs_is_warned_about(self) -> None:
         events: list[LogEvent] = []

@@ -15,8 +15,17 @@ class ReactorTCPTime(IReactorTCP, IReactorTime):
 
 
 def server_endpoint(
-    reactor: IReactorTCP, address: str, port: int, timeout: float
+    reactor: IReactorTCP,
+    address: str,
+    port: int,
+    timeout: float,
+    source: str | None = None,
 ) -> IStreamClientEndpoint:
-    """The TCP endpoint to ``address:port``, IPv4 or IPv6 as the address is."""
+    """The TCP endpoint to ``address:port``, IPv4 or IPv6 as the address is.
+
+    :param source: the address to connect from; ``None`` lets the routing
+        table choose.
+    """
     endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-    return endpoint_type(reactor, address, port, timeout=timeout)
+    bind = None if source is None else (source, 0)
+    return endpoint_type(reactor, address, port, timeout=timeout, bindAddress=bind)

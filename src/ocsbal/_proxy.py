@@ -28,6 +28,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
@@ -46,8 +47,9 @@ from zope.interface import implementer
 
 from ocsbal._endpoints import ReactorTCPTime, server_endpoint
 from ocsbal._idle import IdleTimeout
+from ocsbal._network import TransparentTCP
 from ocsbal._tls import tls_contexts, tls_reason
-from ocsbal.config import PortProtocol
+from ocsbal.config import NatMode, PortProtocol
 from ocsbal.health import HealthState
 from ocsbal.scheduling import IScheduler, NoServerAvailable, scheduler_class
 from ocsbal.sip import GaveUp, Registrations, SIPInspector, SIPTally
@@ -344,7 +346,9 @@ class Splice:
             tried.append(backend)
             backend.active += 1
             side = _Side(self, self.tls)
-            self._connecting = balancer.connect(backend.server, self.port, side)
+            self._connecting = balancer.connect(
+                backend.server, self.port, side, self.peer
+            )
             try:
                 await self._connecting
                 if side.handshake is not None:
@@ -527,6 +531,7 @@ class Balancer:
         }
         self.leaving: set[Backend] = set()
         self.splices: set[Splice] = set()
+        self._transparent = cast(ReactorTCPTime, TransparentTCP(reactor))
         #: The TLS of terminated ``sips`` ports; ``None`` where TLS passes through.
         self.tls = tls_contexts(pool)
         self.idle = IdleTimeout(pool.idle_timeout)
@@ -619,8 +624,14 @@ class Balancer:
         # Typed a client factory, it serves as well; listenTCP's stub wants one.
         return cast(ServerFactory[Any], tls)
 
-    def connect(self, server: Server, port: Port, side: _Side) -> Deferred[Any]:
-        """Connect ``side`` to ``server`` on ``port``, over TLS if terminated."""
+    def connect(
+        self, server: Server, port: Port, side: _Side, client: IAddress
+    ) -> Deferred[Any]:
+        """Connect ``side`` to ``server`` on ``port``, over TLS if terminated.
+
+        With half-NAT the connection comes from ``client``'s own address;
+        with full NAT, from the pool's ``source``, if it has one.
+        """
         factory: Factory[Any] = _Connector(side)
         if self.tls is not None and self.terminates(port):
             creator = self.tls.connecting(server)
@@ -628,8 +639,14 @@ class Balancer:
             factory = cast(
                 Factory[Any], TLSMemoryBIOFactory(creator, True, factory, self.reactor)
             )
+        reactor, source = self.reactor, self.pool.source
+        if self.pool.nat is NatMode.HALF:
+            reactor, source = (
+                self._transparent,
+                cast(IPv4Address | IPv6Address, client).host,
+            )
         endpoint = server_endpoint(
-            self.reactor, server.address, port.number, self.pool.connect_timeout
+            reactor, server.address, port.number, self.pool.connect_timeout, source
         )
         return endpoint.connect(factory)
 

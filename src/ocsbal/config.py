@@ -579,6 +579,8 @@ _POOL_RULES: dict[str, _Rule[Any]] = {
     "retries": _whole_rule(0),
     "registration_grace": _seconds_rule(),
     "reap_expired": _Rule(_read_boolean, _check_boolean),
+    "source": _ADDRESS_RULE,
+    "freebind": _Rule(_read_boolean, _check_boolean),
 }
 
 
@@ -610,6 +612,12 @@ class Pool:
         connection is never closed for idleness.
     :ivar reap_expired: whether a connection whose registration missed its
         refresh by the grace is closed (it is always reported).
+    :ivar source: with full NAT, the address server connections (and
+        health checks) come from; ``None`` lets the routing table choose.
+    :ivar freebind: whether the listeners may bind the VIP before this host
+        holds it (``IP_FREEBIND``), as a standby of a highly available pair
+        does; otherwise a VIP that is not an address of this host stops the
+        start.
     :ivar monitor: how servers are health-checked.
     :ivar tls: what is done with TLS on ``sips`` ports.
     :ivar admin: where the admin interface listens; ``None`` for none.
@@ -646,6 +654,12 @@ class Pool:
     reap_expired: bool = attrs.field(
         default=False, validator=_POOL_RULES["reap_expired"]
     )
+    source: str | None = attrs.field(
+        default=None,
+        converter=_normal_address,
+        validator=attrs.validators.optional(_POOL_RULES["source"]),
+    )
+    freebind: bool = attrs.field(default=False, validator=_POOL_RULES["freebind"])
     monitor: Monitor = attrs.field(
         default=Monitor(), validator=attrs.validators.instance_of(Monitor)
     )
@@ -707,6 +721,15 @@ def _relations(
         )
     if pool.tls is not None:
         yield from _tls_relations(pool.tls)
+    source = pool.fields.get("source") if isinstance(pool, _Draft) else pool.source
+    if source is not None and pool.nat is NatMode.HALF:
+        yield (
+            "pool",
+            "source",
+            source,
+            "is only used by nat = full: with half-NAT, server connections come "
+            "from the client's own address",
+        )
     if pool.kind is not None and pool.kind.internal and pool.nat is NatMode.HALF:
         yield (
             "pool",
@@ -1033,7 +1056,8 @@ def render(pool: Pool) -> str:
     fields = attrs.asdict(pool, recurse=False)
     lines = ["[pool]"]
     for key in _POOL_RULES:
-        lines.append(f"{key} = {_text(fields[key])}")
+        if fields[key] is not None:
+            lines.append(f"{key} = {_text(fields[key])}")
     lines += ["", "[ports]"]
     lines += [f"{port.number} = {port.protocol.value}" for port in pool.ports]
     for server in pool.servers:

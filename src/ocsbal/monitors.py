@@ -212,17 +212,22 @@ class TCPMonitor:
     :param reactor: provides TCP and the clock for the timeout.
     :param ports: the server ports that must all accept.
     :param timeout: seconds each connection may take.
+    :param source: the address to check from; ``None`` lets the routing
+        table choose.
     """
 
     reactor: ReactorTCPTime
     ports: Sequence[int]
     timeout: float
+    source: str | None = None
 
     def check(self, server: Server) -> Deferred[None]:
         """Connect to every port of ``server`` at once; all must accept."""
 
         def probe(port: int) -> Coroutine[Any, Any, None]:
-            endpoint = server_endpoint(self.reactor, server.address, port, self.timeout)
+            endpoint = server_endpoint(
+                self.reactor, server.address, port, self.timeout, self.source
+            )
             return _converse(endpoint, _Connect, "connection")
 
         return _all_ports(self.ports, probe, str, self.reactor, self.timeout)
@@ -237,18 +242,23 @@ class TLSMonitor:
     :param ports: the server ports that must all complete a handshake.
     :param timeout: seconds each connection and handshake may take.
     :param tls: the client's TLS settings; see :func:`unverified_tls`.
+    :param source: the address to check from; ``None`` lets the routing
+        table choose.
     """
 
     reactor: ReactorTCPTime
     ports: Sequence[int]
     timeout: float
     tls: CertificateOptions = attrs.Factory(unverified_tls)
+    source: str | None = None
 
     def check(self, server: Server) -> Deferred[None]:
         """Handshake with every port of ``server`` at once."""
 
         def probe(port: int) -> Coroutine[Any, Any, None]:
-            endpoint = server_endpoint(self.reactor, server.address, port, self.timeout)
+            endpoint = server_endpoint(
+                self.reactor, server.address, port, self.timeout, self.source
+            )
             creator: Any = self.tls  # a context factory works as a creator
             tls = wrapClientTLS(creator, endpoint)
             return _converse(tls, _Handshake, "TLS handshake completed")
@@ -333,6 +343,8 @@ class SIPOptionsMonitor:
     :param fqdn: the pool FQDN, the request's sender.
     :param tls_ports: the ports spoken to over TLS (the pool's ``sips``).
     :param tls: the client's TLS settings; see :func:`unverified_tls`.
+    :param source: the address to check from; ``None`` lets the routing
+        table choose.
     """
 
     reactor: ReactorTCPTime
@@ -341,12 +353,15 @@ class SIPOptionsMonitor:
     fqdn: str
     tls_ports: frozenset[int] = frozenset()
     tls: CertificateOptions = attrs.Factory(unverified_tls)
+    source: str | None = None
 
     def check(self, server: Server) -> Deferred[None]:
         """Ask every port of ``server`` at once."""
 
         def probe(port: int) -> Coroutine[Any, Any, None]:
-            endpoint = server_endpoint(self.reactor, server.address, port, self.timeout)
+            endpoint = server_endpoint(
+                self.reactor, server.address, port, self.timeout, self.source
+            )
             secure = port in self.tls_ports
             if secure:
                 creator: Any = self.tls
@@ -411,6 +426,8 @@ class HTTPSMonitor:
     :param timeout: seconds each request may take, connecting included.
     :param url: the path asked for.
     :param tls: the client's TLS settings; see :func:`unverified_tls`.
+    :param source: the address to check from; ``None`` lets the routing
+        table choose.
     """
 
     reactor: ReactorTCPTime
@@ -418,6 +435,7 @@ class HTTPSMonitor:
     timeout: float
     url: str = "/"
     tls: CertificateOptions = attrs.Factory(unverified_tls)
+    source: str | None = None
 
     def check(self, server: Server) -> Deferred[None]:
         """GET ``url`` from every port of ``server`` at once."""
@@ -425,6 +443,7 @@ class HTTPSMonitor:
             self.reactor,
             contextFactory=_Policy(self.tls),
             connectTimeout=self.timeout,
+            bindAddress=None if self.source is None else (self.source, 0),
             pool=HTTPConnectionPool(self.reactor, persistent=False),
         )
         client = treq.client.HTTPClient(agent)
@@ -452,13 +471,17 @@ def monitor_for(pool: Pool, reactor: ReactorTCPTime) -> IMonitor:
     """The monitor ``pool``'s ``[monitor]`` section describes."""
     monitor = pool.monitor
     ports, timeout = pool.heartbeat_ports, monitor.timeout
+    # With half-NAT the checks, being no client's, come from this host.
+    source = pool.source
     if monitor.type is MonitorType.TLS:
-        return TLSMonitor(reactor, ports, timeout)
+        return TLSMonitor(reactor, ports, timeout, source=source)
     if monitor.type is MonitorType.SIP_OPTIONS:
         sips = frozenset(
             p.number for p in pool.ports if p.protocol is PortProtocol.SIPS
         )
-        return SIPOptionsMonitor(reactor, ports, timeout, pool.fqdn, sips)
+        return SIPOptionsMonitor(
+            reactor, ports, timeout, pool.fqdn, sips, source=source
+        )
     if monitor.type is MonitorType.HTTPS:
-        return HTTPSMonitor(reactor, ports, timeout, monitor.url)
-    return TCPMonitor(reactor, ports, timeout)
+        return HTTPSMonitor(reactor, ports, timeout, monitor.url, source=source)
+    return TCPMonitor(reactor, ports, timeout, source)

@@ -16,10 +16,21 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorThreads
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IReactorSocket,
+    IReactorThreads,
+)
 from twisted.logger import Logger
 
 from ocsbal._endpoints import ReactorTCPTime
+from ocsbal._network import (
+    NetworkSetupError,
+    check_transparent,
+    check_vip,
+    listen_freebind,
+)
 from ocsbal._proxy import (
     AdminState,
     Balancer,
@@ -40,11 +51,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigReloader",
     "LastServerError",
+    "NetworkSetupError",
     "PoolService",
     "ReloadError",
     "TLSSetupError",
     "UnknownServerError",
-    "UnsupportedNatError",
 ]
 
 log = Logger(namespace="ocsbal")
@@ -55,10 +66,6 @@ OCS_IDLE_TIMEOUT = 1800.0
 #: After the grace period, connections are closed politely; those that still
 #: have not flushed their buffers this many seconds later are aborted.
 CLOSE_TIMEOUT = 5.0
-
-
-class UnsupportedNatError(ValueError):
-    """The pool asks for a NAT mode this release cannot provide."""
 
 
 class ReloadError(ValueError):
@@ -85,6 +92,10 @@ class PoolService(MultiService):
         run to completion before closing them.
     :raises TLSSetupError: if the pool terminates TLS and a ``[tls]`` file
         cannot be read or used.
+
+    Starting raises :class:`NetworkSetupError`, with nothing bound, if the
+    VIP is not an address of this host (and ``freebind`` is off), or if
+    half-NAT's transparent sockets are not allowed.
     """
 
     def __init__(
@@ -176,14 +187,11 @@ class PoolService(MultiService):
             )
 
     def _bind(self) -> None:
-        if self.pool.nat is NatMode.HALF:
-            # Transparent proxying (IP_TRANSPARENT and policy routing) is not
-            # built yet; refusing beats silently running as full-NAT.
-            raise UnsupportedNatError(
-                f"pool {self.pool.name}: nat = half (transparent proxying) is not "
-                "available in this release; use nat = full"
-            )
-        self._listen(self.pool.ports)
+        pool = self.pool
+        check_vip(pool.vip, pool.freebind)
+        if pool.nat is NatMode.HALF:
+            check_transparent(pool.vip)
+        self._listen(pool.ports)
 
     def _listen(self, ports: Iterable[Port]) -> None:
         """Bind ``ports`` on the VIP: all of them, or none and raise."""
@@ -191,9 +199,18 @@ class PoolService(MultiService):
         listeners = {port.number: self.balancer.listener(port) for port in ports}
         try:
             for number, listener in listeners.items():
-                bound[number] = self._reactor.listenTCP(
-                    number, self.balancer.serving(listener), interface=self.pool.vip
-                )
+                factory = self.balancer.serving(listener)
+                if self.pool.freebind:
+                    bound[number] = listen_freebind(
+                        cast(IReactorSocket, self._reactor),
+                        number,
+                        factory,
+                        self.pool.vip,
+                    )
+                else:
+                    bound[number] = self._reactor.listenTCP(
+                        number, factory, interface=self.pool.vip
+                    )
         except Exception:
             for port in bound.values():
                 port.stopListening()
@@ -286,9 +303,10 @@ class PoolService(MultiService):
         scheduler, idle timeout, monitor and timeouts take their new values.
         Servers keep their state (ready, drain, maint) and health.
 
-        :raises ReloadError: if the VIP, the NAT mode, the ``[tls]`` section,
-            whether a port's TLS is terminated, or where the admin interface
-            listens would change, which needs a restart; nothing changes then.
+        :raises ReloadError: if the VIP, the NAT mode, ``freebind``, the
+            ``[tls]`` section, whether a port's TLS is terminated, or where
+            the admin interface listens would change, which needs a restart;
+            nothing changes then.
         :raises AdminTokenError: if the admin token file cannot be read;
             nothing changes then.
         :raises CannotListenError: if a new port cannot be bound; nothing
@@ -326,7 +344,13 @@ class PoolService(MultiService):
     def _refuseRestartChanges(self, pool: Pool) -> None:
         """Raise :class:`ReloadError` if ``pool`` changes what needs a restart."""
         old = self.pool
-        fixed = {"vip": (old.vip, pool.vip), "nat": (old.nat.value, pool.nat.value)}
+        fixed = {
+            "vip": (old.vip, pool.vip),
+            "nat": (old.nat.value, pool.nat.value),
+            "freebind": tuple(
+                "yes" if f else "no" for f in (old.freebind, pool.freebind)
+            ),
+        }
         for key, (before, after) in fixed.items():
             if before != after:
                 raise ReloadError(

@@ -1,0 +1,160 @@
+"""The sockets the VIP and half-NAT need, and the checks that they can be had.
+
+- The listeners bind the VIP, which must be an address of this host, unless
+  ``freebind`` lets a standby bind it before it holds it (``IP_FREEBIND``).
+- With half-NAT each server connection binds the client's own address
+  before connecting, which only a socket with ``IP_TRANSPARENT`` may do
+  (Linux, ``CAP_NET_ADMIN``).  The servers' replies to that address reach
+  this host through the policy routing the operator sets up (see
+  ``docs/network.md``).
+
+Twisted makes the sockets; these only set an option before they are bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorSocket
+from twisted.internet.posixbase import PosixReactorBase
+
+from ocsbal._endpoints import ReactorTCPTime
+
+# Linux's values; the socket module names them only in recent Pythons.
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IPV6_TRANSPARENT = 75
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IPV6_FREEBIND = 78
+
+
+class NetworkSetupError(Exception):
+    """The host cannot give the pool what its network settings ask for."""
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _set(sock: socket.socket, ipv4: int, ipv6: int) -> None:
+    """Set a socket option that IPv4 and IPv6 name differently."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, ipv6, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, ipv4, 1)
+
+
+def check_vip(vip: str, freebind: bool) -> None:
+    """Make sure the listeners can bind ``vip``.
+
+    :raises NetworkSetupError: if it is not an address of this host and
+        ``freebind`` is off, or if ``IP_FREEBIND`` cannot be set.
+    """
+    with socket.socket(_family(vip), socket.SOCK_STREAM) as probe:
+        try:
+            if freebind:
+                _set(probe, IP_FREEBIND, IPV6_FREEBIND)
+            probe.bind((vip, 0))
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise NetworkSetupError(
+                    f"[pool] vip = {vip} is not an address of this host: add it "
+                    "to an interface, or set freebind = yes on a standby that "
+                    "binds it before it holds it"
+                ) from None
+            raise NetworkSetupError(
+                f"[pool] vip = {vip} cannot be bound: {e.strerror}"
+            ) from None
+
+
+def check_transparent(address: str) -> None:
+    """Make sure server connections can bind clients' addresses (half-NAT).
+
+    :param address: an address of the family the clients come from.
+    :raises NetworkSetupError: naming what is missing.
+    """
+    with socket.socket(_family(address), socket.SOCK_STREAM) as probe:
+        try:
+            _set(probe, IP_TRANSPARENT, IPV6_TRANSPARENT)
+        except PermissionError:
+            raise NetworkSetupError(
+                "[pool] nat = half needs the CAP_NET_ADMIN capability to set "
+                "IP_TRANSPARENT on server connections: run ocsbal as root, "
+                "without twistd --uid, or grant it the capability"
+            ) from None
+        except OSError as e:
+            raise NetworkSetupError(
+                f"[pool] nat = half needs IP_TRANSPARENT (Linux), which this "
+                f"host refuses: {e.strerror}"
+            ) from None
+
+
+def listen_freebind(
+    reactor: IReactorSocket, port: int, factory: Any, interface: str
+) -> IListeningPort:
+    """Listen on ``interface:port`` whether or not this host holds ``interface``."""
+    try:
+        with socket.socket(_family(interface), socket.SOCK_STREAM) as sock:
+            _set(sock, IP_FREEBIND, IPV6_FREEBIND)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((interface, port))
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+            # The reactor takes a duplicate; this one is closed on leaving.
+            return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    except OSError as e:
+        raise CannotListenError(interface, port, e) from None
+
+
+class _TransparentClient(tcp.Client):
+    """A TCP client socket that may bind an address this host does not hold."""
+
+    def createInternetSocket(self) -> socket.socket:
+        sock: socket.socket = super().createInternetSocket()
+        _set(sock, IP_TRANSPARENT, IPV6_TRANSPARENT)
+        return sock
+
+
+class _TransparentConnector(tcp.Connector):
+    def _makeTransport(self) -> tcp.Client:
+        return _TransparentClient(
+            self.host, self.port, self.bindAddress, self, self.reactor
+        )
+
+
+class TransparentTCP:
+    """A reactor's TCP whose client sockets may bind other hosts' addresses.
+
+    Endpoints built on it with a ``bindAddress`` of a client's address
+    connect to servers as that client.  Anything but ``connectTCP`` is the
+    wrapped reactor's.
+
+    :param reactor: the reactor to connect with.
+    """
+
+    def __init__(self, reactor: ReactorTCPTime) -> None:
+        self._reactor = reactor
+
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float = 30.0,
+        bindAddress: tuple[str, int] | None = None,
+    ) -> Any:
+        """Connect as :meth:`IReactorTCP.connectTCP` does, transparently."""
+        if not isinstance(self._reactor, PosixReactorBase):
+            # A memory reactor in tests: it records the attempt, bind and all.
+            return self._reactor.connectTCP(host, port, factory, timeout, bindAddress)
+        connector = _TransparentConnector(
+            host, port, factory, timeout, bindAddress, self._reactor
+        )
+        connector.connect()
+        return connector
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
