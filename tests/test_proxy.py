@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from typing import Any
 
 import attrs
 import pytest
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from ocsbal._proxy import AdminState, Balancer, UnknownServerError
+from ocsbal._proxy import AdminState, Balancer, UnknownServerError, _WriteThrough
 from ocsbal.config import Pool, Port, PortProtocol, Server
 from ocsbal.scheduling import LeastConnections, RoundRobin
 
@@ -419,3 +423,33 @@ def test_half_nat_connects_from_the_clients_own_address() -> None:
     h.accept(client_port=40001)
     host, port, *_, bind = h.reactor.tcpClients[-1]
     assert (host, port, bind) == ("127.0.1.11", 5060, ("127.0.0.1", 0))
+
+
+def test_writes_go_straight_to_the_socket_and_stay_in_order_under_back_pressure() -> (
+    None
+):
+    """The write-through path: at once while nothing waits, else behind it."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    reactor = MemoryReactorClock()
+    transport = tcp.Connection(ours, Protocol(), reactor)
+    transport.connected = True  # as the reactor's accept makes it
+    write = _WriteThrough(transport).write
+    write(b"hello")
+    assert theirs.recv(100) == b"hello"  # sent at once, no reactor turn
+    assert reactor.getWriters() == []
+
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes
+    write(big)
+    received = bytearray(theirs.recv(1 << 20))  # room in the socket again...
+    write(b"after")  # ...yet this must queue behind what it did not take
+    assert reactor.getWriters() == [transport]
+    while len(received) < len(big) + 5:
+        with contextlib.suppress(BlockingIOError):
+            received += theirs.recv(1 << 20)
+        transport.doWrite()
+    assert bytes(received) == big + b"after"
+    ours.close()
+    theirs.close()
