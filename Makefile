@@ -10,7 +10,12 @@ BIN    := $(VENV)/bin
 #   registrars that the test starts itself.  On a systemd host the package
 #   also starts kamailio.service, which binds 127.0.0.1 and the host's own
 #   addresses (never 127.0.50.x, the test's), so the two do not conflict.
-APT_PACKAGES := netcat-openbsd chromium sip-tester kamailio
+# iproute2 keepalived curl: the network tests build namespaces with ip, and
+#   run a keepalived pair whose check script calls the admin API with curl.
+#   The package enables keepalived.service, which does not start without an
+#   /etc/keepalived/keepalived.conf (none is shipped); the test's keepalived
+#   runs in its own namespaces with its own files.
+APT_PACKAGES := netcat-openbsd chromium sip-tester kamailio iproute2 keepalived curl
 STAMP  := $(VENV)/.installed
 
 .PHONY: install system-packages demo test lint docs bench clean

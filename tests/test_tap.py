@@ -11,18 +11,20 @@ from ocsbal.service import ConfigReloader, PoolService
 from ocsbal.tap import Options, makeService
 
 EXAMPLE = str(Path(__file__).parents[1] / "examples" / "pool.ini")
+#: The demo pool's VIP is on loopback, so this host holds it.
+DEMO = str(Path(__file__).parents[1] / "examples" / "demo.ini")
 
 
 def test_the_pool_is_loaded_while_options_are_parsed() -> None:
     options = Options()
-    options.parseOptions(["--config", EXAMPLE, "--grace", "2.5"])
-    assert options.pool.fqdn == "pool01.contoso.com"
+    options.parseOptions(["--config", DEMO, "--grace", "2.5"])
+    assert options.pool.vip == "127.0.0.10"
     service = makeService(options)
     assert isinstance(service, PoolService)
     assert service.pool is options.pool
     assert service.grace_period == 2.5
     [reloader] = [c for c in service if isinstance(c, ConfigReloader)]
-    assert (reloader.path, reloader.pool_service) == (EXAMPLE, service)
+    assert (reloader.path, reloader.pool_service) == (DEMO, service)
 
 
 @pytest.mark.parametrize(
@@ -60,3 +62,10 @@ def test_a_certificate_that_cannot_be_used_is_a_usage_error(tmp_path: Path) -> N
         f"[tls] certificate = {tmp_path / 'no.pem'}: cannot read: No such file or "
         "directory"
     )
+
+
+def test_a_vip_this_host_does_not_hold_is_a_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "pool.ini"
+    config.write_text(Path(EXAMPLE).read_text().replace("10.0.0.10", "192.0.2.10"))
+    with pytest.raises(UsageError, match=r"vip = 192\.0\.2\.10 is not an address"):
+        Options().parseOptions(["--config", str(config)])

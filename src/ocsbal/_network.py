@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
 from twisted.internet.error import CannotListenError
@@ -23,6 +23,10 @@ from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.posixbase import PosixReactorBase
 
 from ocsbal._endpoints import ReactorTCPTime
+from ocsbal.config import NatMode
+
+if TYPE_CHECKING:
+    from ocsbal.config import Pool
 
 # Linux's values; the socket module names them only in recent Pythons.
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -45,6 +49,16 @@ def _set(sock: socket.socket, ipv4: int, ipv6: int) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, ipv6, 1)
     else:
         sock.setsockopt(socket.IPPROTO_IP, ipv4, 1)
+
+
+def check_network(pool: Pool) -> None:
+    """Make sure this host can give ``pool`` its VIP and NAT mode.
+
+    :raises NetworkSetupError: naming what is missing.
+    """
+    check_vip(pool.vip, pool.freebind)
+    if pool.nat is NatMode.HALF:
+        check_transparent(pool.vip)
 
 
 def check_vip(vip: str, freebind: bool) -> None:

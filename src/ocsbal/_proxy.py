@@ -164,6 +164,20 @@ class _Side(Protocol):
     #: The other side; set when the splice is attached, before reading starts.
     peer: _Side
 
+    # Two per connection: what it adds goes in slots, not the dict that
+    # Protocol's own attributes need.
+    __slots__ = (
+        "_readClosed",
+        "_writeClosed",
+        "handshake",
+        "inspector",
+        "lost",
+        "peer",
+        "received",
+        "send",
+        "splice",
+    )
+
     def __init__(self, splice: Splice, tls: bool = False) -> None:
         self.splice = splice
         self._readClosed = False
@@ -283,6 +297,24 @@ class Splice:
         keep-alives; ``None`` on other ports.
     :ivar gave_up: why SIP inspection stopped on this connection, if it did.
     """
+
+    # Tens of thousands live at once, mostly idle: no per-instance dict.
+    __slots__ = (
+        "_connecting",
+        "_expiring",
+        "backend",
+        "balancer",
+        "client",
+        "clock",
+        "dead",
+        "gave_up",
+        "last_activity",
+        "port",
+        "server",
+        "sip",
+        "started",
+        "tls",
+    )
 
     def __init__(self, balancer: Balancer, port: Port) -> None:
         self.balancer = balancer

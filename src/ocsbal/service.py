@@ -25,12 +25,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 
 from ocsbal._endpoints import ReactorTCPTime
-from ocsbal._network import (
-    NetworkSetupError,
-    check_transparent,
-    check_vip,
-    listen_freebind,
-)
+from ocsbal._network import NetworkSetupError, check_network, listen_freebind
 from ocsbal._proxy import (
     AdminState,
     Balancer,
@@ -40,7 +35,7 @@ from ocsbal._proxy import (
 )
 from ocsbal._tls import TLSSetupError
 from ocsbal.admin import AdminService, AdminTokenError, read_token
-from ocsbal.config import ConfigError, NatMode, load
+from ocsbal.config import ConfigError, load
 from ocsbal.health import HealthChecks
 from ocsbal.monitors import monitor_for
 from ocsbal.scheduling import scheduler_class
@@ -187,11 +182,8 @@ class PoolService(MultiService):
             )
 
     def _bind(self) -> None:
-        pool = self.pool
-        check_vip(pool.vip, pool.freebind)
-        if pool.nat is NatMode.HALF:
-            check_transparent(pool.vip)
-        self._listen(pool.ports)
+        check_network(self.pool)
+        self._listen(self.pool.ports)
 
     def _listen(self, ports: Iterable[Port]) -> None:
         """Bind ``ports`` on the VIP: all of them, or none and raise."""

@@ -271,6 +271,16 @@ class SIPInspector:
     :ivar gave_up: why inspection stopped, or ``None`` while it goes on.
     """
 
+    # One per direction of every SIP connection: no per-instance dict.
+    __slots__ = (
+        "_crlf",
+        "_skip",
+        "_tail",
+        "from_server",
+        "gave_up",
+        "max_header_bytes",
+    )
+
     def __init__(
         self, max_header_bytes: int = MAX_HEADER_BYTES, *, from_server: bool = False
     ) -> None:

@@ -1,8 +1,9 @@
 """The ``twistd ocsbal`` command: options and service maker.
 
-The configuration is loaded and validated while the options are parsed, so
-a bad file stops ``twistd`` with its problems listed (exit status 1) before
-anything is bound or daemonised.
+The configuration is loaded and validated while the options are parsed, and
+the host checked for what it asks (the VIP, half-NAT's transparent
+sockets), so a bad file or host stops ``twistd`` with its problems listed
+(exit status 1) before anything is bound or daemonised.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorThreads
 from twisted.python import usage
 
+from ocsbal._network import NetworkSetupError, check_network
 from ocsbal._tls import TLSSetupError, tls_contexts
 from ocsbal.config import ConfigError, Pool, load
 from ocsbal.service import ConfigReloader, PoolService
@@ -50,6 +52,10 @@ class Options(usage.Options):
             tls_contexts(self.pool)
         except (ConfigError, TLSSetupError) as e:
             raise usage.UsageError(f"invalid configuration:\n{e}") from e
+        try:
+            check_network(self.pool)
+        except NetworkSetupError as e:
+            raise usage.UsageError(str(e)) from e
 
 
 def makeService(options: Options) -> IService:
