@@ -37,6 +37,7 @@ with nothing to continue), ``bad-content-length`` (not a number, beyond
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 
@@ -136,7 +137,7 @@ class SIPHeaders:
     """The headers of a message that ocsbal reads.
 
     As h11 does, it keeps them as they came, and parses a value only when
-    it is asked for: most messages are relayed without anyone asking.  A
+    it is asked for, once: most messages are relayed without anyone asking.  A
     header that is absent, or whose value is malformed, reads as ``None``.
 
     :ivar fields: each header read, in order: its name (long form, lower
@@ -155,47 +156,47 @@ class SIPHeaders:
         """
         return [_text(value) for field, value in self.fields if field == name]
 
-    @property
+    @functools.cached_property
     def call_id(self) -> str | None:
         """The Call-ID."""
         return self._first("call-id")
 
-    @property
+    @functools.cached_property
     def cseq(self) -> tuple[int, str] | None:
         """The CSeq number and method."""
         return _cseq(self._first("cseq"))
 
-    @property
+    @functools.cached_property
     def to_uri(self) -> str | None:
         """The To header's URI: the address of record of a REGISTER."""
         return _tagged(self._first("to"))[0]
 
-    @property
+    @functools.cached_property
     def to_tag(self) -> str | None:
         """The To header's tag."""
         return _tagged(self._first("to"))[1]
 
-    @property
+    @functools.cached_property
     def from_uri(self) -> str | None:
         """The From header's URI."""
         return _tagged(self._first("from"))[0]
 
-    @property
+    @functools.cached_property
     def from_tag(self) -> str | None:
         """The From header's tag."""
         return _tagged(self._first("from"))[1]
 
-    @property
+    @functools.cached_property
     def contacts(self) -> tuple[Contact, ...]:
         """The Contact values but ``*``, in order, from one line or many."""
-        return tuple(_contact(item) for item in self._contact_items() if item != "*")
+        return tuple(_contact(item) for item in self._contact_items if item != "*")
 
-    @property
+    @functools.cached_property
     def contact_star(self) -> bool:
         """Whether a Contact is ``*``: remove every binding."""
-        return "*" in self._contact_items()
+        return "*" in self._contact_items
 
-    @property
+    @functools.cached_property
     def expires(self) -> int | None:
         """The Expires header, in seconds."""
         return _number(self._first("expires"), _MAX_32_BIT)
@@ -206,6 +207,7 @@ class SIPHeaders:
                 return _text(value)
         return None
 
+    @functools.cached_property
     def _contact_items(self) -> list[str]:
         return [item for value in self.values("contact") for item in _items(value)]
 
