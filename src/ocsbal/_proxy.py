@@ -463,6 +463,9 @@ class Splice:
             reason=reason,
         )
         balancer.rejected[self.port.number] += 1
+        # Reading again lets TLS hear the client's close_notify, without
+        # which it would keep the connection open; plain TCP minds not.
+        self.client.transport.resumeProducing()
         self.client.transport.loseConnection()
 
     def _attach(self, backend: Backend, server: _Side) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,24 @@ __all__ = ["AdminService", "AdminTokenError", "admin_site"]
 
 #: The largest request body accepted; the API's bodies are a few fields.
 MAX_BODY = 64 * 1024
+
+
+class _BoundedRequest(Request):
+    """A request that keeps at most :data:`MAX_BODY` + 1 bytes of its body.
+
+    twisted.web would spool a large body to a temporary file before any
+    resource sees it, token or not; this one keeps the first bytes in
+    memory, enough for :func:`_body` to know it is too long, and drops the
+    rest as it arrives.
+    """
+
+    def gotLength(self, length: int | None) -> None:  # noqa: ARG002 -- any length
+        self.content = self._kept = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        room = MAX_BODY + 1 - self._kept.tell()
+        if room > 0:
+            self._kept.write(data[:room])
 
 
 class AdminTokenError(ValueError):
@@ -103,15 +122,27 @@ def _json(request: Request, status: int, body: object) -> bytes:
     return json.dumps(body, indent=2).encode() + b"\n"
 
 
-class _Endpoint(Resource):
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return _json(request, 404, {"error": "no such resource"})
+
+
+class _Exact(Resource):
+    """A resource that answers its own path only: any path below is a 404."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
+        return _NotFound()
+
+
+class _Endpoint(_Exact):
     """A resource answering JSON, by method, with JSON errors.
 
     Subclasses define ``do_GET``, ``do_POST``... returning the body to send
     (status 200 unless they set another) or raising :class:`_RequestError`.
     ``HEAD`` is answered as ``GET``, without the body.
     """
-
-    isLeaf = True
 
     def __init__(self, service: PoolService) -> None:
         super().__init__()
@@ -152,6 +183,8 @@ def _body(request: Request, allowed: dict[str, tuple[type, str]]) -> dict[str, A
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         _refuse(400, f"the body is not JSON: {e}")
+    except RecursionError:
+        _refuse(400, "the body is not JSON that can be read: nested too deep")
     if not isinstance(body, dict):
         _refuse(400, "the body must be a JSON object")
     for key, value in body.items():
@@ -179,8 +212,6 @@ class _ConnectionsEndpoint(_Endpoint):
 
 
 class _ServersEndpoint(_Endpoint):
-    isLeaf = False
-
     def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
         if not path:
             return self
@@ -210,12 +241,6 @@ class _ServerEndpoint(_Endpoint):
     def __init__(self, service: PoolService, name: str) -> None:
         super().__init__(service)
         self.name = name
-
-    def render(self, request: Request) -> bytes:
-        # A path below a server's (/api/servers/fe1/x) names nothing.
-        if request.postpath:
-            return _json(request, 404, {"error": "no such resource"})
-        return super().render(request)
 
     def do_GET(self, _request: Request) -> object:
         return server_report(self.service.balancer.backend(self.name))
@@ -250,9 +275,7 @@ class _ServerEndpoint(_Endpoint):
         return server_report(backend)
 
 
-class _Metrics(Resource):
-    isLeaf = True
-
+class _Metrics(_Exact):
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__()
         self.registry = registry
@@ -262,9 +285,7 @@ class _Metrics(Resource):
         return bytes(generate_latest(self.registry))
 
 
-class _StatusPage(Resource):
-    isLeaf = True
-
+class _StatusPage(_Exact):
     def __init__(self, service: PoolService) -> None:
         super().__init__()
         self.service = service
@@ -275,18 +296,11 @@ class _StatusPage(Resource):
         return render_status_page(pool_report(balancer), servers_report(balancer))
 
 
-class _NotFound(Resource):
-    isLeaf = True
+class _Directory(_Exact):
+    """A resource with fixed children; any other path, or its own, is a 404."""
 
     def render(self, request: Request) -> bytes:
         return _json(request, 404, {"error": "no such resource"})
-
-
-class _Directory(Resource):
-    """A resource with fixed children; any other path is a JSON 404."""
-
-    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
-        return _NotFound()
 
 
 class _Guard(Resource):
@@ -355,7 +369,7 @@ def admin_site(
     api.putChild(b"pool", _PoolEndpoint(service))
     api.putChild(b"servers", _ServersEndpoint(service))
     api.putChild(b"connections", _ConnectionsEndpoint(service))
-    site = Site(_Guard(root, token))
+    site = Site(_Guard(root, token), requestFactory=_BoundedRequest)
     site.noisy = False
     site.displayTracebacks = False
     return site
