@@ -450,3 +450,10 @@ class TokenReloadTests(SynchronousTestCase):
         self.failureResultOf(service.reload(bigger)).trap(AdminTokenError)
         assert service.admin._token == b"new"
         assert [p.number for p in service.pool.ports] == [5060]
+
+
+def test_vip_ports_listen_with_a_backlog_for_a_pool_reconnecting_at_once() -> None:
+    reactor = Reactor()
+    PoolService(makePool(ports=[Port(5060)]), reactor).startService()
+    [(_, _, backlog, interface)] = reactor.tcpServers
+    assert (backlog, interface) == (socket.SOMAXCONN, "127.0.1.10")

@@ -107,7 +107,7 @@ def check_transparent(address: str) -> None:
 
 
 def listen_freebind(
-    reactor: IReactorSocket, port: int, factory: Any, interface: str
+    reactor: IReactorSocket, port: int, factory: Any, interface: str, backlog: int
 ) -> IListeningPort:
     """Listen on ``interface:port`` whether or not this host holds ``interface``."""
     try:
@@ -115,7 +115,7 @@ def listen_freebind(
             _set(sock, IP_FREEBIND, IPV6_FREEBIND)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((interface, port))
-            sock.listen(socket.SOMAXCONN)
+            sock.listen(backlog)
             sock.setblocking(False)
             # The reactor takes a duplicate; this one is closed on leaving.
             return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)

@@ -7,6 +7,7 @@ or let ``twistd ocsbal`` do so.
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
@@ -57,6 +58,12 @@ log = Logger(namespace="ocsbal")
 
 #: OCS 2007 R2 clients may stay silent this long on a live connection.
 OCS_IDLE_TIMEOUT = 1800.0
+
+#: Connections the kernel may hold for a VIP port before ocsbal accepts
+#: them (capped by net.core.somaxconn): after a failover every client of
+#: the pool reconnects at once, and Twisted's default of 50 would drop most
+#: of their SYNs.
+LISTEN_BACKLOG = socket.SOMAXCONN
 
 #: After the grace period, connections are closed politely; those that still
 #: have not flushed their buffers this many seconds later are aborted.
@@ -198,10 +205,11 @@ class PoolService(MultiService):
                         number,
                         factory,
                         self.pool.vip,
+                        LISTEN_BACKLOG,
                     )
                 else:
                     bound[number] = self._reactor.listenTCP(
-                        number, factory, interface=self.pool.vip
+                        number, factory, LISTEN_BACKLOG, self.pool.vip
                     )
         except Exception:
             for port in bound.values():
