@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from ocsbal._proxy import AdminState, Balancer
 from ocsbal.config import Monitor, Pool, Port, PortProtocol, Server
-from ocsbal.health import HealthChecks, HealthState, IMonitor
+from ocsbal.health import CheckNotMadeError, HealthChecks, HealthState, IMonitor
 from ocsbal.scheduling import RoundRobin
 
 FE1 = Server("fe1", "127.0.1.11")
@@ -130,6 +130,22 @@ class TestHealthChecks:
             "server fe1 (127.0.1.11) is down: port 5061 refused",
             "server fe2 (127.0.1.12) is down: port 5061 refused",
         ]
+
+    def test_a_check_that_could_not_be_made_counts_neither_way(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            for _ in range(3):
+                for _, d in self.monitor.checks:
+                    if not d.called:
+                        d.errback(CheckNotMadeError("port 5061: Too many open files"))
+                self.clock.advance(5)
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        assert self.balancer.backends["fe1"].health.up
+        assert "server fe1 not checked, its state stays: port 5061: Too many " in (
+            formatEvent(events[0])
+        )
 
     def test_rise_passed_checks_bring_it_back(self) -> None:
         self.clock.advance(2.5)

@@ -10,7 +10,11 @@ import attrs
 import pytest
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectBindError,
+    ConnectionDone,
+    ConnectionRefusedError,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -453,3 +457,32 @@ def test_writes_go_straight_to_the_socket_and_stay_in_order_under_back_pressure(
     assert bytes(received) == big + b"after"
     ours.close()
     theirs.close()
+
+
+def test_a_side_left_flushing_to_a_peer_that_reads_no_more_is_aborted() -> None:
+    """The client is gone; the server takes nothing: aborted a sweep later."""
+    h = Harness()
+    client, _ = h.accept()
+    _, server_t = h.succeed()
+    client.connectionLost(Failure(ConnectionDone()))
+    assert server_t.disconnecting  # asked to close, once flushed
+    assert not server_t.disconnected
+    h.balancer.sweep()
+    assert not server_t.disconnected  # a whole sweep interval to flush
+    h.balancer.sweep()
+    assert server_t.disconnected  # aborted
+    assert h.balancer.splices == set()
+
+
+def test_a_connection_this_host_cannot_make_is_no_servers_fault() -> None:
+    """Out of descriptors here: the client is closed, no server marked down."""
+    h = Harness(retries=2)
+    _, client_t = h.accept()
+    factory = h.reactor.tcpClients[-1][2]
+    factory.clientConnectionFailed(
+        h.reactor.connectors[-1],
+        Failure(ConnectBindError(24, "Too many open files")),
+    )
+    assert client_t.disconnecting
+    assert h.attempts() == ["127.0.1.11"]  # no other server tried
+    assert h.balancer.backends["fe0"].health.last == "not checked yet"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectBindError
 from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
@@ -29,3 +30,13 @@ def server_endpoint(
     endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
     bind = None if source is None else (source, 0)
     return endpoint_type(reactor, address, port, timeout=timeout, bindAddress=bind)
+
+
+def failed_here(error: BaseException | None) -> bool:
+    """Whether a connection attempt failed on this host, before any server.
+
+    Twisted reports a socket this host could not make or bind (out of file
+    descriptors, a source address it does not hold) as
+    :class:`ConnectBindError`: the balancer's trouble, never the server's.
+    """
+    return isinstance(error, ConnectBindError)

@@ -47,7 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ocsbal._endpoints import ReactorTCPTime, server_endpoint
+from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint
 from ocsbal._idle import IdleTimeout
 from ocsbal._network import TransparentTCP
 from ocsbal._tls import tls_contexts, tls_reason
@@ -440,6 +440,10 @@ class Splice:
                 if self.client.lost:
                     return
                 error = tls_reason(e)
+                if failed_here(e):
+                    # No other server would fare better, and none is to blame.
+                    reason = f"this host cannot connect to servers: {error}"
+                    break
                 reason = f"server {backend.name} failed: {error}"
                 balancer.record(backend, False, f"a connection failed: {error}")
                 log.warn(
@@ -493,17 +497,26 @@ class Splice:
         A server side lost before it was attached (its TLS handshake failed)
         is :meth:`_connect`'s to handle.
         """
+        balancer = self.balancer
         if side is self.client:
-            self.balancer.forget(self)
+            balancer.forget(self)
             if self._connecting is not None:
                 self._connecting.cancel()
-            if self.server is not None:
-                self.server.transport.loseConnection()
+            other = self.server
         elif side is self.server:
             backend = cast(Backend, self.backend)
             backend.detached(self)
-            self.balancer.release(backend)
-            self.client.transport.loseConnection()
+            balancer.release(backend)
+            other = self.client
+        else:
+            return
+        if other is None or other.lost:
+            balancer.flushing.discard(self)
+            return
+        # A peer that reads no more would keep its side open for ever,
+        # flushing: the sweep aborts what is still flushing at its next turn.
+        other.transport.loseConnection()
+        balancer.flushing.add(self)
 
     def close(self) -> None:
         """Close both sides, after flushing what is already buffered."""
@@ -513,9 +526,9 @@ class Splice:
 
     def abort(self) -> None:
         """Close both sides at once, discarding what is buffered."""
-        self.client.transport.abortConnection()
-        if self.server is not None:
-            self.server.transport.abortConnection()
+        for side in (self.client, self.server):
+            if side is not None and not side.lost:
+                side.transport.abortConnection()
 
     def expire(self) -> None:
         """Close this idle connection.
@@ -613,6 +626,9 @@ class Balancer:
         }
         self.leaving: set[Backend] = set()
         self.splices: set[Splice] = set()
+        #: Connections one side of which is closed while the other flushes.
+        self.flushing: set[Splice] = set()
+        self._flushed: set[Splice] = set()
         self._transparent = cast(ReactorTCPTime, TransparentTCP(reactor))
         #: The TLS of terminated ``sips`` ports; ``None`` where TLS passes through.
         self.tls = tls_contexts(pool)
@@ -761,11 +777,20 @@ class Balancer:
     def sweep(self) -> None:
         """Close the connections that have been idle too long.
 
+        A connection one side of which closed while the other could not
+        flush what it had for its peer is aborted once a whole sweep
+        interval has gone by.
+
         A connection carrying a live SIP registration is kept until its
         expiry plus the grace, however long that is; one whose registration
         missed its refresh by the grace is reported once, and closed if the
         pool says to reap it.
         """
+        # Still flushing since the last sweep: its reader is gone or stuck.
+        stuck = self._flushed & self.flushing
+        self._flushed = self.flushing - stuck
+        for splice in stuck:
+            splice.abort()
         now = self.reactor.seconds()
         grace = self.pool.registration_grace
         closing = {

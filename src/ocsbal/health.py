@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ocsbal._proxy import Backend, Balancer
     from ocsbal.config import Server
 
-__all__ = ["HealthChecks", "HealthState", "IMonitor"]
+__all__ = ["CheckNotMadeError", "HealthChecks", "HealthState", "IMonitor"]
 
 log = Logger(namespace="ocsbal")
 
@@ -74,6 +74,15 @@ class HealthState:
         self._streak = 0
 
 
+class CheckNotMadeError(Exception):
+    """A check could not be made from this host; it says nothing of the server.
+
+    A monitor fails with it when, for example, the balancer is out of file
+    descriptors: counting that against the server would take healthy
+    servers down for the balancer's own trouble.
+    """
+
+
 class IMonitor(Interface):
     """Checks whether one server is healthy."""
 
@@ -81,8 +90,9 @@ class IMonitor(Interface):
         """Check ``server`` once.
 
         :return: a Deferred that fires with ``None`` when the server is
-            healthy, or fails with an exception whose string says why not.
-            It fires within the monitor's timeout.
+            healthy, or fails with an exception whose string says why not,
+            or with :class:`CheckNotMadeError` when the check could not be
+            made at all.  It fires within the monitor's timeout.
         """
 
 
@@ -168,6 +178,16 @@ class HealthChecks(Service):
         d = self.monitor.check(backend.server)
         d.addCallbacks(
             lambda _: self.balancer.record(backend, True),
-            lambda f: self.balancer.record(backend, False, str(f.value)),
+            lambda f: self._failed(backend, f.value),
         )
         return d
+
+    def _failed(self, backend: Backend, error: BaseException) -> None:
+        if isinstance(error, CheckNotMadeError):
+            log.warn(
+                "server {server} not checked, its state stays: {reason}",
+                server=backend.name,
+                reason=error,
+            )
+            return
+        self.balancer.record(backend, False, str(error))

@@ -61,10 +61,10 @@ from twisted.web.client import (
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from ocsbal._endpoints import ReactorTCPTime, server_endpoint
+from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint
 from ocsbal._tls import tls_reason
 from ocsbal.config import MonitorType, PortProtocol
-from ocsbal.health import IMonitor
+from ocsbal.health import CheckNotMadeError, IMonitor
 
 if TYPE_CHECKING:
     from ocsbal.config import Pool, Server
@@ -121,6 +121,8 @@ def _all_ports(
         error = failure.value
         if isinstance(error, HeartbeatError):
             return Failure(HeartbeatError(f"port {port} {error}"))
+        if failed_here(error):
+            return Failure(CheckNotMadeError(f"port {port}: {error}"))
         if isinstance(error, ConnectionRefusedError):
             why = "refused"
         elif isinstance(error, _TIMEOUTS):
