@@ -134,20 +134,8 @@ class Network:
         client = Peer()
         factory = self.balancer.serving(self.balancer.listener(SIPS))
         accepted = factory.buildProtocol(CLIENT)
-        wrapped = TLSMemoryBIOFactory(
-            tls, True, Factory.forProtocol(lambda: client), self.reactor
-        )
-        connecting = wrapped.buildProtocol(None)
-        self.pumps.append(
-            iosim.connect(
-                accepted,
-                iosim.FakeTransport(accepted, isServer=True, peerAddress=CLIENT),
-                connecting,
-                iosim.makeFakeClient(connecting),
-                greet=False,
-                clock=self.reactor,
-            )
-        )
+        connecting = self._tls(tls, True, client)
+        self._pump(accepted, CLIENT, connecting)
         return client
 
     def answer(self, tls: Any) -> Peer:
@@ -156,21 +144,28 @@ class Network:
         _, _, factory, *_ = self.reactor.tcpClients.pop()
         factory.doStart()
         connecting = factory.buildProtocol(None)
+        self._pump(self._tls(tls, False, server), None, connecting)
+        return server
+
+    def _tls(self, tls: Any, client: bool, peer: Peer) -> Any:
+        """``peer`` speaking TLS with the options ``tls``."""
         wrapped = TLSMemoryBIOFactory(
-            tls, False, Factory.forProtocol(lambda: server), self.reactor
+            tls, client, Factory.forProtocol(lambda: peer), self.reactor
         )
-        accepted = wrapped.buildProtocol(None)
+        return wrapped.buildProtocol(None)
+
+    def _pump(self, accepted: Any, peer: IPv4Address | None, connecting: Any) -> None:
+        """Connect two protocols in memory, the first having accepted."""
         self.pumps.append(
             iosim.connect(
                 accepted,
-                iosim.makeFakeServer(accepted),
+                iosim.FakeTransport(accepted, isServer=True, peerAddress=peer),
                 connecting,
                 iosim.makeFakeClient(connecting),
                 greet=False,
                 clock=self.reactor,
             )
         )
-        return server
 
     def flush(self) -> None:
         for _ in range(20):
