@@ -53,10 +53,19 @@ docs: install
 test: install lint docs
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
 
-# haproxy: the reference the relay is measured against.
-bench: APT_PACKAGES += haproxy
-bench: install
-	$(BIN)/python bench/run.py
+# haproxy: the reference the relay is measured against; nginx-light (HTTP and
+# TLS server), wrk, sip-tester (SIPp) and kamailio: the loads and servers;
+# gcc: bench/loadgen.c, the fixed-rate and SIP load generator.  matplotlib
+# (the `bench` extra) draws the chart.  `make bench BENCH_ARGS=--quick` is a
+# one-minute smoke run that writes no results.
+BENCH_STAMP := $(VENV)/.bench-installed
+bench: APT_PACKAGES += haproxy nginx-light wrk sip-tester kamailio gcc libc6-dev
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -e '.[test,bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) build dist site .coverage .pytest_cache .mypy_cache .ruff_cache

@@ -1,264 +1,508 @@
-"""Measure ocsbal's TCP relay side by side with its references; print a table.
+"""Measure ocsbal side by side with HAProxy and ``twistd portforward``; print a table.
 
-``make bench`` runs this.  Every path relays to the same echo server on
-127.0.30.11:
+``make bench`` runs this after installing its tools.  Everything runs on
+this machine, on loopback (127.0.60.0/24, see bench/setups.py), and every
+path relays to the same servers on 127.0.60.11:
 
 - **direct**: no balancer, the ceiling;
-- **haproxy**: TCP mode, one thread, ``balance leastconn``;
+- **haproxy**: TCP mode, one thread, ``balance leastconn``; ``ssl`` on its
+  bind and server lines for TLS;
 - **portforward**: ``twistd portforward``, Twisted's own relay;
-- **ocsbal**: ``twistd ocsbal`` on a one-server pool.
+- **ocsbal**: ``twistd ocsbal`` on a one-server pool, on a ``tcp`` port, a
+  ``sip`` port (inspection on) and a ``sips`` port whose TLS it terminates
+  and re-encrypts.
 
-Each path runs each test once per round, paths taking turns, and the table
-shows each figure's median over the rounds with ocsbal's ratios.  The load
-generator is asyncio in this process, on the same machine as the
-balancer and the echo server, so the figures are what all three achieve
-sharing its cores: compare ratios, not absolute numbers.
+Each test runs once per round on each of its paths, the paths taking turns
+(each round starts with the next one), and each figure is the median of its
+rounds.  The load generators share the machine's cores with the balancer
+and the servers, so compare ratios, not absolute numbers.  docs/benchmarks.md
+says how each figure is measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import platform
 import shutil
-import signal
 import socket
-import statistics
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-BIN = Path(sys.executable).parent
-BACKEND = ("127.0.30.11", 16000)
-VIP = "127.0.30.10"
-#: Where each path listens.
-PATHS = {
-    "direct": BACKEND,
-    "haproxy": (VIP, 16001),
-    "portforward": (VIP, 16002),
-    "ocsbal": (VIP, 16000),
-}
-MESSAGE = b"x" * 64
+import loads
+import report
+from setups import ADMIN, HTTP, HTTPS, IDLE, REGISTRAR, SIP_RESPONDER, Address, Work
+from supervise import BenchError, Supervisor, raise_fd_limit, stop_on_signals
 
-HAPROXY_CFG = f"""
-global
-    nbthread 1
-    maxconn 9000
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 30m
-    timeout server 30m
-listen bench
-    bind {VIP}:16001
-    balance leastconn
-    server echo {BACKEND[0]}:{BACKEND[1]}
-"""
-
-POOL_INI = f"""
-[pool]
-name = bench
-fqdn = bench.ocsbal.test
-vip = {VIP}
-idle_timeout = 1800
-
-[ports]
-16000 = tcp
-
-[server:echo]
-address = {BACKEND[0]}
-"""
-
-
-class Echo(asyncio.Protocol):
-    """Write every byte back, as fast as asyncio can."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-
-async def serve_echo() -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Echo, *BACKEND, backlog=4096)
-    await server.serve_forever()
-
-
-async def message_rate(address: tuple[str, int], seconds: float) -> float:
-    """Round trips of 64 bytes per second over 50 kept-alive connections."""
-    deadline = time.monotonic() + seconds
-    counts = [0] * 50
-
-    async def client(i: int) -> None:
-        reader, writer = await asyncio.open_connection(*address)
-        while time.monotonic() < deadline:
-            writer.write(MESSAGE)
-            await reader.readexactly(len(MESSAGE))
-            counts[i] += 1
-        writer.close()
-
-    await asyncio.gather(*(client(i) for i in range(len(counts))))
-    return sum(counts) / seconds
-
-
-async def connection_rate(address: tuple[str, int], seconds: float) -> float:
-    """Connections per second, each one round trip, 20 at a time."""
-    deadline = time.monotonic() + seconds
-    counts = [0] * 20
-
-    async def client(i: int) -> None:
-        while time.monotonic() < deadline:
-            reader, writer = await asyncio.open_connection(*address)
-            writer.write(MESSAGE)
-            await reader.readexactly(len(MESSAGE))
-            writer.close()
-            await writer.wait_closed()
-            counts[i] += 1
-
-    await asyncio.gather(*(client(i) for i in range(len(counts))))
-    return sum(counts) / seconds
-
-
-async def bulk(address: tuple[str, int], megabytes: int) -> float:
-    """MB/s of one stream relayed to the echo server and back."""
-    reader, writer = await asyncio.open_connection(*address)
-    chunk = b"b" * 65536
-    total = megabytes * 2**20
-
-    async def send() -> None:
-        for _ in range(total // len(chunk)):
-            writer.write(chunk)
-            await writer.drain()
-
-    async def receive() -> None:
-        left = total
-        while left:
-            left -= len(await reader.read(min(left, 2**20)))
-
-    started = time.monotonic()
-    await asyncio.gather(send(), receive())
-    elapsed = time.monotonic() - started
-    writer.close()
-    return megabytes / elapsed
-
-
-def wait_listening(address: tuple[str, int], process: subprocess.Popen[bytes]) -> None:
-    for _ in range(200):
-        if process.poll() is not None:
-            raise SystemExit(f"{process.args!r} exited with {process.returncode}")
-        try:
-            socket.create_connection(address, timeout=1).close()
-        except OSError:
-            time.sleep(0.05)
-        else:
-            return
-    raise SystemExit(f"nothing listens on {address} after 10 s")
-
-
-@contextmanager
-def running(args: list[str], address: tuple[str, int], log: Path) -> Iterator[None]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_listening(address, process)
-        yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def start_all(work: Path, paths: list[str], stack: ExitStack) -> None:
-    """Start the echo server and each balancer; ``stack`` stops them."""
-    twistd = [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
-    (work / "haproxy.cfg").write_text(HAPROXY_CFG)
-    (work / "pool.ini").write_text(POOL_INI)
-    commands = {
-        "direct": [sys.executable, __file__, "--echo"],
-        "haproxy": ["haproxy", "-db", "-f", str(work / "haproxy.cfg")],
-        "portforward": [
-            *twistd,
-            *("portforward", "--port", f"tcp:16002:interface={VIP}"),
-            *("--host", BACKEND[0], "--dest_port", str(BACKEND[1])),
-        ],
-        "ocsbal": [*twistd, "ocsbal", "--config", str(work / "pool.ini")],
-    }
-    for name in ["direct", *(p for p in paths if p != "direct")]:
-        stack.enter_context(running(commands[name], PATHS[name], work / f"{name}.log"))
-
-
-TESTS: dict[
-    str, tuple[str, Callable[[tuple[str, int], argparse.Namespace], Awaitable[float]]]
-] = {
-    "messages": ("msg/s", lambda a, o: message_rate(a, o.seconds)),
-    "connections": ("conn/s", lambda a, o: connection_rate(a, o.seconds)),
-    "bulk": ("MB/s", lambda a, o: bulk(a, o.megabytes)),
+HERE = Path(__file__).parent
+DOCS_CHART = HERE.parent / "docs" / "img" / "benchmarks.png"
+ALL_PATHS = ("direct", "haproxy", "portforward", "ocsbal")
+#: The Debian package of each tool the tests run.
+PACKAGES = {
+    "wrk": "wrk",
+    "haproxy": "haproxy",
+    "nginx": "nginx-light",
+    "sipp": "sip-tester",
+    "kamailio": "kamailio",
+    "cc": "gcc",
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--megabytes", type=int, default=100)
-    options = parser.parse_args()
-    if options.echo:
-        asyncio.run(serve_echo())
-        return
-    paths = [p for p in PATHS if p != "haproxy" or shutil.which("haproxy")]
-    if "haproxy" not in paths:
-        print("haproxy not found (apt-get install haproxy): its column is left out")
-    results: dict[tuple[str, str], list[float]] = {}
-    with tempfile.TemporaryDirectory() as work, ExitStack() as stack:
-        start_all(Path(work), paths, stack)
-        for round_ in range(options.rounds):
-            order = paths[round_ % len(paths) :] + paths[: round_ % len(paths)]
-            for test, (_, measure) in TESTS.items():
-                for path in order:
-                    figure = asyncio.run(measure(PATHS[path], options))
-                    results.setdefault((path, test), []).append(figure)
-            print(f"round {round_ + 1}/{options.rounds} done", file=sys.stderr)
-    report(paths, results, options)
+@dataclass(frozen=True)
+class Test:
+    """A measurement made once a round on each of ``paths``."""
+
+    key: str
+    paths: tuple[str, ...]
+    #: Records its figures in the results; returns what it saw, for the log.
+    measure: Callable[[Bench, str], str]
+    tools: tuple[str, ...] = ("wrk", "haproxy", "nginx", "cc")
 
 
-def report(
-    paths: list[str],
-    results: dict[tuple[str, str], list[float]],
-    options: argparse.Namespace,
-) -> None:
-    median = {key: statistics.median(values) for key, values in results.items()}
-    machine = f"{platform.node()}: {os.cpu_count()} CPUs"
-    print(
-        f"\n{machine}, Python {platform.python_version()}; medians of "
-        f"{options.rounds} rounds ({options.seconds:g} s per rate test, "
-        f"{options.megabytes} MB bulk)\n"
-    )
-    header = f"{'test':<20}" + "".join(f"{p:>13}" for p in paths)
-    references = [p for p in ("direct", "haproxy", "portforward") if p in paths]
-    header += "".join(f"{'ocsbal/' + r:>20}" for r in references)
-    print(header)
-    print("-" * len(header))
-    for test, (unit, _) in TESTS.items():
-        row = f"{test + ' ' + unit:<20}"
-        row += "".join(f"{median[(p, test)]:>13,.0f}" for p in paths)
-        row += "".join(
-            f"{median[('ocsbal', test)] / median[(r, test)]:>19.2f}x"
-            for r in references
+class Bench:
+    """The running benchmark: options, services, results."""
+
+    def __init__(self, options: argparse.Namespace, work: Work) -> None:
+        self.options = options
+        self.work = work
+        self.results = report.Results()
+        self.supervisor = Supervisor(work.dir)
+        self.started = time.monotonic()
+        self._latency_rate: float | None = None
+        self._sipp_runs = 0
+
+    def log(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:4.0f} s] {text}", file=sys.stderr)
+
+    # --------------------------------------------------------------- tests
+
+    def messages(self, path: str) -> str:
+        rate = loads.wrk(self.work.dir, HTTP[path], self.options.seconds)
+        return self._rate("messages", path, rate, "req/s")
+
+    def connections(self, path: str) -> str:
+        rate = loads.wrk(self.work.dir, HTTP[path], self.options.seconds, close=True)
+        return self._rate("connections", path, rate, "conn/s")
+
+    def bulk(self, path: str) -> str:
+        speed = loads.bulk(HTTP[path], self.work.bulk_bytes)
+        self.results.add("bulk", path, speed)
+        return f"{speed:,.0f} MB/s"
+
+    def latency(self, path: str) -> str:
+        rate = self.latency_rate()
+        summary = loads.loadgen(
+            self.work.loadgen,
+            HTTP[path],
+            self.work.dir / "http-request",
+            self.options.latency_seconds,
+            rate=rate,
+            warmup=self.options.warmup,
         )
-        print(row)
+        self.results.add("latency_p50", path, summary["p50_us"])
+        self.results.add("latency_p99", path, summary["p99_us"])
+        runs = self.results.extra.setdefault("latency_runs", {})
+        runs.setdefault(path, []).append(summary)
+        behind = summary["late"] > summary["responses"] / 2 or summary["unanswered"]
+        return (
+            f"p50 {summary['p50_us']:,.0f} us, p99 {summary['p99_us']:,.0f} us at "
+            f"{summary['rate']:,.0f}/s{' (could not keep up)' if behind else ''}"
+        )
+
+    def idle_memory(self, path: str) -> str:
+        balancer = self.work.start_idle_balancer(self.supervisor, path)
+        try:
+            per = loads.idle_memory(balancer.pid, IDLE[path], self.options.idle)
+        finally:
+            self.supervisor.stop(balancer)
+        self.results.add("idle_memory", path, per)
+        return f"{per:,.1f} KiB a connection"
+
+    def sip_messages(self, path: str) -> str:
+        before = _sip_metrics() if path == "ocsbal" else {}
+        summary = loads.loadgen(
+            self.work.loadgen,
+            SIP_RESPONDER[path],
+            self.work.dir / "sip-request",
+            self.options.seconds,
+        )
+        self.results.add("sip_messages", path, summary["rate"])
+        seen = ""
+        if path == "ocsbal":
+            seen = "; " + self._inspected(before, _sip_metrics(), summary)
+        return f"{summary['rate']:,.0f} msg/s{seen}"
+
+    def sipp(self, path: str) -> str:
+        source = loads.sipp_source(self._sipp_runs)
+        self._sipp_runs += 1
+        calls = loads.sipp(self.work.dir, REGISTRAR[path], self.options.calls, source)
+        self.results.add("sipp", path, calls.rate)
+        self.results.add("sipp_failed", path, calls.failed)
+        return f"{calls.rate:,.0f} calls/s, {calls.failed} failed"
+
+    def tls_handshakes(self, path: str) -> str:
+        rate = loads.wrk(
+            self.work.dir, HTTPS[path], self.options.seconds, close=True, tls=True
+        )
+        return self._rate("tls_handshakes", path, rate, "handshakes/s")
+
+    def tls_bulk(self, path: str) -> str:
+        speed = loads.bulk(HTTPS[path], self.work.bulk_bytes, tls=True)
+        self.results.add("tls_bulk", path, speed)
+        return f"{speed:,.0f} MB/s"
+
+    # ------------------------------------------------------------- helpers
+
+    def _rate(self, figure: str, path: str, rate: loads.Rate, unit: str) -> str:
+        self.results.add(figure, path, rate.rate)
+        if not rate.errors:
+            return f"{rate.rate:,.0f} {unit}"
+        errors = self.results.extra.setdefault("errors", {})
+        key = f"{figure} {path}"
+        errors[key] = errors.get(key, 0) + rate.errors
+        return f"{rate.rate:,.0f} {unit}, {rate.errors} errors"
+
+    def latency_rate(self) -> float:
+        """Half HAProxy's message rate: measured by the message test, or now."""
+        if self._latency_rate is None:
+            capacity = self.results.median("messages", "haproxy")
+            if capacity is None:
+                seconds = self.options.seconds
+                capacity = loads.wrk(self.work.dir, HTTP["haproxy"], seconds).rate
+            self._latency_rate = round(capacity / 2, -2)
+            self.results.extra["latency_rate"] = self._latency_rate
+            self.log(f"latency: fixed rate {self._latency_rate:,.0f} requests/s")
+        return self._latency_rate
+
+    def _inspected(
+        self, before: dict[str, float], after: dict[str, float], run: dict[str, float]
+    ) -> str:
+        """Check that ocsbal's sip port inspected every message of the run."""
+
+        def delta(prefix: str) -> float:
+            return sum(
+                value - before.get(name, 0.0)
+                for name, value in after.items()
+                if name.startswith(prefix)
+            )
+
+        requests = delta('ocsbal_sip_requests_total{method="REGISTER"')
+        responses = delta('ocsbal_sip_responses_total{class="2xx"')
+        gave_up = delta("ocsbal_sip_inspections_given_up_total")
+        counted = run["responses"]
+        if gave_up or min(requests, responses) < counted:
+            raise BenchError(
+                f"ocsbal's sip port did not inspect the SIP test's messages: "
+                f"{requests:.0f} REGISTERs and {responses:.0f} 200s seen, "
+                f"{counted:.0f} answered, {gave_up:.0f} inspections given up"
+            )
+        self.results.extra.setdefault("sip_inspected", []).append(
+            {"registers": requests, "responses_2xx": responses, "given_up": gave_up}
+        )
+        return f"inspector saw {requests:,.0f} REGISTERs, {responses:,.0f} 200s"
+
+    # ----------------------------------------------------------------- run
+
+    def run(self, tests: list[Test]) -> None:
+        paths = sorted({p for t in tests for p in t.paths if p in ALL_PATHS})
+        registrar = any(t.key == "sipp" for t in tests)
+        _check_free()
+        self.work.start_servers(self.supervisor, registrar)
+        self.work.start_balancers(self.supervisor, paths)
+        self.log("servers and balancers are up")
+        rounds = self.options.rounds
+        for test in tests:
+            for round_ in range(rounds):
+                turn = round_ % len(test.paths)
+                for path in test.paths[turn:] + test.paths[:turn]:
+                    for service in self.supervisor.services:
+                        service.check()
+                    said = test.measure(self, path)
+                    self.log(f"{test.key} {round_ + 1}/{rounds} {path}: {said}")
+
+
+def _check_free() -> None:
+    """Fail now if anything already listens where the benchmark will."""
+    wanted: set[Address] = {ADMIN}
+    for table in (HTTP, HTTPS, REGISTRAR, SIP_RESPONDER, IDLE):
+        wanted.update(table.values())
+    for address in sorted(wanted):
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex(address) == 0:
+                raise BenchError(
+                    f"something already listens on {address[0]}:{address[1]}; "
+                    "is another benchmark running?"
+                )
+
+
+def _sip_metrics() -> dict[str, float]:
+    """ocsbal's ``ocsbal_sip_*`` samples, from its admin interface."""
+    url = f"http://{ADMIN[0]}:{ADMIN[1]}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    samples = (line.rpartition(" ") for line in text.splitlines())
+    return {
+        name: float(value)
+        for name, _, value in samples
+        if name.startswith("ocsbal_sip_")
+    }
+
+
+TCP = ALL_PATHS
+TLS = ("direct", "haproxy", "ocsbal")
+SIP_TOOLS = ("haproxy", "cc")
+TESTS = [
+    Test("messages", TCP, Bench.messages),
+    Test("connections", TCP, Bench.connections),
+    Test("bulk", TCP, Bench.bulk),
+    Test("latency", TCP, Bench.latency),
+    Test(
+        "sip_messages",
+        ("direct", "haproxy", "portforward", "ocsbal-tcp", "ocsbal"),
+        Bench.sip_messages,
+        SIP_TOOLS,
+    ),
+    Test("sipp", TCP, Bench.sipp, ("sipp", "kamailio", *SIP_TOOLS)),
+    Test("tls_handshakes", TLS, Bench.tls_handshakes),
+    Test("tls_bulk", TLS, Bench.tls_bulk),
+    Test("idle_memory", ("haproxy", "portforward", "ocsbal"), Bench.idle_memory),
+]
+
+
+# ------------------------------------------------------------------ machine
+
+
+def _first_line(args: list[str]) -> str:
+    try:
+        done = subprocess.run(args, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    text = (done.stdout + done.stderr).decode(errors="replace").strip()
+    return text.splitlines()[0].strip() if text else ""
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark, and the versions of what it measured."""
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory = int(line.split()[1])
+    system = "unknown"
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("PRETTY_NAME="):
+            system = line.split("=", 1)[1].strip().strip('"')
+    commit = _first_line(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"])
+    changed = _first_line(["git", "-C", str(HERE), "status", "--porcelain", "../src"])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        # Other work on the machine when the benchmark started.
+        "load_average": Path("/proc/loadavg").read_text().split()[:3],
+        "memory_gib": round(memory / 2**20, 1),
+        "kernel": platform.release(),
+        "system": system,
+        "versions": {
+            "ocsbal": f"{version('ocsbal')} (commit {commit}"
+            + (", with src/ changes not committed)" if changed else ")"),
+            "python": platform.python_version(),
+            "twisted": version("twisted"),
+            "openssl": ssl.OPENSSL_VERSION,
+            "haproxy": _first_line(["haproxy", "-v"]),
+            "nginx": _first_line(["nginx", "-v"]),
+            "wrk": _first_line(["wrk", "-v"]).split(" Copyright")[0],
+            "sipp": _first_line(["sipp", "-v"]),
+            "kamailio": _first_line(["kamailio", "-v"]),
+        },
+    }
+
+
+# --------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument(
+        "--rounds", type=int, help="runs of each test on each path (default 3)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: one short round of everything; writes no results "
+        "unless --output is given",
+    )
+    parser.add_argument(
+        "--tests", help="comma-separated, from: " + ", ".join(t.key for t in TESTS)
+    )
+    parser.add_argument("--seconds", type=float, help="per rate test (default 5)")
+    parser.add_argument(
+        "--latency-seconds", type=float, help="measured per latency test (default 5)"
+    )
+    parser.add_argument("--megabytes", type=int, help="bulk size (default 100)")
+    parser.add_argument(
+        "--idle", type=int, help="idle connections per balancer (default 8000)"
+    )
+    parser.add_argument("--calls", type=int, help="SIPp calls per run (default 5000)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where latest.json and latest.png go (default bench/results)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the working directory and logs"
+    )
+    options = parser.parse_args(argv)
+    quick = options.quick
+    defaults = {
+        "rounds": 1 if quick else 3,
+        "seconds": 1.0 if quick else 5.0,
+        "latency_seconds": 2.0 if quick else 5.0,
+        "warmup": 0.5 if quick else 1.0,
+        "megabytes": 100,
+        "idle": 1000 if quick else 8000,
+        "calls": 1000 if quick else 5000,
+        "output": None if quick else HERE / "results",
+    }
+    for name, value in defaults.items():
+        if getattr(options, name, None) is None:
+            setattr(options, name, value)
+    known = {t.key: t for t in TESTS}
+    chosen = options.tests.split(",") if options.tests else list(known)
+    unknown = [k for k in chosen if k not in known]
+    if unknown:
+        parser.error(f"unknown tests: {', '.join(unknown)}")
+    options.chosen = [t for t in TESTS if t.key in chosen]
+    return options
+
+
+def check_tools(tests: list[Test]) -> None:
+    missing = sorted(
+        {tool for test in tests for tool in test.tools if not shutil.which(tool)}
+    )
+    if missing:
+        packages = " ".join(PACKAGES[t] for t in missing)
+        raise BenchError(
+            f"not installed: {', '.join(missing)} (apt-get install {packages}; "
+            "`make bench` does it)"
+        )
+
+
+def check_fd_limit(options: argparse.Namespace) -> None:
+    """Raise the limit of open files; fit the idle test to it."""
+    limit = raise_fd_limit()
+    # A balancer holds two descriptors a relayed connection, and this
+    # process one, besides what each keeps open anyway.
+    fits = (limit - 200) // 2
+    if options.idle > fits:
+        print(
+            f"the open-file limit is {limit}: {fits} idle connections instead of "
+            f"{options.idle}",
+            file=sys.stderr,
+        )
+        options.idle = fits
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse(argv)
+    stop_on_signals()
+    began = time.monotonic()
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        check_tools(options.chosen)
+        check_fd_limit(options)
+        host = machine()
+        directory = Path(tempfile.mkdtemp(prefix="ocsbal-bench-"))
+        try:
+            work = Work(directory, options.megabytes)
+            work.prepare()
+            bench = Bench(options, work)
+            with bench.supervisor:
+                bench.run(options.chosen)
+        finally:
+            if options.keep:
+                print(f"logs and files kept in {directory}", file=sys.stderr)
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    publish(options, bench.results, host, date, time.monotonic() - began)
+    return 0
+
+
+def publish(
+    options: argparse.Namespace,
+    results: report.Results,
+    host: dict[str, Any],
+    date: str,
+    elapsed: float,
+) -> None:
+    """Print the table; write latest.json and latest.png if asked."""
+    shown = report.rows(results)
+    rate = results.extra.get("latency_rate", 0)
+    header: dict[str, Any] = {
+        "date": date,
+        "duration_seconds": round(elapsed),
+        "machine": host,
+        "options": {
+            "rounds": options.rounds,
+            "seconds": options.seconds,
+            "latency_seconds": options.latency_seconds,
+            "warmup": options.warmup,
+            "megabytes": options.megabytes,
+            "idle_connections": options.idle,
+            "sipp_calls": options.calls,
+            "tests": [t.key for t in options.chosen],
+        },
+    }
+    versions = host["versions"]
+    print(
+        f"\n{host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB, "
+        f"load average {' '.join(host['load_average'])} at the start, "
+        f"Linux {host['kernel']}; ocsbal {versions['ocsbal']}, Python "
+        f"{versions['python']}, Twisted {versions['twisted']}, "
+        f"{versions['haproxy'].split(' - ')[0]}"
+    )
+    print(
+        f"medians of {options.rounds} rounds: {options.seconds:g} s per rate test, "
+        f"latency at {rate:,.0f} req/s, {options.megabytes} MB bulk, "
+        f"{options.idle:,} idle connections, {options.calls:,} SIPp calls a run\n"
+    )
+    print(report.table(shown))
+    errors = results.extra.get("errors")
+    if errors:
+        print(f"\nerrors counted by the load generators: {json.dumps(errors)}")
+    print(f"\ntotal time {elapsed / 60:.1f} min")
+    if options.output is not None:
+        report.write_json(options.output / "latest.json", results, shown, header)
+        chart = options.output / "latest.png"
+        title = report.chart_title(date, host, options.rounds)
+        if not report.write_chart(chart, results, shown, title):
+            print("no chart: pip install matplotlib (`make bench` does)")
+        elif options.output == HERE / "results":
+            # docs/benchmarks.md shows it; MkDocs serves only files in docs/.
+            shutil.copyfile(chart, DOCS_CHART)
+        print(f"results in {options.output}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

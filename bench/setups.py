@@ -1,0 +1,389 @@
+"""What the benchmark runs: addresses, configuration files and commands.
+
+Everything listens in 127.0.60.0/24 (other tests use other /24s of
+loopback).  The balancers listen on the VIP 127.0.60.10, each on ports of
+its own, and every one of them relays to the same servers on 127.0.60.11:
+
+========================  ===========  =========  ===========  ===========
+server on 127.0.60.11     direct port  ocsbal     HAProxy      portforward
+========================  ===========  =========  ===========  ===========
+nginx, HTTP               8080         8080 tcp   18080        28080
+nginx, HTTPS (TLS)        8443         8443 sips  18443 (ssl)
+Kamailio registrar (SIP)  5060         5060 sip   15060        25060
+SIP responder (loadgen)   5070, 5071   5070 sip   15070        25070
+                                       5071 tcp
+nginx, idle connections   9080         9080 tcp   19080        29080
+========================  ===========  =========  ===========  ===========
+
+ocsbal relays each VIP port to the same port on the server, so the SIP
+responder listens on two ports: 5070 behind ocsbal's ``sip`` port and
+5071 behind its ``tcp`` port, with the same bytes both ways.  The idle
+connection test starts a fresh balancer of each kind on its own port for
+each measurement.  ocsbal's admin interface listens on 127.0.60.1, and
+SIPp binds 127.0.60.100 onwards, an address a run (see loads.sipp).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import trustme
+from sip_inspector import REGISTER, REGISTERED
+from supervise import BenchError, Service, Supervisor
+
+VIP = "127.0.60.10"
+BACKEND = "127.0.60.11"
+CLIENT = "127.0.60.1"
+ADMIN = (CLIENT, 19960)
+FQDN = "bench.ocsbal.test"  # the pool's name, in its certificate
+BACKEND_NAME = "backend.ocsbal.test"  # the server's certificate name
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).parent
+
+Address = tuple[str, int]
+
+#: Where each path listens, for each kind of traffic.
+HTTP: dict[str, Address] = {
+    "direct": (BACKEND, 8080),
+    "haproxy": (VIP, 18080),
+    "portforward": (VIP, 28080),
+    "ocsbal": (VIP, 8080),
+}
+HTTPS: dict[str, Address] = {
+    "direct": (BACKEND, 8443),
+    "haproxy": (VIP, 18443),
+    "ocsbal": (VIP, 8443),
+}
+REGISTRAR: dict[str, Address] = {
+    "direct": (BACKEND, 5060),
+    "haproxy": (VIP, 15060),
+    "portforward": (VIP, 25060),
+    "ocsbal": (VIP, 5060),
+}
+#: ``ocsbal`` is its sip port (inspection on); ``ocsbal-tcp`` its tcp port.
+SIP_RESPONDER: dict[str, Address] = {
+    "direct": (BACKEND, 5070),
+    "haproxy": (VIP, 15070),
+    "portforward": (VIP, 25070),
+    "ocsbal": (VIP, 5070),
+    "ocsbal-tcp": (VIP, 5071),
+}
+IDLE: dict[str, Address] = {
+    "haproxy": (VIP, 19080),
+    "portforward": (VIP, 29080),
+    "ocsbal": (VIP, 9080),
+}
+IDLE_BACKEND: Address = (BACKEND, 9080)
+
+BULK_PATH = "/bulk"
+SMALL_BODY = "hello from the backend\n"
+#: The request of the message-rate and latency tests; nginx answers SMALL_BODY.
+HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: bench.ocsbal.test\r\n\r\n"
+
+
+class Work:
+    """The benchmark's working directory: configuration, certificates, logs."""
+
+    def __init__(self, directory: Path, bulk_megabytes: int) -> None:
+        self.dir = directory
+        self.bulk_bytes = bulk_megabytes * 10**6
+        self.loadgen = directory / "loadgen"
+
+    def prepare(self) -> None:
+        """Write every file the services read, and build the load generator."""
+        self._certificates()
+        www = self.dir / "www"
+        www.mkdir()
+        block = (bytes(range(256)) * 3907)[: 10**6]
+        with (www / BULK_PATH.lstrip("/")).open("wb") as bulk:
+            for _ in range(self.bulk_bytes // len(block)):
+                bulk.write(block)
+        request, response = sip_messages()
+        (self.dir / "sip-request").write_bytes(request)
+        (self.dir / "sip-response").write_bytes(response)
+        (self.dir / "http-request").write_bytes(HTTP_REQUEST)
+        (self.dir / "nginx-temp").mkdir()
+        (self.dir / "kamailio-run").mkdir()
+        self._write("nginx.conf", self._nginx())
+        self._write("haproxy.cfg", self._haproxy())
+        self._write("pool.ini", self._pool())
+        self._write("kamailio.cfg", KAMAILIO_CFG.format(address=BACKEND))
+        self._write("haproxy-idle.cfg", self._haproxy_idle(IDLE["haproxy"]))
+        self._write("pool-idle.ini", self._pool_idle(IDLE["ocsbal"]))
+        self._build_loadgen()
+
+    def _write(self, name: str, text: str) -> None:
+        (self.dir / name).write_text(text)
+
+    def _certificates(self) -> None:
+        """RSA 2048, as OCS certificates are: one authority for the pool's
+        certificate (the clients'), another for the server's (ocsbal's
+        ``[tls] trust`` and HAProxy's ``ca-file``)."""
+        rsa = trustme.KeyType.RSA
+        clients_ca, servers_ca = trustme.CA(key_type=rsa), trustme.CA(key_type=rsa)
+        pool = clients_ca.issue_cert(FQDN, key_type=rsa)
+        pool.private_key_and_cert_chain_pem.write_to_path(str(self.dir / "pool.pem"))
+        backend = servers_ca.issue_cert(BACKEND_NAME, key_type=rsa)
+        backend.private_key_and_cert_chain_pem.write_to_path(
+            str(self.dir / "backend.pem")
+        )
+        servers_ca.cert_pem.write_to_path(str(self.dir / "servers-ca.pem"))
+
+    def _build_loadgen(self) -> None:
+        source = HERE / "loadgen.c"
+        command = ["cc", "-O2", "-Wall", "-o", str(self.loadgen), str(source)]
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
+        except FileNotFoundError:
+            raise BenchError("no C compiler: apt-get install gcc libc6-dev") from None
+        except subprocess.CalledProcessError as e:
+            raise BenchError(f"cannot build {source}:\n{e.stderr.decode()}") from None
+
+    def _nginx(self) -> str:
+        temp = self.dir / "nginx-temp"
+        listen = [
+            f"listen {BACKEND}:{HTTP['direct'][1]} backlog=4096;",
+            f"listen {BACKEND}:{IDLE_BACKEND[1]} backlog=4096;",
+            f"listen {BACKEND}:{HTTPS['direct'][1]} ssl backlog=4096;",
+        ]
+        return f"""
+daemon off;
+master_process off;
+pid {self.dir}/nginx.pid;
+error_log stderr warn;
+worker_rlimit_nofile 20000;
+events {{
+    worker_connections 20000;
+}}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 600s;
+    keepalive_requests 100000000;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    default_type application/octet-stream;
+    ssl_certificate {self.dir}/backend.pem;
+    ssl_certificate_key {self.dir}/backend.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    server {{
+        {" ".join(listen)}
+        root {self.dir}/www;
+        location = / {{
+            return 200 "{SMALL_BODY.strip()}\\n";
+        }}
+    }}
+}}
+"""
+
+    def _haproxy(self) -> str:
+        http, tls = HTTP["direct"], HTTPS["direct"]
+        registrar, responder = REGISTRAR["direct"], SIP_RESPONDER["direct"]
+        server_tls = (
+            f"ssl verify required ca-file {self.dir}/servers-ca.pem "
+            f"verifyhost {BACKEND_NAME} sni str({BACKEND_NAME})"
+        )
+        return f"""{HAPROXY_GLOBAL}
+listen http
+    bind {VIP}:{HTTP["haproxy"][1]}
+    balance leastconn
+    server backend {http[0]}:{http[1]}
+listen tls
+    bind {VIP}:{HTTPS["haproxy"][1]} ssl crt {self.dir}/pool.pem no-tls-tickets
+    balance leastconn
+    server backend {tls[0]}:{tls[1]} {server_tls}
+listen registrar
+    bind {VIP}:{REGISTRAR["haproxy"][1]}
+    balance leastconn
+    server backend {registrar[0]}:{registrar[1]}
+listen responder
+    bind {VIP}:{SIP_RESPONDER["haproxy"][1]}
+    balance leastconn
+    server backend {responder[0]}:{responder[1]}
+"""
+
+    def _haproxy_idle(self, address: Address) -> str:
+        return f"""{HAPROXY_GLOBAL}
+listen idle
+    bind {address[0]}:{address[1]}
+    balance leastconn
+    server backend {IDLE_BACKEND[0]}:{IDLE_BACKEND[1]}
+"""
+
+    def _pool(self) -> str:
+        ports = {
+            HTTP["ocsbal"][1]: "tcp",
+            HTTPS["ocsbal"][1]: "sips",
+            REGISTRAR["ocsbal"][1]: "sip",
+            SIP_RESPONDER["ocsbal"][1]: "sip",
+            SIP_RESPONDER["ocsbal-tcp"][1]: "tcp",
+        }
+        return (
+            _pool_ini(ports, HTTP["direct"][1])
+            + "\n[tls]\nmode = terminate\n"
+            + "certificate = pool.pem\ntrust = servers-ca.pem\n"
+            + f"\n[admin]\nlisten = tcp:{ADMIN[1]}:interface={ADMIN[0]}\n"
+        )
+
+    def _pool_idle(self, address: Address) -> str:
+        return _pool_ini({address[1]: "tcp"}, IDLE_BACKEND[1])
+
+    # ------------------------------------------------------------ commands
+
+    def start_servers(self, supervisor: Supervisor, registrar: bool) -> None:
+        """nginx, the SIP responder and (if ``registrar``) Kamailio; all listening."""
+        nginx = ["nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")]
+        supervisor.start(
+            "nginx", nginx, [HTTP["direct"], HTTPS["direct"], IDLE_BACKEND]
+        )
+        ports = f"{SIP_RESPONDER['direct'][1]},{SIP_RESPONDER['ocsbal-tcp'][1]}"
+        responder = [str(self.loadgen), "serve", BACKEND, ports]
+        supervisor.start(
+            "sip-responder",
+            [*responder, str(self.dir / "sip-response")],
+            [SIP_RESPONDER["direct"], (BACKEND, SIP_RESPONDER["ocsbal-tcp"][1])],
+        )
+        if registrar:
+            run = self.dir / "kamailio-run"
+            kamailio = ["kamailio", "-DD", "-E", "-f", str(self.dir / "kamailio.cfg")]
+            kamailio += ["-m", "256", "-M", "16", "-Y", str(run), "-P", f"{run}/pid"]
+            supervisor.start("kamailio", kamailio, [REGISTRAR["direct"]])
+
+    def start_balancers(self, supervisor: Supervisor, paths: list[str]) -> None:
+        """The balancers of ``paths`` for every test but the idle one; listening."""
+        if "haproxy" in paths:
+            haproxy = ["haproxy", "-db", "-f", str(self.dir / "haproxy.cfg")]
+            tables = (HTTP, HTTPS, REGISTRAR, SIP_RESPONDER)
+            supervisor.start("haproxy", haproxy, [t["haproxy"] for t in tables])
+        if "portforward" in paths:
+            for table in (HTTP, REGISTRAR, SIP_RESPONDER):
+                listen, target = table["portforward"], table["direct"]
+                supervisor.start(
+                    f"portforward-{listen[1]}",
+                    portforward(listen, target),
+                    [listen],
+                )
+        if "ocsbal" in paths:
+            tables = (HTTP, HTTPS, REGISTRAR, SIP_RESPONDER)
+            listening = [t["ocsbal"] for t in tables] + [SIP_RESPONDER["ocsbal-tcp"]]
+            supervisor.start("ocsbal", ocsbal(self.dir / "pool.ini"), listening)
+
+    def start_idle_balancer(self, supervisor: Supervisor, path: str) -> Service:
+        """A fresh balancer of kind ``path`` for the idle-connection test."""
+        address = IDLE[path]
+        commands = {
+            "haproxy": ["haproxy", "-db", "-f", str(self.dir / "haproxy-idle.cfg")],
+            "portforward": portforward(address, IDLE_BACKEND),
+            "ocsbal": ocsbal(self.dir / "pool-idle.ini"),
+        }
+        return supervisor.start(f"{path}-idle", commands[path], [address])
+
+
+def twistd() -> list[str]:
+    return [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
+
+
+def ocsbal(config: Path) -> list[str]:
+    return [*twistd(), "ocsbal", "--config", str(config)]
+
+
+def portforward(listen: Address, target: Address) -> list[str]:
+    return [
+        *twistd(),
+        *("portforward", "--port", f"tcp:{listen[1]}:interface={listen[0]}"),
+        *("--host", target[0], "--dest_port", str(target[1])),
+    ]
+
+
+def _pool_ini(ports: dict[int, str], checked: int) -> str:
+    listed = "".join(f"{number} = {protocol}\n" for number, protocol in ports.items())
+    return f"""[pool]
+name = bench
+fqdn = {FQDN}
+vip = {VIP}
+idle_timeout = 1800
+
+[ports]
+{listed}
+[server:backend]
+address = {BACKEND}
+tls_name = {BACKEND_NAME}
+
+[monitor]
+type = tcp
+ports = {checked}
+interval = 30
+"""
+
+
+def sip_messages() -> tuple[bytes, bytes]:
+    """The SIP message-rate test's request and response (see bench/sip_inspector.py).
+
+    An Office Communicator 2007 R2 REGISTER refresh with Kerberos
+    credentials (915 bytes) and its 200 OK granting the Contact 7200 s (949
+    bytes): the inspector reads every header of both and matches the 200 to
+    its REGISTER by Call-ID and CSeq, so each round trip costs ocsbal's sip
+    port two parsed messages and a registration update.
+    """
+    return REGISTER.replace(b"%d", b"1"), REGISTERED.replace(b"%d", b"1")
+
+
+HAPROXY_GLOBAL = """
+global
+    nbthread 1
+    maxconn 9000
+    tune.ssl.cachesize 0
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30m
+    timeout server 30m
+"""
+
+# A registrar and nothing else: locations in memory (db_mode 0), TCP only,
+# no log line per request.  As tests/integration/test_sipp_kamailio.py's.
+KAMAILIO_CFG = """\
+#!KAMAILIO
+debug=1
+log_stderror=yes
+children=2
+tcp_children=2
+auto_aliases=no
+dns=no
+rev_dns=no
+listen=tcp:{address}:5060
+
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+
+modparam("usrloc", "db_mode", 0)
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+    if (is_method("REGISTER")) {{
+        if (!save("location")) {{
+            sl_reply_error();
+        }}
+        exit;
+    }}
+    sl_send_reply("405", "Method Not Allowed");
+}}
+"""
