@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,14 @@ def test_a_vip_this_host_does_not_hold_is_a_usage_error(tmp_path: Path) -> None:
     config.write_text(Path(EXAMPLE).read_text().replace("10.0.0.10", "192.0.2.10"))
     with pytest.raises(UsageError, match=r"vip = 192\.0\.2\.10 is not an address"):
         Options().parseOptions(["--config", str(config)])
+
+
+def test_the_daemon_freezes_what_it_loaded_out_of_the_collectors_passes() -> None:
+    options = Options()
+    options.parseOptions(["--config", DEMO])
+    gc.unfreeze()
+    try:
+        makeService(options)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

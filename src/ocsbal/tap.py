@@ -8,6 +8,7 @@ sockets), so a bad file or host stops ``twistd`` with its problems listed
 
 from __future__ import annotations
 
+import gc
 from typing import cast
 
 from twisted.application.service import IService
@@ -61,7 +62,8 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     """Build the pool service described by the parsed options.
 
-    It reloads the configuration file on SIGHUP.
+    It reloads the configuration file on SIGHUP.  The objects loaded until
+    then are frozen out of the garbage collector's passes (:func:`gc.freeze`).
     """
     from twisted.internet import reactor
 
@@ -70,4 +72,10 @@ def makeService(options: Options) -> IService:
         options["config"], service, cast(IReactorThreads, reactor)
     )
     reloader.setServiceParent(service)
+    # Everything loaded so far lives as long as the process: out of the
+    # collector's sight, its full passes no longer walk the tens of
+    # thousands of objects of Twisted and the rest, which stalled the relay
+    # for 10 to 40 ms (p99 latency added at a fixed rate: about 24 ms before,
+    # 3 ms after, in make bench).
+    gc.freeze()
     return service
