@@ -1,0 +1,30 @@
+"""The start's checks of what the host can give the pool (ocsbal._network)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from ocsbal._network import NetworkSetupError, check_transparent, check_vip
+
+
+def test_half_nat_without_the_capability_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refused(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(socket.socket, "setsockopt", refused)
+    with pytest.raises(NetworkSetupError, match="needs the CAP_NET_ADMIN capability"):
+        check_transparent("127.0.0.1")
+
+
+def test_a_vip_on_this_host_passes_and_one_elsewhere_is_named() -> None:
+    check_vip("127.0.1.10", freebind=False)
+    with pytest.raises(NetworkSetupError, match=r"vip = 192\.0\.2\.7 is not an"):
+        check_vip("192.0.2.7", freebind=False)
+
+
+def test_freebind_binds_an_address_this_host_does_not_hold() -> None:
+    check_vip("192.0.2.7", freebind=True)
