@@ -47,7 +47,7 @@ from supervise import BenchError, Supervisor, raise_fd_limit, stop_on_signals
 
 HERE = Path(__file__).parent
 DOCS_CHART = HERE.parent / "docs" / "img" / "benchmarks.png"
-ALL_PATHS = ("direct", "haproxy", "portforward", "ocsbal")
+ALL_PATHS = report.PATHS
 #: The Debian package of each tool the tests run.
 PACKAGES = {
     "wrk": "wrk",
