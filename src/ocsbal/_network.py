@@ -142,9 +142,9 @@ class _TransparentConnector(tcp.Connector):
 class TransparentTCP:
     """A reactor's TCP whose client sockets may bind other hosts' addresses.
 
-    Endpoints built on it with a ``bindAddress`` of a client's address
-    connect to servers as that client.  Anything but ``connectTCP`` is the
-    wrapped reactor's.
+    TCP client endpoints built on it with a ``bindAddress`` of a client's
+    address connect to servers as that client; they need nothing of a
+    reactor but ``connectTCP``.
 
     :param reactor: the reactor to connect with.
     """
@@ -169,6 +169,3 @@ class TransparentTCP:
         )
         connector.connect()
         return connector
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
