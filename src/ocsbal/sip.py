@@ -45,7 +45,9 @@ import attrs
 
 __all__ = [
     "DEFAULT_EXPIRES",
+    "MAX_CONTACTS",
     "MAX_CONTENT_LENGTH",
+    "MAX_FIELDS",
     "MAX_HEADER_BYTES",
     "METHODS",
     "Contact",
@@ -66,6 +68,16 @@ MAX_HEADER_BYTES = 64 * 1024
 
 #: The largest body length believed.
 MAX_CONTENT_LENGTH = 2**31 - 1
+
+#: The most header lines read from one message, of those ocsbal reads
+#: (Call-ID, CSeq, From, To, Contact, Expires, Content-Length); any after
+#: them are not looked at, but for where the body ends.
+MAX_FIELDS = 64
+
+#: The most Contact values read from one message; any after them are not
+#: looked at.  A registrar lists every binding of an address of record in
+#: its 2xx, a handful for a user signed in on several devices.
+MAX_CONTACTS = 32
 
 #: The largest CSeq number and expiry (RFC 3261 §8.1.1.5, §20.19); larger
 #: ones are malformed, and read as absent.
@@ -91,6 +103,10 @@ _READ_HEADER = re.compile(
     rb"[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
     re.IGNORECASE,
 )
+_CONTENT_LENGTH = re.compile(
+    rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+    re.IGNORECASE,
+)
 #: The headers read, by their names in lower case and RFC 3261 §7.3.3
 #: compact forms.
 _CANONICAL = {
@@ -112,9 +128,19 @@ _FOLD = re.compile(rb"\r\n[ \t]+")
 _NUMBER = re.compile(r"0*([0-9]{1,10})")
 _CSEQ = re.compile(r"0*([0-9]{1,10})\s+(\S+)")
 _QUOTED = r'"(?:[^"\\]|\\.)*+"'
-# An item of a comma-separated list: commas within a quoted string or <...>
-# do not count; a quote or < that is never closed is an ordinary character.
-_LIST_ITEM = re.compile(r"(?:" + _QUOTED + r'|<[^<>]*+>|[^,"<]|["<])++', re.DOTALL)
+# The items of a comma-separated list: commas within a quoted string or
+# <...> do not count; a quote or < that is never closed is an ordinary
+# character.  Every scan below runs in linear time: each pattern is
+# possessive, an unclosed < is given up at the next < or >, and _ITEM
+# stops at an unclosed quote rather than taking it as ordinary, because
+# trying each later quote again would rescan to the end from every one
+# (quadratic in the value).  None of them could close anyway: every later
+# quote is one that the failed scan took as escaped (\"), so a scan from
+# it reads the same characters to the same end.  _items goes on from there
+# with _BARE_ITEM, which takes quotes as ordinary.
+_ITEM = re.compile(r"(?:" + _QUOTED + r'|<[^<>]*+>|[^,"<]|<)++', re.DOTALL)
+_BARE_ITEM = re.compile(r"(?:<[^<>]*+>|[^,<]|<)++", re.DOTALL)
+_SEPARATORS = re.compile(r"[\s,]*+")
 # A name-addr (groups 1 and 2: URI and parameters) or an addr-spec, whose
 # parameters start at the first semicolon (groups 3 and 4; RFC 3261 §20).
 _ADDRESS = re.compile(
@@ -188,7 +214,10 @@ class SIPHeaders:
 
     @functools.cached_property
     def contacts(self) -> tuple[Contact, ...]:
-        """The Contact values but ``*``, in order, from one line or many."""
+        """The Contact values but ``*``, in order, from one line or many.
+
+        At most :data:`MAX_CONTACTS` are read.
+        """
         return tuple(_contact(item) for item in self._contact_items if item != "*")
 
     @functools.cached_property
@@ -209,7 +238,13 @@ class SIPHeaders:
 
     @functools.cached_property
     def _contact_items(self) -> list[str]:
-        return [item for value in self.values("contact") for item in _items(value)]
+        items: list[str] = []
+        for field, value in self.fields:
+            if field == "contact":
+                items += _items(_text(value), MAX_CONTACTS - len(items))
+                if len(items) == MAX_CONTACTS:
+                    break
+        return items
 
 
 @attrs.frozen
@@ -403,15 +438,18 @@ def _headers(block: bytes) -> SIPHeaders:
     """Read the header lines, each starting with its CRLF."""
     if block.startswith((b"\r\n ", b"\r\n\t")) or _BAD_LINE.search(block):
         raise _GiveUpError("bad-header")
+    found = _READ_HEADER.findall(block)
     fields = tuple(
-        [
-            (_CANONICAL[name.lower()], value)
-            for name, value in _READ_HEADER.findall(block)
-        ]
+        [(_CANONICAL[name.lower()], value) for name, value in found[:MAX_FIELDS]]
     )
-    lengths = {_text(value) for name, value in fields if name == "content-length"}
+    if len(found) <= MAX_FIELDS:
+        raw = {value for name, value in fields if name == "content-length"}
+    else:  # only where the body ends is read from them all
+        raw = set(_CONTENT_LENGTH.findall(block))
+    if len(raw) > MAX_FIELDS:
+        raise _GiveUpError("bad-content-length")
     # Given twice it must say the same, or where the body ends is unknowable.
-    lengths = lengths or {"0"}
+    lengths = {_text(value) for value in raw} or {"0"}
     length = _number(lengths.pop(), MAX_CONTENT_LENGTH) if len(lengths) == 1 else None
     if length is None:
         raise _GiveUpError("bad-content-length")
@@ -442,11 +480,30 @@ def _cseq(text: str | None) -> tuple[int, str] | None:
     return (number, cseq[2]) if number <= _MAX_32_BIT else None
 
 
-def _items(value: str) -> list[str]:
-    """The items of a comma-separated header value, minding <...> and "..."."""
+def _items(value: str, limit: int) -> list[str]:
+    """The first ``limit`` items of a comma-separated header value.
+
+    Commas within <...> and "..." do not count; empty items are left out.
+    """
     if "," not in value:  # the usual case, and much the cheapest
-        return [value] if value else []
-    return [item for item in map(str.strip, _LIST_ITEM.findall(value)) if item]
+        return [value][:limit] if value else []
+    items: list[str] = []
+    item, start, pos, size = _ITEM, 0, 0, len(value)
+    while len(items) < limit:
+        run = item.match(value, pos)
+        if run is not None:
+            pos = run.end()
+        if pos < size and value[pos] == '"':  # a quote that never closes
+            item, pos = _BARE_ITEM, pos + 1
+            continue
+        text = value[start:pos].strip()  # at a comma, or the end
+        if text:
+            items.append(text)
+        if pos >= size:
+            break
+        # Empty items count for nothing, so a run of commas costs one step.
+        start = pos = _SEPARATORS.match(value, pos).end()
+    return items
 
 
 def _address(value: str) -> tuple[str, str]:
@@ -510,17 +567,22 @@ class Registrations:
 
     :param max_pending: REGISTERs awaiting a response that are remembered;
         beyond it the oldest is forgotten, so a client cannot grow it.
+    :param max_bindings: bindings remembered; beyond it the one that
+        expires first is forgotten, for the same reason.
     :ivar keepalives: keep-alive pings and pongs seen.
     :ivar last_message: the last request's method and URI, or response's
         status, reason and CSeq method.
     """
 
     max_pending: int = 16
+    max_bindings: int = 64
     keepalives: int = attrs.field(init=False, default=0)
     last_message: str | None = attrs.field(init=False, default=None)
     _pending: dict[tuple[str, int], _Pending] = attrs.field(init=False, factory=dict)
     #: When each binding expires, by address of record and Contact URI.
     _expiries: dict[tuple[str, str], float] = attrs.field(init=False, factory=dict)
+    #: Whether the last :meth:`lapsed` found a missed refresh.
+    _lapsed: bool = attrs.field(init=False, default=False)
 
     def from_client(self, event: Event, now: float) -> None:  # noqa: ARG002
         """Count an event of the client's direction, seen at ``now``."""
@@ -566,12 +628,21 @@ class Registrations:
             if pending.star:
                 for binding in [b for b in self._expiries if b[0] == pending.aor]:
                     del self._expiries[binding]
+            # The first time a 2xx lists a Contact is what it says of it.
+            answered = {c.uri: c.expires for c in reversed(headers.contacts)}
             for uri, asked in pending.asked:
-                granted = _granted(uri, asked, headers)
-                if granted:
-                    self._expiries[pending.aor, uri] = now + granted
-                else:
-                    self._expiries.pop((pending.aor, uri), None)
+                granted = _granted(asked, answered.get(uri), headers.expires)
+                binding = (pending.aor, uri)
+                if not granted:
+                    self._expiries.pop(binding, None)
+                    continue
+                if (
+                    binding not in self._expiries
+                    and len(self._expiries) >= self.max_bindings
+                ):
+                    first = min(self._expiries, key=self._expiries.__getitem__)
+                    del self._expiries[first]
+                self._expiries[binding] = now + granted
 
     @property
     def bindings(self) -> dict[str, float]:
@@ -591,15 +662,29 @@ class Registrations:
         expiry = self.expiry
         return expiry is not None and now > expiry + grace
 
+    def lapsed(self, now: float, grace: float) -> bool:
+        """Whether a refresh was missed since this was last asked.
 
-def _granted(uri: str, asked: int | None, ok: SIPHeaders) -> int:
-    """How long a 2xx keeps the binding of ``uri``, which asked for ``asked``."""
+        True once for each lapse: a refresh answered afterwards ends it (as
+        does the last binding's removal), and a later lapse is a new one.
+        """
+        missed = self.missed_refresh(now, grace)
+        new, self._lapsed = missed and not self._lapsed, missed
+        return new
+
+
+def _granted(asked: int | None, answered: int | None, expires: int | None) -> int:
+    """How long a 2xx keeps a binding.
+
+    :param asked: the expiry the REGISTER asked for the binding, if any.
+    :param answered: the 2xx's ``expires`` parameter of the binding, if any.
+    :param expires: the 2xx's Expires header, if any.
+    """
     if asked == 0:  # a removal, which no registrar turns into a binding
         return 0
-    answered = next((c.expires for c in ok.contacts if c.uri == uri), None)
     return next(
         value
-        for value in (answered, ok.expires, asked, DEFAULT_EXPIRES)
+        for value in (answered, expires, asked, DEFAULT_EXPIRES)
         if value is not None
     )
 
