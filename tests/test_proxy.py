@@ -21,6 +21,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from ocsbal._proxy import AdminState, Balancer, UnknownServerError, _WriteThrough
+from ocsbal._report import connections_report
 from ocsbal.config import Pool, Port, PortProtocol, Server
 from ocsbal.scheduling import LeastConnections, RoundRobin
 
@@ -486,3 +487,69 @@ def test_a_connection_this_host_cannot_make_is_no_servers_fault() -> None:
     assert client_t.disconnecting
     assert h.attempts() == ["127.0.1.11"]  # no other server tried
     assert h.balancer.backends["fe0"].health.last == "not checked yet"
+
+
+def test_a_server_drained_or_removed_while_connecting_never_gets_the_connection() -> (
+    None
+):
+    """Issue 11: the attempt in flight is dropped and the next server taken."""
+    for change in ("drain", "remove", "maint"):
+        h = Harness(servers=2, retries=1)
+        client, _ = h.accept()
+        assert h.attempts() == ["127.0.1.11"]
+        if change == "remove":
+            reconfigured(h, Server("fe1", "127.0.1.12"))
+        else:
+            h.balancer.set_state("fe0", AdminState(change))
+        _, abandoned = h.succeed()  # the connection to fe0 completes now
+        assert abandoned.disconnecting, change
+        assert h.attempts() == ["127.0.1.11", "127.0.1.12"], change
+        server, server_t = h.succeed()
+        client.dataReceived(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+        assert abandoned.value() == b"", change
+        assert server_t.value() == b"OPTIONS sip:x SIP/2.0\r\n\r\n", change
+        [splice] = h.balancer.splices
+        assert splice.backend is h.balancer.backend("fe1"), change
+        assert h.balancer.backend("fe1").active == 1
+
+
+def test_with_no_other_server_a_connection_to_a_drained_one_is_rejected() -> None:
+    h = Harness(servers=1, retries=2)
+    _, client_t = h.accept()
+    h.balancer.set_state("fe0", AdminState.DRAIN)
+    _, abandoned = h.succeed()
+    assert abandoned.disconnecting
+    assert client_t.disconnecting
+    assert h.active() == {"fe0": 0}
+    assert h.balancer.backend("fe0").health.up  # nothing wrong with it
+
+
+def test_each_missed_refresh_is_reported_once_and_a_refresh_clears_it() -> None:
+    """Issue 11: the flag was never cleared, and a second lapse never logged."""
+    h = Harness(idle_timeout=3600, registration_grace=120)
+    client, _ = h.accept()
+    server, _ = h.succeed()
+
+    def register() -> None:
+        client.dataReceived(REGISTER)
+        server.dataReceived(REGISTERED)  # 900 s from now
+
+    def missed() -> bool:
+        [connection] = connections_report(h.balancer)
+        return bool(connection["sip"]["missed_refresh"])
+
+    register()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for at, refresh in [(1100, False), (1200, False), (1300, True), (2400, False)]:
+            h.reactor.advance(at - h.reactor.seconds())
+            if refresh:
+                register()
+            h.balancer.sweep()
+            assert missed() is (not refresh), at
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert len(warnings) == 2  # at 1100 s, and again at 2400 s
+    assert all("missed its registration refresh" in w for w in warnings)

@@ -237,6 +237,19 @@ class TestRegistrations:
         assert not account.missed_refresh(1360, grace=60)
         assert account.missed_refresh(1361, grace=60)
 
+    def test_each_lapse_is_told_once_and_a_refresh_ends_it(self) -> None:
+        account = Registrations()
+        exchange(account, REGISTER, OK, now=100)  # expires at 1300
+        told = [account.lapsed(t, grace=60) for t in (1300, 1361, 1400, 1500)]
+        assert told == [False, True, False, False]
+        exchange(account, REGISTER, OK, now=1500)  # refreshed: until 2700
+        assert not account.missed_refresh(1600, grace=60)
+        assert [account.lapsed(t, grace=60) for t in (1600, 2761, 2800)] == [
+            False,
+            True,
+            False,
+        ]
+
     def test_keep_alives_count_and_pending_registers_are_bounded(self) -> None:
         account = Registrations(max_pending=4)
         inspector = SIPInspector()

@@ -118,9 +118,14 @@ class Backend:
         return self.server.weight
 
     @property
+    def accepting(self) -> bool:
+        """Whether the operator lets new connections go to this server."""
+        return self.state is AdminState.READY and not self.removed
+
+    @property
     def pickable(self) -> bool:
         """Whether a new connection may go to this server now."""
-        return self.health.up and self.state is AdminState.READY and not self.removed
+        return self.health.up and self.accepting
 
     @property
     def monitored(self) -> bool:
@@ -306,7 +311,6 @@ class Splice:
         "balancer",
         "client",
         "clock",
-        "dead",
         "gave_up",
         "last_activity",
         "port",
@@ -330,8 +334,6 @@ class Splice:
         self._expiring = False
         self.sip: Registrations | None = None
         self.gave_up: str | None = None
-        #: Whether its registration missed its refresh (reported once).
-        self.dead = False
         if port.protocol is PortProtocol.SIP or self.tls:
             self.sip = Registrations()
             self.client.inspector = SIPInspector()
@@ -458,6 +460,12 @@ class Splice:
                 continue
             finally:
                 self._connecting = None
+            if not backend.accepting:
+                # Drained or removed while connecting: this connection is new.
+                side.transport.loseConnection()
+                balancer.release(backend)
+                reason = f"server {backend.name} stopped taking new connections"
+                continue
             self._attach(backend, side)
             return
         log.warn(
@@ -799,10 +807,9 @@ class Balancer:
             if splice.sip is None or self.closing_time(splice)[0] <= now
         }
         for splice in self.splices:
-            if splice.sip is None or not splice.sip.missed_refresh(now, grace):
+            if splice.sip is None:
                 continue
-            if not splice.dead:
-                splice.dead = True
+            if splice.sip.lapsed(now, grace):
                 log.warn(
                     "connection from {peer} missed its registration refresh "
                     "({aors}) by more than {grace:g} s",
@@ -810,7 +817,7 @@ class Balancer:
                     aors=", ".join(splice.sip.bindings),
                     grace=grace,
                 )
-            if self.pool.reap_expired:
+            if self.pool.reap_expired and splice.sip.missed_refresh(now, grace):
                 closing.add(splice)
         for splice in closing:
             splice.expire()

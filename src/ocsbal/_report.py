@@ -114,7 +114,9 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
             "keepalives": splice.sip.keepalives,
             "last_message": splice.sip.last_message,
             "inspection": "gave up: " + splice.gave_up if splice.gave_up else "on",
-            "missed_refresh": splice.dead,
+            "missed_refresh": splice.sip.missed_refresh(
+                now, splice.balancer.pool.registration_grace
+            ),
         }
     return report
 
