@@ -45,7 +45,14 @@ class Harness:
 
     def __init__(self, **kw: Any) -> None:
         self.reactor = MemoryReactorClock()
-        self.balancer = Balancer(makePool(**kw), self.reactor, RoundRobin())
+        #: Bytes each transport holds that its peer has not taken yet.
+        self.unsent: dict[object, int] = {}
+        self.balancer = Balancer(
+            makePool(**kw),
+            self.reactor,
+            RoundRobin(),
+            unsent=lambda t: self.unsent.get(t, 0),
+        )
 
     def accept(self, client_port: int = 40000) -> tuple[Any, StringTransport]:
         factory = self.balancer.listener(SIP)
@@ -105,10 +112,14 @@ def test_each_transport_is_the_producer_of_the_other() -> None:
     h = Harness()
     _, client_t = h.accept()
     _, server_t = h.succeed()
-    assert client_t.producer is server_t
     assert client_t.streaming
-    assert server_t.producer is client_t
     assert server_t.streaming
+    client_t.producer.pauseProducing()  # the client reads too slowly
+    assert server_t.producerState == "paused"
+    client_t.producer.resumeProducing()
+    assert server_t.producerState == "producing"
+    server_t.producer.pauseProducing()  # the server reads too slowly
+    assert client_t.producerState == "paused"
 
 
 def test_refused_server_is_retried_on_another_never_the_same_twice() -> None:
@@ -221,6 +232,7 @@ def test_idle_connection_is_closed_by_the_sweep_and_activity_defers_it() -> None
 
 
 def test_idle_connection_that_cannot_flush_is_aborted_at_the_next_sweep() -> None:
+    """Nothing moved for the timeout: once closing, it is stuck at once."""
     h = Harness(idle_timeout=60)
     _, client_t = h.accept()
     h.succeed()
@@ -460,19 +472,86 @@ def test_writes_go_straight_to_the_socket_and_stay_in_order_under_back_pressure(
     theirs.close()
 
 
-def test_a_side_left_flushing_to_a_peer_that_reads_no_more_is_aborted() -> None:
-    """The client is gone; the server takes nothing: aborted a sweep later."""
-    h = Harness()
+def sweep_until(h: Harness, done: Any, limit: float = 100) -> float:
+    """Sweep every second until ``done()``; return the clock's time then."""
+    while not done():
+        assert h.reactor.seconds() < limit
+        h.reactor.advance(1)
+        h.balancer.sweep()
+    return h.reactor.seconds()
+
+
+def test_a_side_left_flushing_is_kept_while_its_peer_takes_bytes() -> None:
+    """Issue 11: the client is gone and the server side still flushes to a
+    slow server.  It was aborted a sweep later, whatever the progress, and
+    the reset threw away what the kernel held; now it is aborted only once
+    its peer has taken nothing for the idle timeout."""
+    h = Harness(idle_timeout=10)
     client, _ = h.accept()
-    _, server_t = h.succeed()
+    server, server_t = h.succeed()
+    h.unsent[server_t] = 500_000
     client.connectionLost(Failure(ConnectionDone()))
     assert server_t.disconnecting  # asked to close, once flushed
-    assert not server_t.disconnected
+    for _ in range(30):  # the server takes 10 kB a second
+        h.reactor.advance(1)
+        h.unsent[server_t] -= 10_000
+        h.balancer.sweep()
+        assert not server_t.disconnected
+    # Then nothing, from 30 s: aborted 10 s later (StringTransport's abort).
+    assert sweep_until(h, lambda: server_t.disconnected) == 40
+    server.connectionLost(Failure(ConnectionDone()))  # as the abort ends it
+    assert h.balancer.flushing == h.balancer.draining == set()
+
+
+def test_bytes_a_peer_takes_are_activity_and_a_close_waits_for_them() -> None:
+    """Issue 11: idleness was judged by the bytes read alone, so a client
+    still draining what its server had sent was closed as idle, then reset."""
+    h = Harness(idle_timeout=10)
+    _, client_t = h.accept()
+    server, _ = h.succeed()
+    server.dataReceived(b"x" * 1000)
+    h.unsent[client_t] = 1000
+    for _ in range(60):  # a byte every second: never idle
+        h.reactor.advance(1)
+        h.unsent[client_t] -= 1
+        h.balancer.sweep()
+        assert not client_t.disconnecting
+    # It stops taking at 60 s: closed after what waits, 10 s on; it may
+    # yet take it, so it is aborted only once it has taken nothing for 10 s
+    # more... which, counted from 60 s, is at once.
+    assert sweep_until(h, lambda: client_t.disconnecting) == 70
+    assert not client_t.disconnected
+    assert sweep_until(h, lambda: client_t.disconnected) == 71
+
+
+def test_what_waits_for_a_peer_is_watched_a_second_before_it_counts_as_idle() -> None:
+    """The first look at bytes waiting cannot tell whether they move."""
+    h = Harness(idle_timeout=10)
+    _, client_t = h.accept()
+    h.succeed()
+    h.unsent[client_t] = 1000  # and never taken
+    h.reactor.advance(10)
     h.balancer.sweep()
-    assert not server_t.disconnected  # a whole sweep interval to flush
+    assert not client_t.disconnecting
+    h.reactor.advance(0.5)
     h.balancer.sweep()
-    assert server_t.disconnected  # aborted
-    assert h.balancer.splices == set()
+    assert not client_t.disconnecting
+    h.reactor.advance(0.5)
+    h.balancer.sweep()
+    assert client_t.disconnecting
+    assert sweep_until(h, lambda: client_t.disconnected) == 20
+
+
+def test_with_nothing_waiting_an_idle_connection_closes_at_the_timeout() -> None:
+    h = Harness(idle_timeout=10)
+    _, client_t = h.accept()
+    h.succeed()
+    h.reactor.advance(9.9)
+    h.balancer.sweep()
+    assert not client_t.disconnecting
+    h.reactor.advance(0.1)
+    h.balancer.sweep()
+    assert client_t.disconnecting
 
 
 def test_a_connection_this_host_cannot_make_is_no_servers_fault() -> None:
@@ -504,7 +583,7 @@ def test_a_server_drained_or_removed_while_connecting_never_gets_the_connection(
         _, abandoned = h.succeed()  # the connection to fe0 completes now
         assert abandoned.disconnecting, change
         assert h.attempts() == ["127.0.1.11", "127.0.1.12"], change
-        server, server_t = h.succeed()
+        _, server_t = h.succeed()
         client.dataReceived(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
         assert abandoned.value() == b"", change
         assert server_t.value() == b"OPTIONS sip:x SIP/2.0\r\n\r\n", change

@@ -24,6 +24,9 @@ and the next one is tried.
 from __future__ import annotations
 
 import enum
+import fcntl
+import struct
+import termios
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -43,7 +46,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -233,6 +236,28 @@ class _Side(Protocol):
         if self._readClosed and self._writeClosed:
             self.transport.loseConnection()
 
+    def finish(self) -> None:
+        """Close this side, whose peer is gone, after what waits for it.
+
+        Over TCP it ends writing once Twisted's buffer is flushed (the FIN
+        follows the data) and reads on, discarding, until its peer closes
+        too: closing a socket with unread bytes would reset it, and a reset
+        throws away whatever the kernel still holds for the peer.  TLS,
+        which cannot half-close, closes after its buffer and close_notify.
+        """
+        transport = self.transport
+        if self.lost or not isinstance(transport, tcp.Connection):
+            if not self.lost:
+                transport.loseConnection()
+            return
+        transport.unregisterProducer()  # what fed it is gone
+        if self._readClosed:  # nothing more can come: close once flushed
+            transport.loseConnection()
+            return
+        if not self._writeClosed:
+            transport.loseWriteConnection()
+        transport.resumeProducing()
+
     def handshakeCompleted(self) -> None:
         if self.handshake is not None and not self.handshake.called:
             self.handshake.callback(None)
@@ -292,11 +317,68 @@ class _Held:
         self.chunks.append(data)
 
 
+@implementer(IPushProducer)
+class _Feeder:
+    """What one side's transport takes its writes from: the other side.
+
+    Flow control pauses and resumes the other side's transport, as with the
+    transport itself registered; but when this side's connection is lost,
+    Twisted stops its producer, which would close the other side at once,
+    unread bytes and all.  Here the other side :meth:`finishes
+    <_Side.finish>` instead.
+    """
+
+    __slots__ = ("side",)
+
+    def __init__(self, side: _Side) -> None:
+        self.side = side
+
+    def pauseProducing(self) -> None:
+        self.side.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.side.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.side.finish()
+
+
+def unsent_bytes(transport: object) -> int:
+    """Bytes written to ``transport`` that its peer has not taken yet.
+
+    Those in Twisted's buffer, and those in the kernel's send queue
+    (``TIOCOUTQ``: sent but not acknowledged, or not sent yet).  Under TLS,
+    those of the TCP connection beneath, to which TLS writes at once.
+    Anything but a TCP connection (a test's transport) holds none.
+    """
+    while isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport
+    if not isinstance(transport, tcp.Connection):
+        return 0
+    buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    try:
+        queue = fcntl.ioctl(transport.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):  # closed meanwhile
+        return buffered
+    queued: int = struct.unpack("i", queue)[0]
+    return buffered + queued
+
+
+#: Bytes waiting for a peer must stay as they are this long, in seconds,
+#: before their connection counts as idle: what a slow reader takes shows
+#: only when the sweep looks, and one sweep may be a twentieth of a second.
+PROGRESS_WINDOW = 1.0
+
+
 class Splice:
     """One client connection and the server connection it is relayed to.
 
     :ivar started: clock time the client connected.
-    :ivar last_activity: clock time of the last byte read on either side.
+    :ivar last_activity: clock time of the last byte read on either side,
+        or taken by either peer as far as the sweep has seen (see
+        :meth:`idle`).
+    :ivar closing: whether ocsbal is closing it: it was idle, or a side is
+        gone and the other finishing.
     :ivar backend: the server chosen, once connected.
     :ivar sip: what the SIP on a ``sip`` port says of registrations and
         keep-alives; ``None`` on other ports.
@@ -306,11 +388,13 @@ class Splice:
     # Tens of thousands live at once, mostly idle: no per-instance dict.
     __slots__ = (
         "_connecting",
-        "_expiring",
+        "_since",
+        "_unsent",
         "backend",
         "balancer",
         "client",
         "clock",
+        "closing",
         "gave_up",
         "last_activity",
         "port",
@@ -331,7 +415,11 @@ class Splice:
         self.backend: Backend | None = None
         self.started = self.last_activity = self.clock.seconds()
         self._connecting: Deferred[Any] | None = None
-        self._expiring = False
+        self.closing = False
+        #: What waited for the peers when the sweep last looked, and since
+        #: when it has been that.
+        self._unsent = 0
+        self._since = self.started
         self.sip: Registrations | None = None
         self.gave_up: str | None = None
         if port.protocol is PortProtocol.SIP or self.tls:
@@ -495,8 +583,8 @@ class Splice:
                 server.transport.write(chunk)
         if self.client.inspector is not None:
             server.inspector = SIPInspector(from_server=True)
-        self.client.transport.registerProducer(server.transport, True)
-        server.transport.registerProducer(self.client.transport, True)
+        self.client.transport.registerProducer(_Feeder(server), True)
+        server.transport.registerProducer(_Feeder(self.client), True)
         self.client.transport.resumeProducing()
 
     def sideLost(self, side: _Side) -> None:
@@ -520,11 +608,14 @@ class Splice:
             return
         if other is None or other.lost:
             balancer.flushing.discard(self)
+            balancer.draining.discard(self)
             return
-        # A peer that reads no more would keep its side open for ever,
-        # flushing: the sweep aborts what is still flushing at its next turn.
-        other.transport.loseConnection()
-        balancer.flushing.add(self)
+        # A peer that takes nothing more would keep its side open for ever:
+        # the sweep aborts it once it has taken nothing for the idle timeout.
+        self.closing = True
+        other.finish()
+        if other is self.server:
+            balancer.flushing.add(self)
 
     def close(self) -> None:
         """Close both sides, after flushing what is already buffered."""
@@ -539,22 +630,61 @@ class Splice:
                 side.transport.abortConnection()
 
     def expire(self) -> None:
-        """Close this idle connection.
+        """Close this idle connection, after what is buffered for its peers.
 
-        A polite close waits for buffered data to be flushed; if a peer
-        stopped reading, that never happens, so a splice still here at the
-        next sweep is aborted.
+        If a peer takes none of it, the sweep aborts it later (:meth:`stuck`).
         """
-        if self._expiring:
-            self.abort()
-            return
-        self._expiring = True
+        self.closing = True
         log.info(
             "closing idle connection from {peer} on port {port}",
             peer=self.peer,
             port=self.port.number,
         )
         self.close()
+
+    def look(self, now: float) -> float | None:
+        """How long what waits for the peers has stayed as it is.
+
+        ``None`` if nothing waits.  Bytes a peer takes out of the buffers
+        show only when the sweep looks: from the first look that finds
+        bytes waiting, the balancer watches the connection at every sweep,
+        and bytes taken since the last look are activity, stamped now.  The
+        first look has nothing to compare with: the time counts from it.
+        """
+        balancer = self.balancer
+        unsent = sum(
+            balancer.unsent(side.transport)
+            for side in (self.client, self.server)
+            if side is not None and not side.lost
+        )
+        watched = self in balancer.draining
+        if unsent != self._unsent or not watched:
+            if watched:
+                self.last_activity = now  # a peer took bytes since the last look
+            self._unsent, self._since = unsent, now
+        if not unsent:
+            balancer.draining.discard(self)
+            return None
+        balancer.draining.add(self)
+        return now - self._since
+
+    def idle(self, now: float) -> bool:
+        """Whether nothing has moved here for long enough to close it.
+
+        The sweep asks once no byte has been read for the idle timeout;
+        then nothing must wait for a peer, or what waits must have stayed
+        as it is for :data:`PROGRESS_WINDOW`.
+        """
+        still = self.look(now)
+        return still is None or still >= PROGRESS_WINDOW
+
+    def stuck(self, now: float, timeout: float) -> bool:
+        """Whether this closing connection's peers took nothing for ``timeout``.
+
+        Then it is aborted: a reset is for a peer that takes nothing.
+        """
+        still = self.look(now)
+        return still is None or still >= timeout
 
 
 class _Connector(Factory):
@@ -612,6 +742,8 @@ class Balancer:
     :param pool: the pool's configuration.
     :param reactor: provides TCP and the clock for timeouts.
     :param scheduler: picks the server for each new connection.
+    :param unsent: how many bytes written to a transport its peer has not
+        taken yet (:func:`unsent_bytes`).
 
     :ivar pool: the configuration in force, servers and weights included.
     :ivar backends: the pool's servers by name, in configuration order.
@@ -623,20 +755,26 @@ class Balancer:
     """
 
     def __init__(
-        self, pool: Pool, reactor: ReactorTCPTime, scheduler: IScheduler
+        self,
+        pool: Pool,
+        reactor: ReactorTCPTime,
+        scheduler: IScheduler,
+        unsent: Callable[[object], int] = unsent_bytes,
     ) -> None:
         self.pool = pool
         self.reactor = reactor
         self.scheduler = scheduler
+        self.unsent = unsent
         self.backends = {
             s.name: Backend(s, HealthState(pool.monitor.rise, pool.monitor.fall))
             for s in pool.servers
         }
         self.leaving: set[Backend] = set()
         self.splices: set[Splice] = set()
-        #: Connections one side of which is closed while the other flushes.
+        #: Connections whose client is gone while their server side finishes.
         self.flushing: set[Splice] = set()
-        self._flushed: set[Splice] = set()
+        #: Connections with bytes waiting for a peer, which the sweep watches.
+        self.draining: set[Splice] = set()
         self._transparent = cast(ReactorTCPTime, TransparentTCP(reactor))
         #: The TLS of terminated ``sips`` ports; ``None`` where TLS passes through.
         self.tls = tls_contexts(pool)
@@ -785,27 +923,32 @@ class Balancer:
     def sweep(self) -> None:
         """Close the connections that have been idle too long.
 
-        A connection one side of which closed while the other could not
-        flush what it had for its peer is aborted once a whole sweep
-        interval has gone by.
+        A connection is idle once nothing has moved for the idle timeout: no
+        byte read, and none taken by a peer (see :meth:`Splice.idle`).  One
+        carrying a live SIP registration is kept until its expiry plus the
+        grace, however long that is; one whose registration missed its
+        refresh by the grace is reported, once for each lapse, and closed if
+        the pool says to reap it.
 
-        A connection carrying a live SIP registration is kept until its
-        expiry plus the grace, however long that is; one whose registration
-        missed its refresh by the grace is reported once, and closed if the
-        pool says to reap it.
+        A connection being closed whose peers have taken nothing for the
+        idle timeout is aborted (:meth:`Splice.stuck`).
         """
-        # Still flushing since the last sweep: its reader is gone or stuck.
-        stuck = self._flushed & self.flushing
-        self._flushed = self.flushing - stuck
-        for splice in stuck:
-            splice.abort()
         now = self.reactor.seconds()
-        grace = self.pool.registration_grace
-        closing = {
-            splice
-            for splice in self.idle.expired(self.splices, now)
-            if splice.sip is None or self.closing_time(splice)[0] <= now
-        }
+        timeout, grace = self.idle.timeout, self.pool.registration_grace
+        for splice in list(self.draining):
+            splice.look(now)
+        stuck = [
+            s for s in self.idle.expired(self.flushing, now) if s.stuck(now, timeout)
+        ]
+        expiring: set[Splice] = set()
+        for splice in self.idle.expired(self.splices, now):
+            if splice.closing:
+                if splice.stuck(now, timeout):
+                    stuck.append(splice)
+            elif (
+                splice.sip is None or self.closing_time(splice)[0] <= now
+            ) and splice.idle(now):
+                expiring.add(splice)
         for splice in self.splices:
             if splice.sip is None:
                 continue
@@ -817,9 +960,15 @@ class Balancer:
                     aors=", ".join(splice.sip.bindings),
                     grace=grace,
                 )
-            if self.pool.reap_expired and splice.sip.missed_refresh(now, grace):
-                closing.add(splice)
-        for splice in closing:
+            if (
+                self.pool.reap_expired
+                and not splice.closing
+                and splice.sip.missed_refresh(now, grace)
+            ):
+                expiring.add(splice)
+        for splice in stuck:
+            splice.abort()
+        for splice in expiring:
             splice.expire()
 
     def closing_time(self, splice: Splice) -> tuple[float, str]:

@@ -12,12 +12,15 @@ generously so: the machine these run on is shared.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import select
 import selectors
 import signal
 import socket
+import struct
+import termios
 import threading
 import time
 from collections import Counter
@@ -466,6 +469,118 @@ def test_a_stalled_reader_is_cut_off_on_both_sides(launch: Launcher) -> None:
             _, servers = admin_call(ADMIN, "GET", "/api/servers")
             print(f"fds {base} -> {fds(pid)}; fe1 active {servers[0]['active']}")
             stop.set()
+
+
+SLOW = 500_000  # bytes a second a slow client takes
+LONG = 5 << 20  # bytes a server sends it before closing: more than the
+# kernel's largest send buffer (4 MB) holds
+
+
+def read_steadily(sock: socket.socket, rate: int) -> tuple[int, str]:
+    """Read ``sock`` at ``rate`` bytes a second until it ends.
+
+    :return: the bytes read and how it ended: ``"eof"`` or ``"reset"``.
+    """
+    start, taken = time.monotonic(), 0
+    while True:
+        ahead = taken / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(min(ahead, 0.05))
+            continue
+        try:
+            chunk = sock.recv(8192)
+        except ConnectionResetError:
+            return taken, "reset"
+        if not chunk:
+            return taken, "eof"
+        taken += len(chunk)
+
+
+def test_a_slow_client_gets_everything_a_server_sent_before_closing(
+    launch: Launcher,
+) -> None:
+    """
+    A server sends 5 MB and closes; the client takes 500 kB/s, through a
+    64 kB receive buffer, with idle_timeout = 1.
+
+    Issue 11: the balancer had read it all at once (into the kernel's send
+    queue, up to 4 MB, and its own buffer) and read nothing more while the
+    client drained it, so it judged the connection idle, closed it and
+    reset it a sweep later: the client got about 600 kB.  Bytes a peer
+    takes are activity too: the client gets every byte, then a clean end,
+    and the balancer logs no idle close.
+    """
+
+    def send_and_close(conn: socket.socket) -> None:
+        conn.sendall(bytes(LONG))
+
+    with peer(("127.0.81.11", 15444), send_and_close):
+        ini = faults_ini({"fe1": FE1}, {15444: "tcp"}, interval=5, idle_timeout=1)
+        balancer = launch.balancer(ini)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.settimeout(WAIT)
+            sock.connect((VIP, 15444))
+            started = time.monotonic()
+            taken, ended = read_steadily(sock, SLOW)
+            took = time.monotonic() - started
+    print(f"read {taken} of {LONG} bytes in {took:.1f} s, then {ended}")
+    assert (taken, ended) == (LONG, "eof")
+    assert "closing idle connection" not in balancer.output
+
+
+def unacknowledged(sock: socket.socket) -> int:
+    """Bytes ``sock`` has sent that its peer has not acknowledged yet."""
+    queue = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return int(struct.unpack("i", queue)[0])
+
+
+def test_a_client_talking_while_it_drains_a_reset_server_still_gets_everything(
+    launch: Launcher,
+) -> None:
+    """
+    A server sends 3 MB and resets its connection once the balancer has it
+    all; the client takes 500 kB/s and sends keep-alives all the while, as
+    a SIP client does.
+
+    Twisted closes a side whose peer is lost; had it stopped reading, the
+    keep-alives would lie unread when it closed the socket, and the kernel
+    answers that with a reset, throwing away the send queue.  The balancer
+    ends writing after the last byte instead and reads on (discarding:
+    there is no one to relay to) until the client, which got every byte and
+    then the FIN, closes.
+    """
+    total = 3 << 20  # what the balancer's send queue to the client holds
+
+    def send_and_reset(conn: socket.socket) -> None:
+        conn.sendall(bytes(total))
+        wait_until(lambda: unacknowledged(conn) == 0, "the balancer took it all")
+        time.sleep(0.5)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    with peer(("127.0.81.11", 15444), send_and_reset):
+        ini = faults_ini({"fe1": FE1}, {15444: "tcp"}, interval=5, idle_timeout=1)
+        launch.balancer(ini)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.settimeout(WAIT)
+            sock.connect((VIP, 15444))
+            stop = threading.Event()
+
+            def ping() -> None:
+                with suppress(OSError):
+                    while not stop.wait(0.05):
+                        sock.send(b"\r\n\r\n")
+
+            pinger = threading.Thread(target=ping, daemon=True)
+            pinger.start()
+            try:
+                taken, ended = read_steadily(sock, SLOW)
+            finally:
+                stop.set()
+                pinger.join(WAIT)
+    print(f"read {taken} of {total} bytes, then {ended}")
+    assert (taken, ended) == (total, "eof")
 
 
 # -- 3. a server refusing, a server black-holing SYNs ---------------------------
