@@ -46,7 +46,10 @@ class AdminTests(SynchronousTestCase):
     ) -> tuple[int, Any]:
         if body is not None:
             kw["data"] = body if isinstance(body, bytes) else json.dumps(body).encode()
-            kw.setdefault("headers", {})["content-type"] = ["application/json"]
+        if method not in ("GET", "HEAD"):  # as every client of the API does
+            kw.setdefault("headers", {}).setdefault(
+                "content-type", ["application/json"]
+            )
         response = self.successResultOf(self.treq.request(method, URL + path, **kw))
         content = self.successResultOf(response.content())
         is_json = response.headers.getRawHeaders("content-type") == ["application/json"]

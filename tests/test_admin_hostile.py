@@ -49,10 +49,12 @@ def result(d: Deferred[Any]) -> Any:
 class API:
     """A pool service with its admin site, called through StubTreq."""
 
-    def __init__(self, token: bytes | None) -> None:
+    def __init__(self, token: bytes | None, admin: Admin | None = None) -> None:
         self.service = PoolService(test_admin.makePool(), MemoryReactorClock())
         self.service.startService()
-        self.site = admin_site(self.service, lambda: token)
+        self.site = admin_site(
+            self.service, lambda: token, admin=lambda: admin or Admin()
+        )
         self.treq = StubTreq(self.site.resource)
         self.token = token
         self.channels: list[Any] = []
@@ -71,10 +73,13 @@ class API:
     ) -> tuple[int, Any, dict[str, list[str]]]:
         """Status, body (JSON decoded if JSON) and headers of one request.
 
-        The token is sent unless ``headers`` are given.
+        Unless ``headers`` are given, the token is sent, and a request that
+        changes anything is sent as JSON, as every client of the API does.
         """
         if headers is None:
             headers = dict(GOOD) if self.token else {}
+            if method not in ("GET", "HEAD"):
+                headers["content-type"] = ["application/json"]
         kw: dict[str, Any] = {"headers": headers}
         if body is not None:
             kw["data"] = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -207,7 +212,8 @@ def test_a_body_over_64_kib_is_a_413(
     answer = guarded.call(method, path, body)
     assert is_json_error(answer, 413), answer[:2]
     assert answer[1]["error"] == f"the body is over {MAX_BODY} bytes"
-    answer = guarded.call(method, path, body, headers={})
+    json_only = {"content-type": ["application/json"]}
+    answer = guarded.call(method, path, body, headers=json_only)
     assert is_json_error(answer, 401), answer[:2]
     assert guarded.state() == before
 
@@ -230,7 +236,7 @@ def test_a_huge_body_is_never_stored(
     auth = b"Authorization: Bearer " + TOKEN + b"\r\n" if authorized else b""
     size = 3 * 1024 * 1024
     transport = guarded.raw(
-        b"POST /api/servers HTTP/1.1\r\nHost: x\r\n"
+        b"POST /api/servers HTTP/1.1\r\nHost: localhost\r\n"
         + auth
         + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size
         + b"x" * size
@@ -351,7 +357,10 @@ def test_a_missing_or_wrong_token_is_a_401_with_a_challenge(
         ("DELETE", "/api/servers/fe1?force=1", None),
         ("PUT", "/api/pool", b"{}"),
     ]:
-        answer = guarded.call(method, path, body, headers=headers)
+        sent = headers
+        if method not in ("GET", "HEAD"):
+            sent = {"content-type": ["application/json"], **headers}
+        answer = guarded.call(method, path, body, headers=sent)
         assert is_json_error(answer, 401), (method, path, answer)
         assert answer[1]["error"] == "a valid admin token is required"
         assert answer[2]["www-authenticate"] == CHALLENGE
@@ -431,14 +440,17 @@ def test_what_only_a_raw_connection_can_send_is_refused(guarded: API) -> None:
     before = guarded.state()
     auth = b"Authorization: Bearer " + TOKEN + b"\r\n"
     for request in [
-        b"GET /api/pool\x00 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n",
-        b"GET /api/pool\rX HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n",
-        b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n",
-        b"GET /api/pool HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 20000 + b"\r\n" + auth,
+        b"GET /api/pool\x00 HTTP/1.1\r\nHost: localhost\r\n" + auth + b"\r\n",
+        b"GET /api/pool\rX HTTP/1.1\r\nHost: localhost\r\n" + auth + b"\r\n",
+        b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: localhost\r\n" + auth + b"\r\n",
+        b"GET /api/pool HTTP/1.1\r\nHost: localhost\r\nX: "
+        + b"y" * 20000
+        + b"\r\n"
+        + auth,
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
         + bytes(range(256))
         + b"\r\n\r\n",
-        b"GET /api/pool HTTP/9.9\r\nHost: x\r\n" + auth + b"\r\n",
+        b"GET /api/pool HTTP/9.9\r\nHost: localhost\r\n" + auth + b"\r\n",
     ]:
         transport = guarded.raw(request)
         out = transport.value()
@@ -452,9 +464,7 @@ def test_a_good_token_still_works_after_all_that(guarded: API) -> None:
     basic = base64.b64encode(b"anyone:" + TOKEN).decode()
     for headers in [GOOD, {"authorization": [f"Basic {basic}"]}]:
         assert guarded.call("GET", "/api/pool", headers=headers)[0] == 200
-    status, server, _ = guarded.call(
-        "PATCH", "/api/servers/fe2", {"weight": 7}, headers=GOOD
-    )
+    status, server, _ = guarded.call("PATCH", "/api/servers/fe2", {"weight": 7})
     assert (status, server["weight"]) == (200, 7)
 
 
@@ -490,3 +500,88 @@ def test_the_admin_interface_listens_on_loopback_unless_configured() -> None:
         PoolService(parse(text), reactor).startService()
         bound = [(interface, port) for port, _, _, interface in reactor.tcpServers]
         assert bound == [("127.0.1.10", 5060)] + ([admin] if admin else [])
+
+
+# -- web pages: cross-site requests and DNS rebinding (issue 11) ----------------
+
+ATTACKER = "http://attacker.example"
+SERVER = {"name": "evil", "address": "127.0.1.66", "weight": 65535}
+
+
+def test_a_cross_site_text_plain_post_is_refused(api: API) -> None:
+    """What a page's fetch(..., {mode: "no-cors"}) sends, with no preflight:
+    it added a server of the page's choosing before."""
+    before = api.state()
+    for headers in (
+        {"content-type": ["text/plain"], "origin": [ATTACKER]},
+        {"content-type": ["text/plain"]},  # an origin may be withheld
+        {"content-type": ["application/json"], "origin": [ATTACKER]},
+        {"content-type": ["application/json"], "origin": ["null"]},
+        {"content-type": ["application/x-www-form-urlencoded"]},
+    ):
+        answer = api.call("POST", "/api/servers", SERVER, headers)
+        assert is_json_error(answer, 403), (headers, answer)
+    assert api.state() == before
+
+
+def test_each_refusal_says_why(api: API) -> None:
+    _, cross, _ = api.call("GET", "/api/pool", None, {"origin": [ATTACKER]})
+    assert cross["error"] == (
+        "requests from the web page at http://attacker.example are refused: "
+        "only this interface's own pages may call it"
+    )
+    _, plain, _ = api.call("DELETE", "/api/servers/fe1", None, {})
+    assert plain["error"] == (
+        "a request that changes anything must be sent as Content-Type: application/json"
+    )
+    _, named, _ = api.call("GET", "/api/pool", None, {"host": ["attacker.example"]})
+    assert named["error"] == (
+        "Host attacker.example is not a name of this admin interface: use its "
+        "address or localhost, or list the name in [admin] hosts"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/connections", None),
+        ("GET", "/", None),
+        ("GET", "/metrics", None),
+        ("PATCH", "/api/servers/fe1", {"state": "maint"}),
+        ("DELETE", "/api/servers/fe1", None),
+    ],
+)
+def test_a_name_of_another_site_as_host_is_refused(
+    api: API, method: str, path: str, body: object
+) -> None:
+    """DNS rebinding: a page's own name, pointed at the interface, which the
+    browser then takes for the page's own origin."""
+    before = api.state()
+    for host in ("attacker.example:9900", "attacker.example", "127.0.0.1.nip.io"):
+        headers = {"host": [host], "content-type": ["application/json"]}
+        assert is_json_error(api.call(method, path, body, headers), 403), host
+    assert api.state() == before
+
+
+def test_its_address_localhost_and_listed_names_are_its_own() -> None:
+    api = API(token=None, admin=Admin(hosts=("lb1.contoso.com",)))
+    try:
+        for host in ("127.0.0.1:9900", "localhost:9900", "LB1.contoso.com:9900"):
+            status, _, _ = api.call("GET", "/api/pool", None, {"host": [host]})
+            assert status == 200, host
+            origin = {"host": [host], "origin": [f"http://{host}"]}
+            status, _, _ = api.call("GET", "/api/pool", None, origin)
+            assert status == 200, host
+        for host in ("127.0.0.2:9900", "[::1]:9900", "lb2.contoso.com", "x:y"):
+            status, _, _ = api.call("GET", "/api/pool", None, {"host": [host]})
+            assert status == 403, host
+        # Its own page's origin, but another port's: another origin.
+        other = {"host": ["localhost:9900"], "origin": ["http://localhost:8080"]}
+        assert api.call("GET", "/api/pool", None, other)[0] == 403
+    finally:
+        api.close()
+
+
+def test_a_page_is_refused_before_the_token_is_asked_for(guarded: API) -> None:
+    headers = {"origin": [ATTACKER], **GOOD}
+    assert is_json_error(guarded.call("GET", "/api/pool", None, headers), 403)

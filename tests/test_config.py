@@ -167,8 +167,13 @@ class TestAdmin:
         )
 
     def test_every_key(self) -> None:
-        text = MINIMAL + "[admin]\nlisten = unix:/run/a.sock\ntoken_file = /etc/t\n"
-        assert parse(text).admin == Admin("unix:/run/a.sock", "/etc/t")
+        text = MINIMAL + (
+            "[admin]\nlisten = unix:/run/a.sock\ntoken_file = /etc/t\n"
+            "hosts = LB1.contoso.com, ocsbal\n"
+        )
+        assert parse(text).admin == Admin(
+            "unix:/run/a.sock", "/etc/t", ("lb1.contoso.com", "ocsbal")
+        )
 
 
 class TestTLS:
@@ -295,7 +300,9 @@ BAD_VALUES = [
     ("admin", "listen", "tcp:port", "must be a Twisted endpoint string: tcp:PORT"),
     ("admin", "listen", "9900", "must be a Twisted endpoint string: tcp:PORT"),
     ("admin", "token_file", "token.txt", "must be an absolute path to a file"),
-    ("admin", "token", "s3cret", "unknown key; allowed: listen, token_file"),
+    ("admin", "token", "s3cret", "unknown key; allowed: listen, token_file, hosts"),
+    ("admin", "hosts", "lb1.contoso.com, *.evil", "must be DNS names such as"),
+    ("admin", "hosts", "-x.contoso.com", "must be DNS names such as"),
     ("monitor", "type", "icmp", "must be one of tcp"),
     ("monitor", "ports", "5061, 5061", "must be distinct ports from 1 to 65535"),
     ("monitor", "ports", "5061; 444", "must be distinct ports from 1 to 65535"),
@@ -562,6 +569,10 @@ admins = st.none() | st.builds(
     listen=st.integers(0, 65535).map(lambda n: f"tcp:{n}:interface=127.0.0.1")
     | st.from_regex(r"unix:/[a-z0-9/._-]{1,30}", fullmatch=True),
     token_file=st.none() | st.from_regex(r"/[a-z0-9/._-]{1,30}", fullmatch=True),
+    hosts=st.lists(
+        st.from_regex(r"[a-z0-9]{1,10}(\.[a-z0-9]{1,10}){0,3}", fullmatch=True),
+        max_size=3,
+    ).map(tuple),
 )
 
 

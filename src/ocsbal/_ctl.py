@@ -94,7 +94,8 @@ class AdminClient:
         try:
             response = await self.http.request(
                 method,
-                f"http://ocsbal{path}",
+                # A Host the admin interface takes whatever address it has.
+                f"http://localhost{path}",
                 data=data,
                 headers=headers,
                 timeout=TIMEOUT,

@@ -17,6 +17,14 @@ With ``token_file`` set, every request must carry the token, as
 ``Authorization: Bearer TOKEN`` or, for a browser, as the password of HTTP
 Basic authentication (any user name).  A refused request gets a 4xx status
 and ``{"error": "..."}`` saying why, and changes nothing.
+
+Whatever the token, no web page may drive the interface from a browser
+(403): a request's ``Host`` must be ``localhost``, the address the request
+came in on, or a name of ``[admin] hosts`` (a page that points a name of
+its own at the interface, DNS rebinding, is refused); an ``Origin``, which
+browsers send on a page's requests, must be the interface's own; and a
+request that changes anything must be ``application/json``, which a page
+cannot send across sites without asking first.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ import base64
 import binascii
 import hmac
 import io
+import ipaddress
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 import attrs
 from prometheus_client import (
@@ -39,6 +49,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
 from twisted.web.resource import IResource, Resource
@@ -304,20 +315,72 @@ class _Directory(_Exact):
 
 
 class _Guard(Resource):
-    """Lets a request through to ``root`` only if it carries the token."""
+    """Lets a request through to ``root`` only if nothing about it is refused.
 
-    def __init__(self, root: Resource, token: Callable[[], bytes | None]) -> None:
+    First what keeps web pages out (see the module docstring), then the
+    token.
+    """
+
+    def __init__(
+        self,
+        root: Resource,
+        token: Callable[[], bytes | None],
+        admin: Callable[[], Admin],
+    ) -> None:
         super().__init__()
         self.root = root
         self.token = token
+        self.admin = admin
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
-        if self._allowed(request):
-            child: IResource = self.root.getChildWithDefault(path, request)
-            return child
-        return _Unauthorized()
+        refused = self._from_a_page(request)
+        if refused is not None:
+            return _Refused(403, refused)
+        if not self._authorized(request):
+            return _Unauthorized()
+        child: IResource = self.root.getChildWithDefault(path, request)
+        return child
 
-    def _allowed(self, request: Request) -> bool:
+    def _from_a_page(self, request: Request) -> str | None:
+        """Why a browser may have sent ``request`` for a web page, if it may."""
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        if host and not self._ours(host, request):
+            return (
+                f"Host {host} is not a name of this admin interface: use its "
+                "address or localhost, or list the name in [admin] hosts"
+            )
+        origin = request.getHeader(b"origin")
+        if origin is not None and origin.lower() != f"http://{host}".lower().encode():
+            return (
+                f"requests from the web page at {origin.decode('latin-1')} are "
+                "refused: only this interface's own pages may call it"
+            )
+        if request.method not in (b"GET", b"HEAD"):
+            kind = (request.getHeader(b"content-type") or b"").partition(b";")[0]
+            if kind.strip().lower() != b"application/json":
+                return (
+                    "a request that changes anything must be sent as "
+                    "Content-Type: application/json"
+                )
+        return None
+
+    def _ours(self, host: str, request: Request) -> bool:
+        """Whether ``host`` (a Host header) names this interface."""
+        try:
+            name = urlsplit(f"//{host}").hostname or ""
+        except ValueError:  # a port that is no number
+            return False
+        if name == "localhost" or name in self.admin().hosts:
+            return True
+        here = request.getHost()
+        if not isinstance(here, IPv4Address | IPv6Address):
+            return True  # a Unix socket, which no browser reaches
+        try:
+            return ipaddress.ip_address(name) == ipaddress.ip_address(here.host)
+        except ValueError:  # a name, not an address
+            return False
+
+    def _authorized(self, request: Request) -> bool:
         token = self.token()
         if token is None:
             return True
@@ -335,6 +398,18 @@ class _Guard(Resource):
         return hmac.compare_digest(credentials.strip(), token)
 
 
+class _Refused(Resource):
+    isLeaf = True
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+
+    def render(self, request: Request) -> bytes:
+        return _json(request, self.status, {"error": self.message})
+
+
 class _Unauthorized(Resource):
     isLeaf = True
 
@@ -349,6 +424,7 @@ def admin_site(
     service: PoolService,
     token: Callable[[], bytes | None],
     collectors: tuple[Collector, ...] = (),
+    admin: Callable[[], Admin] = Admin,
 ) -> Site:
     """The admin site of ``service``.
 
@@ -356,6 +432,8 @@ def admin_site(
         for each request, so a reloaded token applies at once.
     :param collectors: more Prometheus collectors for ``/metrics``, besides
         the pool's own (e.g. a ``ProcessCollector``).
+    :param admin: returns the ``[admin]`` settings in force (the names
+        requests may give as their ``Host``); called for each request.
     """
     registry = CollectorRegistry(auto_describe=True)
     registry.register(PoolCollector(service.balancer))
@@ -369,7 +447,7 @@ def admin_site(
     api.putChild(b"pool", _PoolEndpoint(service))
     api.putChild(b"servers", _ServersEndpoint(service))
     api.putChild(b"connections", _ConnectionsEndpoint(service))
-    site = Site(_Guard(root, token), requestFactory=_BoundedRequest)
+    site = Site(_Guard(root, token, admin), requestFactory=_BoundedRequest)
     site.noisy = False
     site.displayTracebacks = False
     return site
@@ -393,7 +471,7 @@ class AdminService(StreamServerEndpointService):
         self.admin = admin
         self._token: bytes | None = None
         process = ProcessCollector(registry=None)
-        site = admin_site(service, lambda: self._token, (process,))
+        site = admin_site(service, lambda: self._token, (process,), lambda: self.admin)
         super().__init__(serverFromString(reactor, admin.listen), site)
 
     def privilegedStartService(self) -> None:

@@ -460,11 +460,32 @@ def _check_token_file(path: str | None) -> None:
 #: certificate files when parsed, and the interface is meant for loopback.
 _ADMIN_ENDPOINTS = ("tcp", "tcp6", "unix")
 
+
+def _read_names(text: str) -> tuple[str, ...]:
+    return tuple(name.lower() for name in re.split(r"[\s,]+", text) if name)
+
+
+def _check_names(names: tuple[str, ...]) -> None:
+    allowed = "must be DNS names such as ocsbal.contoso.com, separated by commas"
+    if not isinstance(names, tuple) or not all(
+        isinstance(name, str)
+        and len(name) <= 253
+        and all(map(_LABEL.match, name.split(".")))
+        for name in names
+    ):
+        raise _NotAllowedError(allowed)
+
+
 #: The rule of each ``[admin]`` key, which is also the rule of its attribute.
 _ADMIN_RULES: dict[str, _Rule[Any]] = {
     "listen": _Rule(str, _check_listen),
     "token_file": _Rule(str, _check_token_file),
+    "hosts": _Rule(_read_names, _check_names),
 }
+
+
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(n.lower() if isinstance(n, str) else n for n in names)
 
 
 @attrs.frozen
@@ -475,6 +496,10 @@ class Admin:
     :ivar token_file: a file holding the token requests must carry
         (``Authorization: Bearer TOKEN``); ``None`` for no token.  It is read
         at start and at every reload, never logged.
+    :ivar hosts: the names, besides ``localhost`` and the address it listens
+        on, that requests may give as their ``Host``: any other is refused,
+        so that a web page cannot reach the interface through a name of its
+        own that resolves to it (DNS rebinding).
     """
 
     listen: str = attrs.field(
@@ -482,6 +507,9 @@ class Admin:
     )
     token_file: str | None = attrs.field(
         default=None, validator=_ADMIN_RULES["token_file"]
+    )
+    hosts: tuple[str, ...] = attrs.field(
+        default=(), converter=_names, validator=_ADMIN_RULES["hosts"]
     )
 
 
@@ -1082,6 +1110,8 @@ def render(pool: Pool) -> str:
         lines += ["", "[admin]", f"listen = {pool.admin.listen}"]
         if pool.admin.token_file is not None:
             lines.append(f"token_file = {pool.admin.token_file}")
+        if pool.admin.hosts:
+            lines.append(f"hosts = {_text(pool.admin.hosts)}")
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ another that the balancer trusts.
 from __future__ import annotations
 
 import base64
+import json
 import random
 import re
 import resource
@@ -876,6 +877,8 @@ def test_the_admin_token_never_appears_in_the_log(launch: Launcher, pki: PKI) ->
         request = urllib.request.Request(
             f"http://{ADMIN}{path}", data=body, method=method
         )
+        if method != "GET":
+            request.add_header("Content-Type", "application/json")
         if auth is not None:
             request.add_header("Authorization", auth)
         try:
@@ -905,3 +908,37 @@ def test_the_admin_token_never_appears_in_the_log(launch: Launcher, pki: PKI) ->
     balancer.assert_stops_cleanly()
     assert token not in balancer.output
     assert token[:16] not in balancer.output
+
+
+def test_no_web_page_can_drive_the_admin_api(launch: Launcher, pki: PKI) -> None:
+    """Issue 11, as found against a running twistd with no token: a page's
+    ``fetch(..., {mode: "no-cors"})`` (a text/plain POST, no preflight) added
+    a server with weight 65535, and a page reaching the interface through a
+    name of its own (DNS rebinding) read the connections and put a server in
+    maintenance.  Each is a 403 now, and nothing changes."""
+    start_server(launch, pki, FE01, "fe01.example.com")
+    launch.balancer(hostile_ini({"fe01": FE01}))
+    port = ADMIN.split(":")[1]
+
+    def ask(method: str, path: str, headers: dict[str, str], body: object = None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://{ADMIN}{path}", data=data, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=WAIT) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    page = {"content-type": "text/plain", "origin": "http://attacker.example"}
+    evil = {"name": "evil", "address": "127.0.82.66", "weight": 65535}
+    status, answer = ask("POST", "/api/servers", page, evil)
+    assert status == 403, answer
+    assert "attacker.example" in answer["error"]
+    rebound = {"host": f"attacker.example:{port}", "content-type": "application/json"}
+    assert ask("GET", "/api/connections", rebound)[0] == 403
+    assert ask("PATCH", "/api/servers/fe01", rebound, {"state": "maint"})[0] == 403
+    _, servers = admin_call(ADMIN, "GET", "/api/servers")
+    assert [(s["name"], s["state"]) for s in servers] == [("fe01", "ready")]
+    assert admin_call(ADMIN, "PATCH", "/api/servers/fe01", {"weight": 3})[0] == 200
