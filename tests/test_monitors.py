@@ -21,6 +21,7 @@ from ocsbal.monitors import (
     SIPStatusReader,
     TCPMonitor,
     TLSMonitor,
+    Unverified,
     monitor_for,
 )
 
@@ -198,3 +199,28 @@ def test_monitor_for_builds_the_configured_monitor() -> None:
     https = monitor_for(pool(MonitorType.HTTPS, url="/health", ports=[443]), reactor)
     assert isinstance(https, HTTPSMonitor)
     assert (https.ports, https.url) == ((443,), "/health")
+
+
+def test_where_tls_is_terminated_tls_checks_verify_as_the_relay_does() -> None:
+    """Issue 11: the checks took any certificate, so a server the relay
+    refuses passed them and flapped, its clients' handshakes failing."""
+
+    class Relay:
+        def connecting(self, server: Server) -> Any:
+            return ("the relay's TLS for", server.name)
+
+    relay: Any = Relay()
+    reactor = MemoryReactorClock()
+    for kind in (MonitorType.TLS, MonitorType.SIP_OPTIONS):
+        pool = Pool(
+            "p",
+            "p.example.com",
+            "10.0.0.10",
+            [FE1],
+            ports=[Port(5061, PortProtocol.SIPS)],
+            monitor=Monitor(kind),
+        )
+        checks: Any = monitor_for(pool, reactor, relay)
+        assert checks.tls(FE1) == ("the relay's TLS for", "fe1")
+        unverified: Any = monitor_for(pool, reactor)
+        assert isinstance(unverified.tls, Unverified)

@@ -14,9 +14,13 @@ still open when it runs out is aborted.
   open but whose SIP stack is hung.
 - :class:`HTTPSMonitor`: an HTTPS GET answered 2xx or 3xx.
 
-Server certificates are not verified yet: a check proves the server
-speaks TLS, not who it is.  :func:`unverified_tls` is the one place that
-will take the pool's trust anchors once the pool has them.
+Where the pool terminates TLS (``[tls] mode = terminate``), the ``tls`` and
+``sip-options`` checks verify each server's certificate exactly as the relay
+does (against ``[tls] trust``, for the server's ``tls_name``), so a server
+the relay would refuse fails its checks, with the reason.  Otherwise (TLS
+passed through, which the relay does not look into) and for ``https``, a
+check proves that the server speaks TLS, not who it is
+(:func:`unverified_tls`).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint
-from ocsbal._tls import tls_reason
+from ocsbal._tls import TLSContexts, tls_reason
 from ocsbal.config import MonitorType, PortProtocol
 from ocsbal.health import CheckNotMadeError, IMonitor
 
@@ -75,7 +79,9 @@ __all__ = [
     "SIPOptionsMonitor",
     "SIPStatusReader",
     "TCPMonitor",
+    "TLSFor",
     "TLSMonitor",
+    "Unverified",
     "monitor_for",
     "unverified_tls",
 ]
@@ -88,6 +94,22 @@ class HeartbeatError(Exception):
 def unverified_tls() -> CertificateOptions:
     """TLS 1.2 or later, without verifying the server's certificate."""
     return CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2)
+
+
+#: What to handshake with a server: for each server, a TLS client.
+TLSFor = Callable[["Server"], IOpenSSLClientConnectionCreator]
+
+
+@attrs.frozen
+class Unverified:
+    """The same unverified TLS (:func:`unverified_tls`) for every server."""
+
+    options: CertificateOptions = attrs.Factory(unverified_tls)
+
+    def __call__(self, server: Server) -> IOpenSSLClientConnectionCreator:  # noqa: ARG002
+        """The TLS client for ``server``."""
+        creator: Any = self.options  # a context factory works as a creator
+        return cast(IOpenSSLClientConnectionCreator, creator)
 
 
 #: A connection that took too long: the check's own timeout, or the
@@ -243,7 +265,8 @@ class TLSMonitor:
     :param reactor: provides TCP and the clock for the timeout.
     :param ports: the server ports that must all complete a handshake.
     :param timeout: seconds each connection and handshake may take.
-    :param tls: the client's TLS settings; see :func:`unverified_tls`.
+    :param tls: the TLS client for each server; by default it verifies
+        nothing (:class:`Unverified`).
     :param source: the address to check from; ``None`` lets the routing
         table choose.
     """
@@ -251,7 +274,7 @@ class TLSMonitor:
     reactor: ReactorTCPTime
     ports: Sequence[int]
     timeout: float
-    tls: CertificateOptions = attrs.Factory(unverified_tls)
+    tls: TLSFor = attrs.Factory(Unverified)
     source: str | None = None
 
     def check(self, server: Server) -> Deferred[None]:
@@ -261,8 +284,7 @@ class TLSMonitor:
             endpoint = server_endpoint(
                 self.reactor, server.address, port, self.timeout, self.source
             )
-            creator: Any = self.tls  # a context factory works as a creator
-            tls = wrapClientTLS(creator, endpoint)
+            tls = wrapClientTLS(self.tls(server), endpoint)
             return _converse(tls, _Handshake, "TLS handshake completed")
 
         return _all_ports(self.ports, probe, tls_reason, self.reactor, self.timeout)
@@ -344,7 +366,8 @@ class SIPOptionsMonitor:
     :param timeout: seconds each exchange may take, connecting included.
     :param fqdn: the pool FQDN, the request's sender.
     :param tls_ports: the ports spoken to over TLS (the pool's ``sips``).
-    :param tls: the client's TLS settings; see :func:`unverified_tls`.
+    :param tls: the TLS client for each server; by default it verifies
+        nothing (:class:`Unverified`).
     :param source: the address to check from; ``None`` lets the routing
         table choose.
     """
@@ -354,7 +377,7 @@ class SIPOptionsMonitor:
     timeout: float
     fqdn: str
     tls_ports: frozenset[int] = frozenset()
-    tls: CertificateOptions = attrs.Factory(unverified_tls)
+    tls: TLSFor = attrs.Factory(Unverified)
     source: str | None = None
 
     def check(self, server: Server) -> Deferred[None]:
@@ -366,8 +389,7 @@ class SIPOptionsMonitor:
             )
             secure = port in self.tls_ports
             if secure:
-                creator: Any = self.tls
-                endpoint = wrapClientTLS(creator, endpoint)
+                endpoint = wrapClientTLS(self.tls(server), endpoint)
             request = self.request(server, port, secure)
             return _converse(
                 endpoint, lambda: _Options(request), "final SIP response came"
@@ -469,20 +491,27 @@ class HTTPSMonitor:
         return _all_ports(self.ports, probe, tls_reason, self.reactor, self.timeout)
 
 
-def monitor_for(pool: Pool, reactor: ReactorTCPTime) -> IMonitor:
-    """The monitor ``pool``'s ``[monitor]`` section describes."""
+def monitor_for(
+    pool: Pool, reactor: ReactorTCPTime, tls: TLSContexts | None = None
+) -> IMonitor:
+    """The monitor ``pool``'s ``[monitor]`` section describes.
+
+    :param tls: the relay's TLS, where the pool terminates it: ``tls`` and
+        ``sip-options`` checks then verify each server as the relay does.
+    """
     monitor = pool.monitor
     ports, timeout = pool.heartbeat_ports, monitor.timeout
     # With half-NAT the checks, being no client's, come from this host.
     source = pool.source
+    client: TLSFor = Unverified() if tls is None else tls.connecting
     if monitor.type is MonitorType.TLS:
-        return TLSMonitor(reactor, ports, timeout, source=source)
+        return TLSMonitor(reactor, ports, timeout, client, source)
     if monitor.type is MonitorType.SIP_OPTIONS:
         sips = frozenset(
             p.number for p in pool.ports if p.protocol is PortProtocol.SIPS
         )
         return SIPOptionsMonitor(
-            reactor, ports, timeout, pool.fqdn, sips, source=source
+            reactor, ports, timeout, pool.fqdn, sips, client, source
         )
     if monitor.type is MonitorType.HTTPS:
         return HTTPSMonitor(reactor, ports, timeout, monitor.url, source=source)

@@ -139,7 +139,7 @@ class PoolService(MultiService):
         pool = self.pool
         checks = HealthChecks(
             self.balancer,
-            monitor_for(pool, self._reactor),
+            monitor_for(pool, self._reactor, self.balancer.tls),
             pool.monitor.interval,
             self._reactor,
         )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import trustme
@@ -21,7 +23,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.util import Redirect
 
-from ocsbal.config import Server
+from ocsbal._tls import TLSContexts
+from ocsbal.config import Server, TLSSettings
 from ocsbal.monitors import HTTPSMonitor, SIPOptionsMonitor, TCPMonitor, TLSMonitor
 
 GOOD, SILENT, CLOSED, GREETER = (
@@ -90,11 +93,37 @@ async def check(monitor: Any, server: Server) -> dict[str, Any]:
     return {"result": result, "seconds": round(time.monotonic() - started, 2)}
 
 
+def relays_tls(trusted: trustme.CA) -> TLSContexts:
+    """The relay's TLS of a pool terminating it, trusting ``trusted``."""
+    pool = trustme.CA().issue_cert("p.example.com")
+    with tempfile.TemporaryDirectory() as name:  # read when built
+        folder = Path(name)
+        pool.private_key_and_cert_chain_pem.write_to_path(folder / "pool.pem")
+        trusted.cert_pem.write_to_path(folder / "trust.pem")
+        settings = TLSSettings(
+            "terminate", str(folder / "pool.pem"), str(folder / "trust.pem")
+        )
+        return TLSContexts(settings, "p.example.com")
+
+
 async def main(reactor: Any) -> None:
-    listen(reactor, trustme.CA())
+    ca = trustme.CA()
+    listen(reactor, ca)
+    verified, untrusting = relays_tls(ca), relays_tls(trustme.CA())
+    misnamed = Server("a", GOOD.address, tls_name="fe9.example.com")
     sip = SIPOptionsMonitor(
         reactor, (SIPS_PORT,), TIMEOUT, "p.example.com", frozenset({SIPS_PORT})
     )
+    verified_sip = SIPOptionsMonitor(
+        reactor,
+        (SIPS_PORT,),
+        TIMEOUT,
+        "p.example.com",
+        frozenset({SIPS_PORT}),
+        verified.connecting,
+    )
+    verifying = TLSMonitor(reactor, (TLS_PORT,), TIMEOUT, verified.connecting)
+    distrusting = TLSMonitor(reactor, (TLS_PORT,), TIMEOUT, untrusting.connecting)
     plain_sip = SIPOptionsMonitor(reactor, (SIPS_PORT,), TIMEOUT, "p.example.com")
     scenarios = {
         "tcp-good": (TCPMonitor(reactor, (TLS_PORT,), TIMEOUT), GOOD),
@@ -103,7 +132,12 @@ async def main(reactor: Any) -> None:
         "tls-plain-server": (TLSMonitor(reactor, (TLS_PORT,), TIMEOUT), SILENT),
         "tls-closed": (TLSMonitor(reactor, (TLS_PORT,), TIMEOUT), CLOSED),
         "tls-plain-text": (TLSMonitor(reactor, (TLS_PORT,), TIMEOUT), GREETER),
+        "tls-verified": (verifying, GOOD),
+        "tls-verified-wrong-name": (verifying, misnamed),
+        "tls-verified-untrusted": (distrusting, GOOD),
         "sips-good": (sip, GOOD),
+        "sips-verified": (verified_sip, GOOD),
+        "sips-verified-wrong-name": (verified_sip, misnamed),
         "sips-silent": (sip, SILENT),
         "sip-plain-to-tls": (plain_sip, GOOD),
         "https-ok": (HTTPSMonitor(reactor, (HTTPS_PORT,), TIMEOUT, "/ok"), GOOD),

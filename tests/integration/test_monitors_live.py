@@ -36,7 +36,24 @@ def results() -> dict[str, dict[str, object]]:
         ("tls-plain-server", "port 16061 connected, but no TLS handshake completed"),
         ("tls-plain-text", "port 16061 TLS handshake failed: wrong version number"),
         ("tls-closed", "port 16061 refused"),
+        # Where the pool terminates TLS, as the relay verifies (issue 11).
+        ("tls-verified", "ok"),
+        (
+            "tls-verified-wrong-name",
+            "port 16061 TLS handshake failed: certificate not issued to "
+            "fe9.example.com",
+        ),
+        (
+            "tls-verified-untrusted",
+            "port 16061 TLS handshake failed: certificate verify failed",
+        ),
         ("sips-good", "ok"),
+        ("sips-verified", "ok"),
+        (
+            "sips-verified-wrong-name",
+            "port 16062 TLS handshake failed: certificate not issued to "
+            "fe9.example.com",
+        ),
         ("sips-silent", "port 16062 connected, but no final SIP response came"),
         ("sip-plain-to-tls", "port 16062 closed without a final SIP response"),
         ("https-ok", "ok"),

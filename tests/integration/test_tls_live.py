@@ -377,6 +377,48 @@ def test_a_server_with_a_wrong_certificate_is_never_used(
     balancer.assert_stops_cleanly()
 
 
+def test_tls_checks_refuse_the_certificate_the_relay_refuses(
+    launch: Launcher, pki: PKI
+) -> None:
+    """Issue 11: ``tls`` checks took any certificate, so mallory passed them,
+    came up, failed its clients' connections, went down, and again.
+
+    With the checks verifying as the relay does, fe03 is down from its
+    first check, with the reason in /api/servers, and stays down: no client
+    is ever sent to it.
+    """
+    fe01 = tls_server(launch, pki, "127.0.51.11", "fe01.example.com")
+    tls_server(launch, pki, "127.0.51.13", "mallory.example.com")
+    servers = {"fe01": "127.0.51.11", "fe03": "127.0.51.13"}
+    checks = "\n[monitor]\ntype = tls\nports = 5061\ninterval = 1\ntimeout = 1\n"
+    checks += "rise = 1\nfall = 1\n"
+    balancer = launch.balancer(tls_pool_ini("terminate", servers) + checks)
+    context = pki.client_context(pki.clients_ca)
+
+    def fe03() -> dict[str, Any]:
+        _, reports = admin_call(ADMIN, "GET", "/api/servers")
+        return next(s for s in reports if s["name"] == "fe03")
+
+    reason = (
+        "port 5061 TLS handshake failed: certificate not issued to fe03.example.com"
+    )
+    end = time.monotonic() + WAIT
+    while fe03()["last_check"] != reason:
+        assert time.monotonic() < end, fe03()
+        time.sleep(0.1)
+    seen = []
+    for n in range(12):  # three seconds: three checks more
+        with open_tls(context, FQDN) as sock:
+            assert header(exchange(sock, register(n)), "Server") == "fe01.example.com"
+        seen.append(fe03()["health"])
+        time.sleep(0.25)
+    assert set(seen) == {"down"}
+    assert fe03()["total"] == 0
+    assert len(answers(fe01)) == 12
+    assert "to server fe03" not in balancer.output  # no client was tried on it
+    balancer.assert_stops_cleanly()
+
+
 def test_passed_through_tls_reaches_the_server_untouched(
     launch: Launcher, pki: PKI
 ) -> None:
