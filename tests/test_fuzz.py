@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from test_sip import OK, REGISTER
 
 HARNESS = Path(__file__).parent / "fuzz" / "fuzz_sip.py"

@@ -94,7 +94,9 @@ def follow(*streams: tuple[bool, bytes]) -> Registrations:
     client, server = SIPInspector(), SIPInspector(from_server=True)
     for from_server, stream in streams:
         inspector = server if from_server else client
-        observe = registrations.from_server if from_server else registrations.from_client
+        observe = registrations.from_client
+        if from_server:
+            observe = registrations.from_server
         for event in inspector.feed(stream):
             tally.count(event)
             observe(event, 1.0)

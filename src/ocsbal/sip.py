@@ -502,7 +502,9 @@ def _items(value: str, limit: int) -> list[str]:
         if pos >= size:
             break
         # Empty items count for nothing, so a run of commas costs one step.
-        start = pos = _SEPARATORS.match(value, pos).end()
+        separators = _SEPARATORS.match(value, pos)
+        assert separators is not None  # it matches the empty string too
+        start = pos = separators.end()
     return items
 
 

@@ -52,7 +52,7 @@ def follow(data: bytes) -> None:
                 observe(event, now)
                 if isinstance(event, Request | Response):
                     headers = event.headers
-                    assert 0 <= headers.content_length
+                    assert headers.content_length >= 0
                     for name in ("call-id", "cseq", "contact", "expires"):
                         headers.values(name)
                     _ = (headers.call_id, headers.cseq, headers.to_tag)
