@@ -52,6 +52,7 @@ from zope.interface import implementer
 
 from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint
 from ocsbal._idle import IdleTimeout
+from ocsbal._logs import LimitedLog
 from ocsbal._network import TransparentTCP
 from ocsbal._tls import tls_contexts, tls_reason
 from ocsbal.config import NatMode, PortProtocol
@@ -477,7 +478,7 @@ class Splice:
         except (ConnectionDone, ConnectionLost):
             return False  # closed before a word, as TCP probes and scanners do
         except Exception as e:
-            log.info(
+            self.balancer.log.info(
                 "TLS client {peer} on port {port} dropped: {reason}",
                 peer=self.peer,
                 port=self.port.number,
@@ -536,7 +537,7 @@ class Splice:
                     break
                 reason = f"server {backend.name} failed: {error}"
                 balancer.record(backend, False, f"a connection failed: {error}")
-                log.warn(
+                balancer.log.warn(
                     "connection from {peer} to server {server} "
                     "({address}:{port}) failed: {error}",
                     peer=self.peer,
@@ -556,7 +557,7 @@ class Splice:
                 continue
             self._attach(backend, side)
             return
-        log.warn(
+        balancer.log.warn(
             "rejected connection from {peer} to port {port}: {reason}",
             peer=self.peer,
             port=self.port.number,
@@ -635,7 +636,7 @@ class Splice:
         If a peer takes none of it, the sweep aborts it later (:meth:`stuck`).
         """
         self.closing = True
-        log.info(
+        self.balancer.log.info(
             "closing idle connection from {peer} on port {port}",
             peer=self.peer,
             port=self.port.number,
@@ -752,6 +753,8 @@ class Balancer:
     :ivar rejected: client connections closed because no server could
         take them, by VIP port.
     :ivar sip: what the SIP on all its connections said, counted.
+    :ivar log: where the lines of single connections go, which clients can
+        repeat at will: rate-limited (:class:`~ocsbal._logs.LimitedLog`).
     """
 
     def __init__(
@@ -782,6 +785,7 @@ class Balancer:
         self.accepted: Counter[int] = Counter()
         self.rejected: Counter[int] = Counter()
         self.sip = SIPTally()
+        self.log = LimitedLog(log, reactor)
         self._emptied: list[Deferred[None]] = []
 
     def backend(self, name: str) -> Backend:
@@ -953,7 +957,7 @@ class Balancer:
             if splice.sip is None:
                 continue
             if splice.sip.lapsed(now, grace):
-                log.warn(
+                self.log.warn(
                     "connection from {peer} missed its registration refresh "
                     "({aors}) by more than {grace:g} s",
                     peer=splice.peer,

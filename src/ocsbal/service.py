@@ -395,6 +395,7 @@ class PoolService(MultiService):
             await self._within(balancer.whenEmpty(), CLOSE_TIMEOUT)
         for splice in list(balancer.splices):
             splice.abort()
+        balancer.log.flush()  # the repeats counted so far
 
     async def _within(self, d: Deferred[None], seconds: float) -> None:
         """Wait for ``d``, but no longer than ``seconds``."""
