@@ -501,6 +501,42 @@ def test_hostile_sip_is_relayed_byte_exact_and_inspection_gives_up_cleanly(
     balancer.assert_stops_cleanly()
 
 
+def test_a_register_built_to_parse_slowly_freezes_nothing(
+    launch: Launcher, pki: PKI
+) -> None:
+    """Issue 11: four pipelined 60 KB REGISTERs, each Contact a comma and then
+    a quoted string whose every quote is escaped, froze every port and the
+    admin API for 82.6 s, and the health checks timed out.  Sent again, on
+    5060 and on a terminated 5061, the admin API and a normal client on
+    another connection are answered at once, and the attack is relayed."""
+    start_server(launch, pki, FE01, "fe01.example.com")
+    balancer = launch.balancer(hostile_ini({"fe01": FE01}))
+    contact = b'<sip:a@b>, "' + b'\\"' * 30_000
+    attack = register(1, "mallory").replace(
+        b"Contact: <sip:mallory@" + CLIENT.encode() + b">", b"Contact: " + contact
+    )
+    assert len(attack) > 60_000
+    context = client_context(pki)
+    for opener in (lambda: open_plain(SIP), lambda: open_tls(context)):
+        with opener() as hostile, opener() as normal:
+            hostile.sendall(attack * 4)
+            started = time.monotonic()
+            status, _ = admin_call(ADMIN, "GET", "/api/pool")
+            registered(normal, 1)
+            took = time.monotonic() - started
+            answers = b""
+            while answers.count(b"SIP/2.0 200 OK") < 4:
+                chunk = hostile.recv(65536)
+                assert chunk, answers[-200:]
+                answers += chunk
+        print(f"admin API and a REGISTER answered in {took:.3f} s")
+        assert status == 200
+        assert took < 2, took
+    _, servers = admin_call(ADMIN, "GET", "/api/servers")
+    assert servers[0]["health"] == "up"
+    balancer.assert_stops_cleanly()
+
+
 def client_hello(context: ssl.SSLContext) -> bytes:
     """The first flight of a real TLS client: its ClientHello record."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
