@@ -65,3 +65,15 @@ def test_flush_writes_the_counts_held() -> None:
     assert clock.getDelayedCalls() == []
     log.info("x {n}", n=3)
     assert lines[-1] == "info: x 3"
+
+
+def test_what_the_caller_names_tells_kinds_of_one_format_apart() -> None:
+    log, clock, lines = limited()
+    for server in ("fe1", "fe2", "fe1", "fe2"):
+        log.warn("{server} failed", kind=server, server=server)
+    assert lines == ["warn: fe1 failed", "warn: fe2 failed"]
+    clock.advance(10)
+    assert sorted(lines[2:]) == [
+        "warn: 1 more like this in the last 10 s, the last: fe1 failed",
+        "warn: 1 more like this in the last 10 s, the last: fe2 failed",
+    ]

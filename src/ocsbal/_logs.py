@@ -3,10 +3,13 @@
 One looping client, refused because no server can take it, would otherwise
 write a line per connection: ten of them wrote 34,329 lines in 40 s, and
 twistd's log rotation keeps every file.  :class:`LimitedLog` writes the first
-line of a kind (its format string) at once, then counts the others for
-:data:`REPEAT_INTERVAL` seconds and writes one line saying how many there
-were, with the fields of the last; a kind quiet for a whole interval is
-written at once again.
+line of a kind at once, then counts the others for :data:`REPEAT_INTERVAL`
+seconds and writes one line saying how many there were, with the fields of
+the last; a kind quiet for a whole interval is written at once again.
+
+A kind is a format string and what the caller says tells its lines apart
+beyond the format (the server that failed, and why): never a client's
+address, so that the kinds are few whatever the clients do.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from twisted.logger import Logger, LogLevel
 
 #: Seconds over which the repeats of a line are counted into one.
 REPEAT_INTERVAL = 10.0
+
+#: A kind of line: its level, format, and what tells it apart beyond them.
+_Kind = tuple[LogLevel, str, object]
 
 
 class _Repeats:
@@ -45,19 +51,25 @@ class LimitedLog:
         self._log = log
         self._clock = clock
         self.interval = interval
-        self._held: dict[tuple[LogLevel, str], _Repeats] = {}
+        self._held: dict[_Kind, _Repeats] = {}
 
-    def info(self, format: str, **fields: Any) -> None:
+    def info(self, format: str, *, kind: object = None, **fields: Any) -> None:
         """Write, or count, an informational line."""
-        self.emit(LogLevel.info, format, **fields)
+        self.emit(LogLevel.info, format, kind=kind, **fields)
 
-    def warn(self, format: str, **fields: Any) -> None:
+    def warn(self, format: str, *, kind: object = None, **fields: Any) -> None:
         """Write, or count, a warning."""
-        self.emit(LogLevel.warn, format, **fields)
+        self.emit(LogLevel.warn, format, kind=kind, **fields)
 
-    def emit(self, level: LogLevel, format: str, **fields: Any) -> None:
-        """Write the line if none of its kind was written this interval."""
-        key = (level, format)
+    def emit(
+        self, level: LogLevel, format: str, *, kind: object = None, **fields: Any
+    ) -> None:
+        """Write the line if none of its kind was written this interval.
+
+        :param kind: what tells this line's kind apart from others of the
+            same format; hashable, and of few values.
+        """
+        key = (level, format, kind)
         held = self._held.get(key)
         if held is None:
             self._log.emit(level, format, **fields)
@@ -72,14 +84,14 @@ class LimitedLog:
             held.summary.cancel()
             self._summarize(key, again=False)
 
-    def _later(self, key: tuple[LogLevel, str]) -> IDelayedCall:
+    def _later(self, key: _Kind) -> IDelayedCall:
         return self._clock.callLater(self.interval, self._summarize, key)
 
-    def _summarize(self, key: tuple[LogLevel, str], again: bool = True) -> None:
+    def _summarize(self, key: _Kind, again: bool = True) -> None:
         held = self._held.pop(key)
         if not held.count:
             return  # a quiet interval: the next line is written at once
-        level, format = key
+        level, format, _ = key
         self._log.emit(
             level,
             "{repeated_lines} more like this in the last {repeat_interval:g} s, "

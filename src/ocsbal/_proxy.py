@@ -478,13 +478,17 @@ class Splice:
         except (ConnectionDone, ConnectionLost):
             return False  # closed before a word, as TCP probes and scanners do
         except Exception as e:
+            reason = (
+                f"no TLS handshake within {timeout:g} s"
+                if isinstance(e, TimeoutError)
+                else tls_reason(e)
+            )
             self.balancer.log.info(
                 "TLS client {peer} on port {port} dropped: {reason}",
+                kind=(self.port.number, reason),
                 peer=self.peer,
                 port=self.port.number,
-                reason=f"no TLS handshake within {timeout:g} s"
-                if isinstance(e, TimeoutError)
-                else tls_reason(e),
+                reason=reason,
             )
             if not self.client.lost:
                 self.client.transport.abortConnection()
@@ -540,6 +544,7 @@ class Splice:
                 balancer.log.warn(
                     "connection from {peer} to server {server} "
                     "({address}:{port}) failed: {error}",
+                    kind=(backend.name, self.port.number, error),
                     peer=self.peer,
                     server=backend.name,
                     address=backend.server.address,
@@ -559,6 +564,7 @@ class Splice:
             return
         balancer.log.warn(
             "rejected connection from {peer} to port {port}: {reason}",
+            kind=(self.port.number, reason),
             peer=self.peer,
             port=self.port.number,
             reason=reason,
@@ -638,6 +644,7 @@ class Splice:
         self.closing = True
         self.balancer.log.info(
             "closing idle connection from {peer} on port {port}",
+            kind=self.port.number,
             peer=self.peer,
             port=self.port.number,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +42,25 @@ def pool_ini(
     for name, (address, weight) in servers.items():
         lines += ["", f"[server:{name}]", f"address = {address}", f"weight = {weight}"]
     return "\n".join(lines) + "\n"
+
+
+#: The line that counts the repeats of a rate-limited log line.
+REPEATS = re.compile(r"(\d+) more like this in the last [\d.]+ s, the last: ")
+
+
+def told(output: str, text: str) -> int:
+    """How many times a line holding ``text`` was logged.
+
+    Lines about single connections are rate-limited: the first of a kind is
+    written, the others counted into one line, which ends with the last.
+    The whole count is in the log once the balancer has stopped.
+    """
+    total = 0
+    for line in output.splitlines():
+        if text in line:
+            repeats = REPEATS.search(line)
+            total += int(repeats[1]) if repeats else 1
+    return total
 
 
 def connect(host: str, port: int) -> socket.socket:
