@@ -26,7 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from ocsbal.admin import AdminTokenError, read_token
+from ocsbal._token import AdminTokenError, read_token
 from ocsbal.config import Admin, ConfigError, load
 
 #: Seconds any one request may take.

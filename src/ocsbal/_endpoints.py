@@ -15,6 +15,16 @@ class ReactorTCPTime(IReactorTCP, IReactorTime):
     """The reactor features the relay and the monitors need: TCP and a clock."""
 
 
+def is_ipv6(address: str) -> bool:
+    """Whether ``address``, an IP address the configuration checked, is IPv6."""
+    return ":" in address  # no IPv4 address holds a colon
+
+
+def url_host(address: str) -> str:
+    """``address`` as the host part of a URI: IPv6 in brackets."""
+    return f"[{address}]" if is_ipv6(address) else address
+
+
 def server_endpoint(
     reactor: IReactorTCP,
     address: str,
@@ -27,7 +37,7 @@ def server_endpoint(
     :param source: the address to connect from; ``None`` lets the routing
         table choose.
     """
-    endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+    endpoint_type = TCP6ClientEndpoint if is_ipv6(address) else TCP4ClientEndpoint
     bind = None if source is None else (source, 0)
     return endpoint_type(reactor, address, port, timeout=timeout, bindAddress=bind)
 

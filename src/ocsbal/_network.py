@@ -22,11 +22,11 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.posixbase import PosixReactorBase
 
-from ocsbal._endpoints import ReactorTCPTime
-from ocsbal.config import NatMode
+from ocsbal._endpoints import ReactorTCPTime, is_ipv6
+from ocsbal._model import NatMode
 
 if TYPE_CHECKING:
-    from ocsbal.config import Pool
+    from ocsbal._model import Pool
 
 # Linux's values; the socket module names them only in recent Pythons.
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -40,7 +40,7 @@ class NetworkSetupError(Exception):
 
 
 def _family(address: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
+    return socket.AF_INET6 if is_ipv6(address) else socket.AF_INET
 
 
 def _set(sock: socket.socket, ipv4: int, ipv6: int) -> None:

@@ -55,13 +55,13 @@ from ocsbal._idle import IdleTimeout
 from ocsbal._logs import LimitedLog
 from ocsbal._network import TransparentTCP
 from ocsbal._tls import tls_contexts, tls_reason
-from ocsbal.config import NatMode, PortProtocol
+from ocsbal._model import NatMode, PortProtocol
 from ocsbal.health import HealthState
 from ocsbal.scheduling import IScheduler, NoServerAvailable, scheduler_class
 from ocsbal.sip import GaveUp, Registrations, SIPInspector, SIPTally
 
 if TYPE_CHECKING:
-    from ocsbal.config import Pool, Port, Server
+    from ocsbal._model import Pool, Port, Server
 
 log = Logger(namespace="ocsbal")
 

@@ -33,7 +33,7 @@ from twisted.internet.ssl import (
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
 
-    from ocsbal.config import Pool, Server, TLSSettings
+    from ocsbal._model import Pool, Server, TLSSettings
 
 #: The oldest TLS spoken on either side (TLS 1.0 and 1.1 are broken).
 MINIMUM_VERSION = TLSVersion.TLSv1_2

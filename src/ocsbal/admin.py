@@ -36,7 +36,6 @@ import io
 import ipaddress
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -64,7 +63,8 @@ from ocsbal._report import (
     servers_report,
 )
 from ocsbal._status_page import render_status_page
-from ocsbal.config import Admin, ConfigError, Server
+from ocsbal._token import AdminTokenError, read_token
+from ocsbal._model import Admin, ConfigError, Server
 
 if TYPE_CHECKING:
     from ocsbal.service import PoolService
@@ -91,28 +91,6 @@ class _BoundedRequest(Request):
         room = MAX_BODY + 1 - self._kept.tell()
         if room > 0:
             self._kept.write(data[:room])
-
-
-class AdminTokenError(ValueError):
-    """The admin token file cannot be used; the message says why."""
-
-
-def read_token(admin: Admin) -> bytes | None:
-    """Read the token of ``admin``, or ``None`` if it has no token file.
-
-    :raises AdminTokenError: if the file cannot be read or is empty.
-    """
-    if admin.token_file is None:
-        return None
-    try:
-        token = Path(admin.token_file).read_bytes().strip()
-    except OSError as e:
-        raise AdminTokenError(
-            f"[admin] token_file = {admin.token_file}: cannot read: {e.strerror}"
-        ) from None
-    if not token:
-        raise AdminTokenError(f"[admin] token_file = {admin.token_file}: is empty")
-    return token
 
 
 class _RequestError(Exception):
@@ -207,11 +185,6 @@ def _body(request: Request, allowed: dict[str, tuple[type, str]]) -> dict[str, A
     return body
 
 
-def _problems(error: ConfigError) -> str:
-    # The pool checks itself as "Pool"; the operator is talking to it.
-    return "; ".join(str(p).removeprefix(f"{p.file}: ") for p in error.problems)
-
-
 class _PoolEndpoint(_Endpoint):
     def do_GET(self, _request: Request) -> object:
         return pool_report(self.service.balancer)
@@ -240,7 +213,7 @@ class _ServersEndpoint(_Endpoint):
             server = Server(**fields)
             self.service.add_server(server)
         except ConfigError as e:
-            _refuse(409, _problems(e))
+            _refuse(409, "; ".join(map(str, e.problems)))
         except ValueError as e:
             _refuse(400, str(e))
         request.setResponseCode(201)

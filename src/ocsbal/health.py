@@ -26,7 +26,7 @@ from zope.interface import Interface
 
 if TYPE_CHECKING:
     from ocsbal._proxy import Backend, Balancer
-    from ocsbal.config import Server
+    from ocsbal._model import Server
 
 __all__ = ["CheckNotMadeError", "HealthChecks", "HealthState", "IMonitor"]
 

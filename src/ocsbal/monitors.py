@@ -65,13 +65,13 @@ from twisted.web.client import (
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint
+from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint, url_host
 from ocsbal._tls import TLSContexts, tls_reason
-from ocsbal.config import MonitorType, PortProtocol
+from ocsbal._model import MonitorType, PortProtocol
 from ocsbal.health import CheckNotMadeError, IMonitor
 
 if TYPE_CHECKING:
-    from ocsbal.config import Pool, Server
+    from ocsbal._model import Pool, Server
 
 __all__ = [
     "HTTPSMonitor",
@@ -405,7 +405,7 @@ class SIPOptionsMonitor:
     def request(self, server: Server, port: int, secure: bool) -> bytes:
         """The OPTIONS request sent to ``server`` on ``port``."""
         transport = "TLS" if secure else "TCP"
-        host = f"[{server.address}]" if ":" in server.address else server.address
+        host = url_host(server.address)
         branch = "z9hG4bK" + secrets.token_hex(8)
         tag = secrets.token_hex(4)
         call_id = f"{secrets.token_hex(8)}@{self.fqdn}"
@@ -471,7 +471,7 @@ class HTTPSMonitor:
             pool=HTTPConnectionPool(self.reactor, persistent=False),
         )
         client = treq.client.HTTPClient(agent)
-        host = f"[{server.address}]" if ":" in server.address else server.address
+        host = url_host(server.address)
 
         async def probe(port: int) -> None:
             try:

@@ -35,14 +35,15 @@ from ocsbal._proxy import (
     UnknownServerError,
 )
 from ocsbal._tls import TLSSetupError
-from ocsbal.admin import AdminService, AdminTokenError, read_token
+from ocsbal._token import AdminTokenError, read_token
+from ocsbal.admin import AdminService
 from ocsbal.config import ConfigError, load
 from ocsbal.health import HealthChecks
 from ocsbal.monitors import monitor_for
 from ocsbal.scheduling import scheduler_class
 
 if TYPE_CHECKING:
-    from ocsbal.config import Pool, Port, Server
+    from ocsbal._model import Pool, Port, Server
 
 __all__ = [
     "ConfigReloader",
