@@ -53,9 +53,9 @@ from zope.interface import implementer
 from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint
 from ocsbal._idle import IdleTimeout
 from ocsbal._logs import LimitedLog
+from ocsbal._model import NatMode, PortProtocol
 from ocsbal._network import TransparentTCP
 from ocsbal._tls import tls_contexts, tls_reason
-from ocsbal._model import NatMode, PortProtocol
 from ocsbal.health import HealthState
 from ocsbal.scheduling import IScheduler, NoServerAvailable, scheduler_class
 from ocsbal.sip import GaveUp, Registrations, SIPInspector, SIPTally

@@ -55,6 +55,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from ocsbal._metrics import PoolCollector
+from ocsbal._model import Admin, ConfigError, Server
 from ocsbal._proxy import AdminState, LastServerError, UnknownServerError
 from ocsbal._report import (
     connections_report,
@@ -64,7 +65,6 @@ from ocsbal._report import (
 )
 from ocsbal._status_page import render_status_page
 from ocsbal._token import AdminTokenError, read_token
-from ocsbal._model import Admin, ConfigError, Server
 
 if TYPE_CHECKING:
     from ocsbal.service import PoolService

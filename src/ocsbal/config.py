@@ -23,9 +23,7 @@ import attrs
 from ocsbal._model import (
     _ADMIN_RULES,
     _MONITOR_RULES,
-    _NAME_RULE,
     _POOL_RULES,
-    _PORT_RULE,
     _PROTOCOL_RULE,
     _SERVER_RULES,
     _TLS_FILES,
@@ -33,21 +31,25 @@ from ocsbal._model import (
     HEARTBEAT_PORTS,
     OCS_PORTS,
     Admin,
-    ConfigError,
     Monitor,
+    Pool,
+    Port,
+    Server,
+    TLSSettings,
+    relations,
+)
+from ocsbal._rules import (
+    _NAME_RULE,
+    _PORT_RULE,
+    ConfigError,
     MonitorType,
     NatMode,
-    Pool,
     PoolKind,
-    Port,
     PortProtocol,
     Problem,
-    Server,
     TLSMode,
-    TLSSettings,
     _Rule,
     _text,
-    relations,
 )
 
 __all__ = [

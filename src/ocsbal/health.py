@@ -25,8 +25,8 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 if TYPE_CHECKING:
-    from ocsbal._proxy import Backend, Balancer
     from ocsbal._model import Server
+    from ocsbal._proxy import Backend, Balancer
 
 __all__ = ["CheckNotMadeError", "HealthChecks", "HealthState", "IMonitor"]
 

@@ -66,8 +66,8 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint, url_host
-from ocsbal._tls import TLSContexts, tls_reason
 from ocsbal._model import MonitorType, PortProtocol
+from ocsbal._tls import TLSContexts, tls_reason
 from ocsbal.health import CheckNotMadeError, IMonitor
 
 if TYPE_CHECKING:
