@@ -159,7 +159,7 @@ class ReadTests(AdminTests):
 
     def test_sip_metrics_count_methods_classes_keepalives_and_give_ups(self) -> None:
         self.connect()
-        [splice] = self.service.balancer.splices
+        [splice] = self.service.relay.splices
         assert splice.server is not None
         splice.client.dataReceived(
             b"REGISTER sip:x SIP/2.0\r\n\r\nFOO sip:x SIP/2.0\r\n\r\n\r\n\r\n"
@@ -231,7 +231,7 @@ class ChangeTests(AdminTests):
         )
         assert status == 200
         assert (server["weight"], server["state"]) == (7, "drain")
-        assert self.service.balancer.backend("fe2").pickable is False
+        assert self.service.servers.backend("fe2").pickable is False
 
     def test_a_bad_patch_changes_nothing(self) -> None:
         for body, error in [
@@ -243,7 +243,7 @@ class ChangeTests(AdminTests):
                 400,
                 {"error": _Containing(error)},
             )
-        backend = self.service.balancer.backend("fe2")
+        backend = self.service.servers.backend("fe2")
         assert (backend.weight, backend.state.value) == (50, "ready")
 
     def test_delete_lets_connections_finish_unless_forced(self) -> None:

@@ -93,11 +93,11 @@ class API:
 
     def state(self) -> tuple[object, ...]:
         """Everything a refused request must leave as it was."""
-        backends = self.service.balancer.backends.values()
+        backends = self.service.servers.backends.values()
         return (
             self.service.pool,
             [(b.name, b.weight, b.state, b.removed, b.health.up) for b in backends],
-            sorted(b.name for b in self.service.balancer.leaving),
+            sorted(b.name for b in self.service.servers.leaving),
             self.call("GET", "/api/pool")[1],
             self.call("GET", "/api/servers")[1],
         )

@@ -515,8 +515,7 @@ class TestInCode:
         with pytest.raises(ConfigError) as raised:
             Pool("p", "p.example.com", "10.0.0.10", [Server("a", "10.0.0.10")])
         assert str(raised.value) == (
-            "[server:a] address = 10.0.0.10: is the VIP; "
-            "a server needs its own address"
+            "[server:a] address = 10.0.0.10: is the VIP; a server needs its own address"
         )
 
     def test_the_classes_are_frozen(self) -> None:

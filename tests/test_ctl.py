@@ -81,7 +81,7 @@ class ClientTests(SynchronousTestCase):
             self.call(b"s3cret", "PATCH", "/api/servers/fe2", {"state": "drain"})
         )
         assert answer["state"] == "drain"
-        assert self.service.balancer.backend("fe2").state.value == "drain"
+        assert self.service.servers.backend("fe2").state.value == "drain"
 
     def test_an_api_error_is_a_ctl_error(self) -> None:
         failure = self.failureResultOf(self.call(b"guess", "GET", "/api/pool"))
@@ -89,8 +89,8 @@ class ClientTests(SynchronousTestCase):
         assert str(failure.value) == "401 a valid admin token is required"
 
     def test_tables_show_the_reports(self) -> None:
-        balancer = self.service.balancer
-        servers = show_servers(servers_report(balancer)).splitlines()
+        relay = self.service.relay
+        servers = show_servers(servers_report(relay)).splitlines()
         assert " ".join(servers[0].split()) == (
             "NAME ADDRESS WEIGHT STATE HEALTH ACTIVE TOTAL LAST CHECK"
         )
@@ -106,10 +106,10 @@ class ClientTests(SynchronousTestCase):
             "checked",
             "yet",
         ]
-        pool = show_pool(pool_report(balancer))
+        pool = show_pool(pool_report(relay))
         assert pool.startswith("pool pool01 (pool01.example.com) on 127.0.1.10:")
         assert "5060  sip" in pool
-        assert show_connections(connections_report(balancer)).split() == [
+        assert show_connections(connections_report(relay)).split() == [
             "CLIENT",
             "PORT",
             "SERVER",

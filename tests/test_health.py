@@ -15,21 +15,26 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ocsbal._proxy import AdminState, Balancer
+from ocsbal._checks import HealthChecks
+from ocsbal._pool import AdminState, RunningPool
+from ocsbal._relay import Relay
 from ocsbal.config import Monitor, Pool, Port, PortProtocol, Server
-from ocsbal.health import CheckNotMadeError, HealthChecks, HealthState, IMonitor
-from ocsbal.scheduling import RoundRobin
+from ocsbal.health import CheckNotMadeError, HealthState, IMonitor
 
 FE1 = Server("fe1", "127.0.1.11")
 
 
+def thresholds(rise: int, fall: int) -> Monitor:
+    return Monitor(rise=rise, fall=fall)
+
+
 class TestHealthState:
     def test_a_new_server_is_up(self) -> None:
-        assert HealthState(rise=2, fall=3).up
+        assert HealthState().up
 
     def test_fall_failures_in_a_row_take_it_down(self) -> None:
-        state = HealthState(rise=2, fall=3)
-        assert [state.record(False, "refused") for _ in range(3)] == [
+        state, monitor = HealthState(), thresholds(2, 3)
+        assert [state.record(False, monitor, "refused") for _ in range(3)] == [
             False,
             False,
             True,
@@ -38,26 +43,32 @@ class TestHealthState:
         assert state.last == "refused"
 
     def test_a_success_restarts_the_count(self) -> None:
-        state = HealthState(rise=2, fall=2)
-        state.record(False, "x")
-        state.record(True)
-        state.record(False, "x")
+        state, monitor = HealthState(), thresholds(2, 2)
+        state.record(False, monitor, "x")
+        state.record(True, monitor)
+        state.record(False, monitor, "x")
         assert state.up
 
     def test_rise_successes_in_a_row_bring_it_back(self) -> None:
-        state = HealthState(rise=3, fall=1)
-        state.record(False, "x")
-        assert [state.record(True) for _ in range(3)] == [False, False, True]
+        state, monitor = HealthState(), thresholds(3, 1)
+        state.record(False, monitor, "x")
+        assert [state.record(True, monitor) for _ in range(3)] == [False, False, True]
         assert state.up
         assert state.last == "ok"
 
     def test_a_failure_while_rising_starts_over(self) -> None:
-        state = HealthState(rise=2, fall=1)
-        state.record(False, "x")
-        state.record(True)
-        state.record(False, "x")
-        state.record(True)
+        state, monitor = HealthState(), thresholds(2, 1)
+        state.record(False, monitor, "x")
+        state.record(True, monitor)
+        state.record(False, monitor, "x")
+        state.record(True, monitor)
         assert not state.up
+
+    def test_the_thresholds_in_force_count(self) -> None:
+        """A reload's new rise and fall apply to a streak under way."""
+        state = HealthState()
+        state.record(False, thresholds(2, 3), "x")
+        assert state.record(False, thresholds(2, 2), "x")  # the second of 2
 
 
 @implementer(IMonitor)
@@ -78,26 +89,27 @@ class ScriptedMonitor:
                 d.callback(None) if ok else d.errback(Exception(reason))
 
 
-def makeBalancer(clock: Any, **monitor: Any) -> Balancer:
+def makeServers(**monitor: Any) -> RunningPool:
     pool = Pool(
         name="p",
         fqdn="p.example.com",
         vip="127.0.1.10",
         servers=[FE1, Server("fe2", "127.0.1.12")],
         ports=[Port(5060, PortProtocol.SIP)],
+        scheduler="round-robin",
         monitor=Monitor(**monitor),
     )
-    return Balancer(pool, clock, RoundRobin())
+    return RunningPool(pool)
 
 
 class TestHealthChecks:
     def setup_method(self) -> None:
         self.clock = Clock()
-        self.balancer = makeBalancer(self.clock, interval=5, rise=2, fall=2)
+        self.servers = makeServers(interval=5, rise=2, fall=2)
         self.monitor = ScriptedMonitor()
         jitters = iter([0.0, 0.5])
         self.checks = HealthChecks(
-            self.balancer, self.monitor, 5, self.clock, jitter=lambda: next(jitters)
+            self.servers, self.monitor, 5, self.clock, jitter=lambda: next(jitters)
         )
         self.checks.startService()
         self.clock.advance(0)  # fe1's delay is 0: its first check is due now
@@ -124,7 +136,7 @@ class TestHealthChecks:
                 self.clock.advance(5)
         finally:
             globalLogPublisher.removeObserver(events.append)
-        assert [b.health.up for b in self.balancer.backends.values()] == [False, False]
+        assert [b.health.up for b in self.servers.backends.values()] == [False, False]
         warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
         assert warnings == [
             "server fe1 (127.0.1.11) is down: port 5061 refused",
@@ -142,7 +154,7 @@ class TestHealthChecks:
                 self.clock.advance(5)
         finally:
             globalLogPublisher.removeObserver(events.append)
-        assert self.balancer.backends["fe1"].health.up
+        assert self.servers.backends["fe1"].health.up
         assert "server fe1 not checked, its state stays: port 5061: Too many " in (
             formatEvent(events[0])
         )
@@ -152,7 +164,7 @@ class TestHealthChecks:
         for ok in (False, False, True, True):
             self.monitor.answer(ok)
             self.clock.advance(5)
-        assert [b.health.up for b in self.balancer.backends.values()] == [True, True]
+        assert [b.health.up for b in self.servers.backends.values()] == [True, True]
 
     def test_stop_waits_for_the_check_in_progress_and_starts_no_more(self) -> None:
         d = self.checks.stopService()
@@ -163,19 +175,19 @@ class TestHealthChecks:
         assert [n for n, _ in self.monitor.checks] == ["fe1"]  # fe2 never started
 
     def test_a_server_in_maintenance_is_not_checked(self) -> None:
-        self.balancer.set_state("fe2", AdminState.MAINT)
+        self.servers.set_state("fe2", AdminState.MAINT)
         for _ in range(2):
             self.monitor.answer(True)
             self.clock.advance(5)
         assert [n for n, _ in self.monitor.checks] == ["fe1", "fe1", "fe1"]
 
     def test_watched_servers_are_checked_at_once_unwatched_ones_no_more(self) -> None:
-        fe2 = self.balancer.backend("fe2")
+        fe2 = self.servers.backend("fe2")
         self.checks.unwatch(fe2)
-        (fe3,), _ = self.balancer.reconfigure(
+        (fe3,), _ = self.servers.reconfigure(
             attrs.evolve(
-                self.balancer.pool,
-                servers=[*self.balancer.pool.servers, Server("fe3", "127.0.1.13")],
+                self.servers.pool,
+                servers=[*self.servers.pool.servers, Server("fe3", "127.0.1.13")],
             )
         )
         self.checks.watch(fe3)
@@ -188,7 +200,7 @@ class TestHealthChecks:
         assert fe3.health.up is True
 
     def test_unwatching_waits_for_the_check_in_progress(self) -> None:
-        d = self.checks.unwatch(self.balancer.backend("fe1"))
+        d = self.checks.unwatch(self.servers.backend("fe1"))
         assert not d.called
         self.monitor.answer(True)
         assert d.called
@@ -196,11 +208,12 @@ class TestHealthChecks:
 
 def test_a_down_server_is_never_picked_and_failed_connections_count() -> None:
     reactor = MemoryReactorClock()
-    balancer = makeBalancer(reactor, fall=1)
-    fe1, fe2 = balancer.backends.values()
-    balancer.record(fe1, False, "port 5061 refused")
+    servers = makeServers(fall=1)
+    relay = Relay(servers, reactor)
+    fe1, fe2 = servers.backends.values()
+    servers.record(fe1, False, "port 5061 refused")
     for port in range(40000, 40004):
-        protocol = balancer.listener(Port(5060)).buildProtocol(None)
+        protocol = relay.listener(Port(5060)).buildProtocol(None)
         protocol.makeConnection(
             StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
         )

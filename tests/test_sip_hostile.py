@@ -26,8 +26,8 @@ from ocsbal.sip import (
     Response,
     SIPInspector,
     SIPTally,
-    _items,
 )
+from ocsbal.sip._headers import _items
 
 #: What a header block at the cap may cost, everything included; quadratic
 #: scanning took seconds, linear takes a few milliseconds.

@@ -25,10 +25,10 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
-from ocsbal._proxy import Balancer
+from ocsbal._pool import RunningPool
+from ocsbal._relay import Relay
 from ocsbal._tls import TLSSetupError, tls_contexts
 from ocsbal.config import Pool, Port, PortProtocol, Server, TLSMode, TLSSettings
-from ocsbal.scheduling import RoundRobin
 
 SIPS = Port(5061, PortProtocol.SIPS)
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -125,14 +125,15 @@ class Network:
 
     def __init__(self, pool: Pool) -> None:
         self.reactor = MemoryReactorClock()
-        self.balancer = Balancer(pool, self.reactor, RoundRobin())
+        self.servers = RunningPool(pool)
+        self.relay = Relay(self.servers, self.reactor)
         self.pumps: list[iosim.IOPump] = []
         self.log: list[str] = []
 
     def connect_client(self, tls: Any) -> Peer:
         """A client connects to the VIP's sips port and handshakes with ``tls``."""
         client = Peer()
-        factory = self.balancer.serving(self.balancer.listener(SIPS))
+        factory = self.relay.factory_for(self.relay.listener(SIPS))
         accepted = factory.buildProtocol(CLIENT)
         connecting = self._tls(tls, True, client)
         self._pump(accepted, CLIENT, connecting)
@@ -202,7 +203,7 @@ def test_the_client_handshakes_with_the_pool_and_the_server_with_its_own_name(
         net.flush()
     assert server.received == REGISTER
     assert client.received == REGISTERED
-    [splice] = net.balancer.splices
+    [splice] = net.relay.splices
     assert splice.sip is not None  # decrypted, the SIP is followed as on 5060
     assert splice.sip.bindings == {"sip:alice@example.com": 900}
     assert net.log == []
@@ -235,7 +236,7 @@ def test_a_server_whose_certificate_has_another_name_is_a_failed_attempt(
         net.flush()
     assert impostor.received == b""
     assert server.received == b"hello"
-    backends = net.balancer.backends
+    backends = net.servers.backends
     assert (backends["fe0"].active, backends["fe1"].active) == (0, 1)
     assert net.log == [
         f"connection from {PEER} to server fe0 (127.0.1.11:5061) failed: "
@@ -282,7 +283,7 @@ def test_a_client_that_never_handshakes_is_cut_off_with_one_line(pki: PKI) -> No
         f"TLS client {PEER} on port 5061 dropped: no TLS handshake within 10 s"
     ]
     assert net.reactor.tcpClients == []
-    assert net.balancer.splices == set()
+    assert net.relay.splices == set()
 
 
 def test_garbage_instead_of_a_client_hello_costs_one_line(pki: PKI) -> None:
@@ -296,7 +297,7 @@ def test_garbage_instead_of_a_client_hello_costs_one_line(pki: PKI) -> None:
         f"TLS client {PEER} on port 5061 dropped: TLS handshake failed: "
     )
     assert net.reactor.tcpClients == []
-    assert net.balancer.splices == set()
+    assert net.relay.splices == set()
 
 
 class TestSetUp:
@@ -373,4 +374,4 @@ def test_a_client_that_closes_before_its_handshake_costs_nothing(pki: PKI) -> No
         client.loseConnection()
         net.flush()
     assert net.log == []
-    assert net.balancer.splices == set()
+    assert net.relay.splices == set()

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a pool, read from the balancer at scrape time.
+"""Prometheus metrics of a pool, read from the relay at scrape time.
 
 The relay keeps plain integer counters; nothing is updated per connection
 or per byte for Prometheus' sake.  A scrape walks the servers and the open
@@ -13,25 +13,25 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ocsbal._proxy import AdminState
+from ocsbal._pool import AdminState
 
 if TYPE_CHECKING:
-    from ocsbal._proxy import Balancer
+    from ocsbal._relay import Relay
 
 
 class PoolCollector(Collector):
-    """Collects the metrics of one balancer's servers and listeners.
+    """Collects the metrics of one pool's servers and listeners.
 
-    :param balancer: the pool at run time.
+    :param relay: the pool's connections, and through it its servers.
     """
 
-    def __init__(self, balancer: Balancer) -> None:
-        self.balancer = balancer
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric family, labelled by pool and server or port."""
-        balancer = self.balancer
-        pool = balancer.pool.name
+        relay = self.relay
+        pool = relay.pool.name
         server = ["pool", "server"]
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "up": GaugeMetricFamily(
@@ -68,7 +68,7 @@ class PoolCollector(Collector):
             "1 for the server's admin state (ready, drain or maint).",
             labels=[*server, "state"],
         )
-        for backend in balancer.backends.values():
+        for backend in relay.servers.backends.values():
             labels = [pool, backend.name]
             families["up"].add_metric(labels, backend.health.up)
             families["weight"].add_metric(labels, backend.weight)
@@ -83,7 +83,7 @@ class PoolCollector(Collector):
         yield from self._listeners(pool)
 
     def _listeners(self, pool: str) -> Iterator[Metric]:
-        balancer = self.balancer
+        relay = self.relay
         labels = ["pool", "port", "protocol"]
         active = GaugeMetricFamily(
             "ocsbal_listener_active_connections",
@@ -100,17 +100,17 @@ class PoolCollector(Collector):
             "Client connections closed because no server could take them.",
             labels=labels,
         )
-        open_by_port = balancer.active_by_port()
-        for port in balancer.pool.ports:
+        open_by_port = relay.active_by_port()
+        for port in relay.pool.ports:
             values = [pool, str(port.number), port.protocol.value]
             active.add_metric(values, open_by_port[port.number])
-            accepted.add_metric(values, balancer.accepted[port.number])
-            rejected.add_metric(values, balancer.rejected[port.number])
+            accepted.add_metric(values, relay.accepted[port.number])
+            rejected.add_metric(values, relay.rejected[port.number])
         yield from (active, accepted, rejected)
         yield from self._sip(pool)
 
     def _sip(self, pool: str) -> Iterator[Metric]:
-        tally = self.balancer.sip
+        tally = self.relay.sip
         for name, documentation, label, counts in [
             ("requests", "SIP requests seen, by method.", "method", tally.requests),
             ("responses", "SIP responses seen, by class.", "class", tally.responses),

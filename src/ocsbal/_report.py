@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 
+from ocsbal._sweep import closing_time
+
 if TYPE_CHECKING:
-    from ocsbal._proxy import Backend, Balancer, Splice
+    from ocsbal._pool import Backend
+    from ocsbal._relay import Relay, Splice
 
 
 def server_report(backend: Backend) -> dict[str, Any]:
@@ -32,18 +35,19 @@ def server_report(backend: Backend) -> dict[str, Any]:
     }
 
 
-def servers_report(balancer: Balancer) -> list[dict[str, Any]]:
+def servers_report(relay: Relay) -> list[dict[str, Any]]:
     """Every server, in configuration order, then those being removed."""
-    leaving = sorted(balancer.leaving, key=lambda b: b.name)
-    return [server_report(b) for b in [*balancer.backends.values(), *leaving]]
+    servers = relay.servers
+    leaving = sorted(servers.leaving, key=lambda b: b.name)
+    return [server_report(b) for b in [*servers.backends.values(), *leaving]]
 
 
-def pool_report(balancer: Balancer) -> dict[str, Any]:
+def pool_report(relay: Relay) -> dict[str, Any]:
     """The pool's settings, its listeners and its totals."""
-    pool = balancer.pool
+    pool = relay.pool
     monitor = pool.monitor
-    active = balancer.active_by_port()
-    backends = balancer.backends.values()
+    active = relay.active_by_port()
+    backends = relay.servers.backends.values()
     return {
         "name": pool.name,
         "fqdn": pool.fqdn,
@@ -67,18 +71,18 @@ def pool_report(balancer: Balancer) -> dict[str, Any]:
                 "port": port.number,
                 "protocol": port.protocol.value,
                 "active": active[port.number],
-                "accepted": balancer.accepted[port.number],
-                "rejected": balancer.rejected[port.number],
+                "accepted": relay.accepted[port.number],
+                "rejected": relay.rejected[port.number],
             }
             for port in pool.ports
         ],
         "totals": {
-            "servers": len(balancer.backends),
+            "servers": len(relay.servers.backends),
             "up": sum(b.health.up for b in backends),
             "ready": sum(b.pickable for b in backends),
-            "active": len(balancer.splices),
-            "accepted": balancer.accepted.total(),
-            "rejected": balancer.rejected.total(),
+            "active": len(relay.splices),
+            "accepted": relay.accepted.total(),
+            "rejected": relay.rejected.total(),
         },
     }
 
@@ -87,12 +91,12 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
     """One client connection, ``now`` being the clock's time.
 
     It says in how many seconds the idle sweep will close it if nothing
-    more happens, and why then (see :meth:`Balancer.closing_time`).  On a
+    more happens, and why then (see :func:`ocsbal._sweep.closing_time`).  On a
     ``sip`` port it also says what the SIP told: registered addresses of
     record and when they expire, keep-alives, the last message, and whether
     inspection gave up.
     """
-    closes_at, closes_because = splice.balancer.closing_time(splice)
+    closes_at, closes_because = closing_time(splice)
     report: dict[str, Any] = {
         "client": _address(splice.peer),
         "port": splice.port.number,
@@ -105,26 +109,26 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
         "closes_in": round(closes_at - now, 3),
         "closes_because": closes_because,
     }
-    if splice.sip is not None:
+    sip = splice.sip
+    if sip is not None:
         report["sip"] = {
             "registered": {
-                aor: round(expiry - now, 3)
-                for aor, expiry in splice.sip.bindings.items()
+                aor: round(expiry - now, 3) for aor, expiry in sip.bindings.items()
             },
-            "keepalives": splice.sip.keepalives,
-            "last_message": splice.sip.last_message,
-            "inspection": "gave up: " + splice.gave_up if splice.gave_up else "on",
-            "missed_refresh": splice.sip.missed_refresh(
-                now, splice.balancer.pool.registration_grace
+            "keepalives": sip.keepalives,
+            "last_message": sip.last_message,
+            "inspection": f"gave up: {sip.gave_up}" if sip.gave_up else "on",
+            "missed_refresh": sip.missed_refresh(
+                now, splice.relay.pool.registration_grace
             ),
         }
     return report
 
 
-def connections_report(balancer: Balancer) -> list[dict[str, Any]]:
+def connections_report(relay: Relay) -> list[dict[str, Any]]:
     """Every open client connection, oldest first."""
-    now = balancer.reactor.seconds()
-    splices = sorted(balancer.splices, key=lambda s: s.started)
+    now = relay.reactor.seconds()
+    splices = sorted(relay.splices, key=lambda s: s.started)
     return [connection_report(s, now) for s in splices]
 
 

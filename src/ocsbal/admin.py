@@ -36,7 +36,7 @@ import io
 import ipaddress
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -56,7 +56,7 @@ from twisted.web.server import Request, Site
 
 from ocsbal._metrics import PoolCollector
 from ocsbal._model import Admin, ConfigError, Server
-from ocsbal._proxy import AdminState, LastServerError, UnknownServerError
+from ocsbal._pool import AdminState, LastServerError, UnknownServerError
 from ocsbal._report import (
     connections_report,
     pool_report,
@@ -67,9 +67,35 @@ from ocsbal._status_page import render_status_page
 from ocsbal._token import AdminTokenError, read_token
 
 if TYPE_CHECKING:
-    from ocsbal.service import PoolService
+    from ocsbal._pool import Backend
+    from ocsbal._relay import Relay
 
-__all__ = ["AdminService", "AdminTokenError", "admin_site"]
+
+class PoolControl(Protocol):
+    """What the admin interface needs of a running pool.
+
+    Its connections, and through them its servers, to report; and the
+    changes an operator makes.  :class:`ocsbal.PoolService` is one.
+    """
+
+    @property
+    def relay(self) -> Relay:
+        """The pool's connections, and its servers (``relay.servers``)."""
+
+    def add_server(self, server: Server) -> None:
+        """Add ``server``; see :meth:`ocsbal.PoolService.add_server`."""
+
+    def remove_server(self, name: str, force: bool = False) -> None:
+        """Remove a server; see :meth:`ocsbal.PoolService.remove_server`."""
+
+    def reweight(self, name: str, weight: int) -> None:
+        """Re-weight a server; see :meth:`ocsbal.PoolService.reweight`."""
+
+    def set_state(self, name: str, state: AdminState) -> None:
+        """Drain a server, or the like; see :meth:`ocsbal.PoolService.set_state`."""
+
+
+__all__ = ["AdminService", "AdminTokenError", "PoolControl", "admin_site"]
 
 #: The largest request body accepted; the API's bodies are a few fields.
 MAX_BODY = 64 * 1024
@@ -133,9 +159,13 @@ class _Endpoint(_Exact):
     ``HEAD`` is answered as ``GET``, without the body.
     """
 
-    def __init__(self, service: PoolService) -> None:
+    def __init__(self, control: PoolControl) -> None:
         super().__init__()
-        self.service = service
+        self.control = control
+
+    def backend(self, name: str) -> Backend:
+        """The server called ``name``; unknown, a 404."""
+        return self.control.relay.servers.backend(name)
 
     def render(self, request: Request) -> bytes:
         method = request.method.decode("ascii", "replace")
@@ -187,22 +217,22 @@ def _body(request: Request, allowed: dict[str, tuple[type, str]]) -> dict[str, A
 
 class _PoolEndpoint(_Endpoint):
     def do_GET(self, _request: Request) -> object:
-        return pool_report(self.service.balancer)
+        return pool_report(self.control.relay)
 
 
 class _ConnectionsEndpoint(_Endpoint):
     def do_GET(self, _request: Request) -> object:
-        return connections_report(self.service.balancer)
+        return connections_report(self.control.relay)
 
 
 class _ServersEndpoint(_Endpoint):
     def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
         if not path:
             return self
-        return _ServerEndpoint(self.service, path.decode("utf-8", "replace"))
+        return _ServerEndpoint(self.control, path.decode("utf-8", "replace"))
 
     def do_GET(self, _request: Request) -> object:
-        return servers_report(self.service.balancer)
+        return servers_report(self.control.relay)
 
     def do_POST(self, request: Request) -> object:
         fields = _body(request, {"name": _STRING, "address": _STRING, "weight": _WHOLE})
@@ -211,27 +241,27 @@ class _ServersEndpoint(_Endpoint):
             _refuse(400, f"missing field {missing[0]!r}")
         try:
             server = Server(**fields)
-            self.service.add_server(server)
+            self.control.add_server(server)
         except ConfigError as e:
             _refuse(409, "; ".join(map(str, e.problems)))
         except ValueError as e:
             _refuse(400, str(e))
         request.setResponseCode(201)
         request.setHeader(b"location", f"/api/servers/{server.name}".encode())
-        return server_report(self.service.balancer.backend(server.name))
+        return server_report(self.backend(server.name))
 
 
 class _ServerEndpoint(_Endpoint):
-    def __init__(self, service: PoolService, name: str) -> None:
-        super().__init__(service)
+    def __init__(self, control: PoolControl, name: str) -> None:
+        super().__init__(control)
         self.name = name
 
     def do_GET(self, _request: Request) -> object:
-        return server_report(self.service.balancer.backend(self.name))
+        return server_report(self.backend(self.name))
 
     def do_PATCH(self, request: Request) -> object:
         fields = _body(request, {"weight": _WHOLE, "state": _STRING})
-        backend = self.service.balancer.backend(self.name)
+        backend = self.backend(self.name)
         # Check everything before changing anything.
         state = fields.get("state", backend.state.value)
         try:
@@ -245,15 +275,15 @@ class _ServerEndpoint(_Endpoint):
         except ValueError as e:
             _refuse(400, str(e))
         if weight != backend.weight:
-            self.service.reweight(self.name, weight)
-        self.service.set_state(self.name, new_state)
+            self.control.reweight(self.name, weight)
+        self.control.set_state(self.name, new_state)
         return server_report(backend)
 
     def do_DELETE(self, request: Request) -> object:
         force = request.args.get(b"force", [b"0"])[-1] in (b"1", b"yes", b"true")
-        backend = self.service.balancer.backend(self.name)
+        backend = self.backend(self.name)
         try:
-            self.service.remove_server(self.name, force=force)
+            self.control.remove_server(self.name, force=force)
         except LastServerError as e:
             _refuse(409, str(e))
         return server_report(backend)
@@ -270,14 +300,14 @@ class _Metrics(_Exact):
 
 
 class _StatusPage(_Exact):
-    def __init__(self, service: PoolService) -> None:
+    def __init__(self, control: PoolControl) -> None:
         super().__init__()
-        self.service = service
+        self.control = control
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        balancer = self.service.balancer
-        return render_status_page(pool_report(balancer), servers_report(balancer))
+        relay = self.control.relay
+        return render_status_page(pool_report(relay), servers_report(relay))
 
 
 class _Directory(_Exact):
@@ -394,12 +424,12 @@ class _Unauthorized(Resource):
 
 
 def admin_site(
-    service: PoolService,
+    control: PoolControl,
     token: Callable[[], bytes | None],
     collectors: tuple[Collector, ...] = (),
     admin: Callable[[], Admin] = Admin,
 ) -> Site:
-    """The admin site of ``service``.
+    """The admin site of a running pool.
 
     :param token: returns the token requests must carry, or ``None``; called
         for each request, so a reloaded token applies at once.
@@ -409,17 +439,17 @@ def admin_site(
         requests may give as their ``Host``); called for each request.
     """
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(PoolCollector(service.balancer))
+    registry.register(PoolCollector(control.relay))
     for collector in collectors:
         registry.register(collector)
     root = _Directory()
     api = _Directory()
-    root.putChild(b"", _StatusPage(service))
+    root.putChild(b"", _StatusPage(control))
     root.putChild(b"api", api)
     root.putChild(b"metrics", _Metrics(registry))
-    api.putChild(b"pool", _PoolEndpoint(service))
-    api.putChild(b"servers", _ServersEndpoint(service))
-    api.putChild(b"connections", _ConnectionsEndpoint(service))
+    api.putChild(b"pool", _PoolEndpoint(control))
+    api.putChild(b"servers", _ServersEndpoint(control))
+    api.putChild(b"connections", _ConnectionsEndpoint(control))
     site = Site(_Guard(root, token, admin), requestFactory=_BoundedRequest)
     site.noisy = False
     site.displayTracebacks = False
@@ -439,12 +469,12 @@ class AdminService(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(
-        self, service: PoolService, admin: Admin, reactor: IReactorCore
+        self, control: PoolControl, admin: Admin, reactor: IReactorCore
     ) -> None:
         self.admin = admin
         self._token: bytes | None = None
         process = ProcessCollector(registry=None)
-        site = admin_site(service, lambda: self._token, (process,), lambda: self.admin)
+        site = admin_site(control, lambda: self._token, (process,), lambda: self.admin)
         super().__init__(serverFromString(reactor, admin.listen), site)
 
     def privilegedStartService(self) -> None:

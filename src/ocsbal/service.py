@@ -25,22 +25,18 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 
+from ocsbal._checks import HealthChecks
 from ocsbal._endpoints import ReactorTCPTime
+from ocsbal._idle import IdleTimeout
 from ocsbal._network import NetworkSetupError, check_network, listen_freebind
-from ocsbal._proxy import (
-    AdminState,
-    Balancer,
-    LastServerError,
-    Listener,
-    UnknownServerError,
-)
+from ocsbal._pool import AdminState, LastServerError, RunningPool, UnknownServerError
+from ocsbal._relay import Listener, Relay
+from ocsbal._sweep import sweep as sweep_idle
 from ocsbal._tls import TLSSetupError
 from ocsbal._token import AdminTokenError, read_token
 from ocsbal.admin import AdminService
 from ocsbal.config import ConfigError, load
-from ocsbal.health import HealthChecks
 from ocsbal.monitors import monitor_for
-from ocsbal.scheduling import scheduler_class
 
 if TYPE_CHECKING:
     from ocsbal._model import Pool, Port, Server
@@ -114,7 +110,8 @@ class PoolService(MultiService):
             reactor = cast(ReactorTCPTime, _reactor)
         self.grace_period = grace_period
         self._reactor = reactor
-        self.balancer = Balancer(pool, reactor, scheduler_class(pool.scheduler)())
+        self.servers = RunningPool(pool)
+        self.relay = Relay(self.servers, reactor)
         self._listening: dict[int, IListeningPort] = {}
         self._listeners: dict[int, Listener] = {}
         self._sweep = self._sweeper()
@@ -128,10 +125,11 @@ class PoolService(MultiService):
     @property
     def pool(self) -> Pool:
         """The configuration in force, with the run-time changes made to it."""
-        return self.balancer.pool
+        return self.servers.pool
 
     def _sweeper(self) -> TimerService:
-        sweep = TimerService(self.balancer.idle.sweep_interval, self.balancer.sweep)
+        interval = IdleTimeout(self.pool.idle_timeout).sweep_interval
+        sweep = TimerService(interval, sweep_idle, self.relay)
         sweep.clock = self._reactor
         sweep.setServiceParent(self)
         return sweep
@@ -139,8 +137,8 @@ class PoolService(MultiService):
     def _checker(self) -> HealthChecks:
         pool = self.pool
         checks = HealthChecks(
-            self.balancer,
-            monitor_for(pool, self._reactor, self.balancer.tls),
+            self.servers,
+            monitor_for(pool, self._reactor, self.relay.tls),
             pool.monitor.interval,
             self._reactor,
         )
@@ -196,10 +194,10 @@ class PoolService(MultiService):
     def _listen(self, ports: Iterable[Port]) -> None:
         """Bind ``ports`` on the VIP: all of them, or none and raise."""
         bound: dict[int, IListeningPort] = {}
-        listeners = {port.number: self.balancer.listener(port) for port in ports}
+        listeners = {port.number: self.relay.listener(port) for port in ports}
         try:
             for number, listener in listeners.items():
-                factory = self.balancer.serving(listener)
+                factory = self.relay.factory_for(listener)
                 if self.pool.freebind:
                     bound[number] = listen_freebind(
                         cast(IReactorSocket, self._reactor),
@@ -237,7 +235,7 @@ class PoolService(MultiService):
         :raises UnknownServerError: if there is no such server.
         :raises LastServerError: if it is the last server; nothing changes then.
         """
-        backend = self.balancer.backend(name)
+        backend = self.servers.backend(name)
         servers = [s for s in self.pool.servers if s.name != name]
         if not servers:
             raise LastServerError(
@@ -245,8 +243,8 @@ class PoolService(MultiService):
             )
         self._apply(attrs.evolve(self.pool, servers=servers))
         if force:
-            for splice in list(backend.splices):
-                splice.close()
+            for connection in list(backend.relayed):
+                connection.close()
 
     def reweight(self, name: str, weight: int) -> None:
         """Give server ``name`` a new weight, for new connections.
@@ -254,7 +252,7 @@ class PoolService(MultiService):
         :raises UnknownServerError: if there is no such server.
         :raises ValueError: if the weight is not allowed; nothing changes then.
         """
-        server = attrs.evolve(self.balancer.backend(name).server, weight=weight)
+        server = attrs.evolve(self.servers.backend(name).server, weight=weight)
         servers = [server if s.name == name else s for s in self.pool.servers]
         self._apply(attrs.evolve(self.pool, servers=servers))
         log.info("server {server} weight is now {weight}", server=name, weight=weight)
@@ -264,10 +262,10 @@ class PoolService(MultiService):
 
         :raises UnknownServerError: if there is no such server.
         """
-        backend = self.balancer.backend(name)
+        backend = self.servers.backend(name)
         if state is backend.state:
             return
-        self.balancer.set_state(name, state)
+        self.servers.set_state(name, state)
         log.info(
             "server {server} is now in state {state}: {meaning}",
             server=name,
@@ -276,7 +274,7 @@ class PoolService(MultiService):
         )
 
     def _apply(self, pool: Pool) -> None:
-        added, removed = self.balancer.reconfigure(pool)
+        added, removed = self.servers.reconfigure(pool)
         for backend in removed:
             self.health.unwatch(backend)
             log.info(
@@ -293,7 +291,7 @@ class PoolService(MultiService):
                 "once {rise} checks in a row pass",
                 server=backend.name,
                 address=backend.server.address,
-                rise=backend.health.rise,
+                rise=pool.monitor.rise,
             )
 
     def reload(self, pool: Pool) -> Deferred[None]:
@@ -333,7 +331,7 @@ class PoolService(MultiService):
                 del self._listeners[number]
                 closing.append(maybeDeferred(self._listening.pop(number).stopListening))
         self._apply(pool)
-        if self.balancer.idle.sweep_interval != self._sweep.step:
+        if IdleTimeout(pool.idle_timeout).sweep_interval != self._sweep.step:
             await self._sweep.disownServiceParent()
             self._sweep = self._sweeper()
         if (old.monitor, old.heartbeat_ports) != (pool.monitor, pool.heartbeat_ports):
@@ -362,9 +360,9 @@ class PoolService(MultiService):
             raise ReloadError("[tls] cannot change while running; restart to change it")
         for port in pool.ports:
             listener = self._listeners.get(port.number)
-            if listener and self.balancer.terminates(
+            if listener and self.relay.terminates(
                 listener.port
-            ) != self.balancer.terminates(port):
+            ) != self.relay.terminates(port):
                 raise ReloadError(
                     f"[ports] {port.number} cannot change between a terminated "
                     "TLS port and another while running; restart to change it"
@@ -387,16 +385,16 @@ class PoolService(MultiService):
         self._listeners = {}
         await DeferredList([maybeDeferred(p.stopListening) for p in ports])
         await super().stopService()  # the idle sweep and the health checks
-        balancer = self.balancer
-        if balancer.splices and self.grace_period > 0:
-            await self._within(balancer.whenEmpty(), self.grace_period)
-        for splice in list(balancer.splices):
+        relay = self.relay
+        if relay.splices and self.grace_period > 0:
+            await self._within(relay.when_empty(), self.grace_period)
+        for splice in list(relay.splices):
             splice.close()
-        if balancer.splices:
-            await self._within(balancer.whenEmpty(), CLOSE_TIMEOUT)
-        for splice in list(balancer.splices):
+        if relay.splices:
+            await self._within(relay.when_empty(), CLOSE_TIMEOUT)
+        for splice in list(relay.splices):
             splice.abort()
-        balancer.log.flush()  # the repeats counted so far
+        relay.log.flush()  # the repeats counted so far
 
     async def _within(self, d: Deferred[None], seconds: float) -> None:
         """Wait for ``d``, but no longer than ``seconds``."""

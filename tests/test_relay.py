@@ -20,10 +20,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from ocsbal._proxy import AdminState, Balancer, UnknownServerError, _WriteThrough
+from ocsbal._pool import AdminState, RunningPool, UnknownServerError
+from ocsbal._relay import Phase, Relay
 from ocsbal._report import connections_report
+from ocsbal._sides import _WriteThrough
+from ocsbal._sweep import closing_time, sweep
 from ocsbal.config import Pool, Port, PortProtocol, Server
-from ocsbal.scheduling import LeastConnections, RoundRobin
+from ocsbal.scheduling import LeastConnections
 
 SIP = Port(5060, PortProtocol.SIP)
 
@@ -47,15 +50,13 @@ class Harness:
         self.reactor = MemoryReactorClock()
         #: Bytes each transport holds that its peer has not taken yet.
         self.unsent: dict[object, int] = {}
-        self.balancer = Balancer(
-            makePool(**kw),
-            self.reactor,
-            RoundRobin(),
-            unsent=lambda t: self.unsent.get(t, 0),
+        self.servers = RunningPool(makePool(**kw))
+        self.relay = Relay(
+            self.servers, self.reactor, unsent=lambda t: self.unsent.get(t, 0)
         )
 
     def accept(self, client_port: int = 40000) -> tuple[Any, StringTransport]:
-        factory = self.balancer.listener(SIP)
+        factory = self.relay.listener(SIP)
         peer = IPv4Address("TCP", "127.0.0.1", client_port)
         protocol = factory.buildProtocol(peer)
         transport = StringTransport(peerAddress=peer)
@@ -82,7 +83,7 @@ class Harness:
         )
 
     def active(self) -> dict[str, int]:
-        return {b.name: b.active for b in self.balancer.backends.values()}
+        return {b.name: b.active for b in self.servers.backends.values()}
 
 
 def test_client_is_paused_until_a_server_is_connected() -> None:
@@ -204,7 +205,7 @@ def test_close_on_either_side_closes_the_other() -> None:
     server, server_t = h2.succeed()
     client.connectionLost(Failure(Exception("gone")))
     assert server_t.disconnecting
-    assert not h2.balancer.splices
+    assert not h2.relay.splices
 
 
 def test_client_gone_while_connecting_cancels_the_attempt() -> None:
@@ -213,7 +214,7 @@ def test_client_gone_while_connecting_cancels_the_attempt() -> None:
     client.connectionLost(Failure(Exception("client went away")))
     assert h.reactor.connectors[0].stoppedConnecting
     assert h.active() == {"fe0": 0, "fe1": 0, "fe2": 0}
-    assert not h.balancer.splices
+    assert not h.relay.splices
 
 
 def test_idle_connection_is_closed_by_the_sweep_and_activity_defers_it() -> None:
@@ -223,10 +224,10 @@ def test_idle_connection_is_closed_by_the_sweep_and_activity_defers_it() -> None
     h.reactor.advance(50)
     client.dataReceived(b"\r\n\r\n")  # a keep-alive is activity
     h.reactor.advance(50)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert not client_t.disconnecting
     h.reactor.advance(10)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert client_t.disconnecting
     assert server_t.disconnecting
 
@@ -237,11 +238,11 @@ def test_idle_connection_that_cannot_flush_is_aborted_at_the_next_sweep() -> Non
     _, client_t = h.accept()
     h.succeed()
     h.reactor.advance(60)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert client_t.disconnecting
     assert not client_t.disconnected
     h.reactor.advance(3)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert client_t.disconnected  # StringTransport's abortConnection
 
 
@@ -251,61 +252,61 @@ def test_bytes_and_connections_are_counted_per_server_and_port() -> None:
     server, _ = h.succeed()
     client.dataReceived(b"x" * 10)
     server.dataReceived(b"y" * 3)
-    fe0 = h.balancer.backend("fe0")
+    fe0 = h.servers.backend("fe0")
     assert (fe0.total, fe0.sent, fe0.received) == (1, 10, 3)
     server.connectionLost(Failure(Exception("done")))
     client.connectionLost(Failure(Exception("done")))
     assert (fe0.total, fe0.sent, fe0.received, fe0.active) == (1, 10, 3, 0)
-    h.balancer.backends["fe0"].health.suspend("test")
+    h.servers.backends["fe0"].health.suspend("test")
     h.accept()
-    assert h.balancer.accepted == {5060: 2}
-    assert h.balancer.rejected == {5060: 1}
+    assert h.relay.accepted == {5060: 2}
+    assert h.relay.rejected == {5060: 1}
 
 
 def test_unknown_server_names_say_so() -> None:
     h = Harness()
     with pytest.raises(UnknownServerError, match="no server named fe9 in the pool"):
-        h.balancer.backend("fe9")
+        h.servers.backend("fe9")
 
 
 def test_drained_and_maintained_servers_get_no_new_connections() -> None:
     h = Harness(servers=3)
-    h.balancer.set_state("fe0", AdminState.DRAIN)
-    h.balancer.set_state("fe1", AdminState.MAINT)
+    h.servers.set_state("fe0", AdminState.DRAIN)
+    h.servers.set_state("fe1", AdminState.MAINT)
     for port in range(40001, 40004):
         h.accept(port)
     assert h.attempts() == ["127.0.1.13"] * 3
-    assert h.balancer.backend("fe1").health.up is False  # maint must rise again
-    h.balancer.set_state("fe0", AdminState.READY)
+    assert h.servers.backend("fe1").health.up is False  # maint must rise again
+    h.servers.set_state("fe0", AdminState.READY)
     h.accept(40004)
     assert h.attempts()[-1] == "127.0.1.11"
 
 
 def reconfigured(h: Harness, *servers: Server) -> tuple[list[str], list[str]]:
-    pool = attrs.evolve(h.balancer.pool, servers=servers)
-    added, removed = h.balancer.reconfigure(pool)
+    pool = attrs.evolve(h.servers.pool, servers=servers)
+    added, removed = h.servers.reconfigure(pool)
     return [b.name for b in added], [b.name for b in removed]
 
 
 def test_a_removed_server_keeps_its_connections_until_they_close() -> None:
     h = Harness(servers=2)
-    fe0 = h.balancer.backend("fe0")
+    fe0 = h.servers.backend("fe0")
     _, client_t = h.accept(40001)
     server, _ = h.succeed()
     assert reconfigured(h, Server("fe1", "127.0.1.12")) == ([], ["fe0"])
-    assert list(h.balancer.backends) == ["fe1"]
-    assert h.balancer.leaving == {fe0}
+    assert list(h.servers.backends) == ["fe1"]
+    assert h.servers.leaving == {fe0}
     assert not client_t.disconnecting
     h.accept(40002)
     assert h.attempts()[-1] == "127.0.1.12"
     server.connectionLost(Failure(Exception("done")))
-    assert h.balancer.leaving == set()
+    assert h.servers.leaving == set()
 
 
 def test_added_servers_and_new_addresses_join_down_others_keep_their_state() -> None:
     h = Harness(servers=2)
-    fe0 = h.balancer.backend("fe0")
-    h.balancer.set_state("fe0", AdminState.DRAIN)
+    fe0 = h.servers.backend("fe0")
+    h.servers.set_state("fe0", AdminState.DRAIN)
     added, removed = reconfigured(
         h,
         Server("fe0", "127.0.1.11", weight=7),
@@ -313,18 +314,18 @@ def test_added_servers_and_new_addresses_join_down_others_keep_their_state() -> 
         Server("fe2", "127.0.1.13"),
     )
     assert (added, removed) == (["fe1", "fe2"], ["fe1"])
-    assert h.balancer.backend("fe0") is fe0
+    assert h.servers.backend("fe0") is fe0
     assert (fe0.weight, fe0.state, fe0.health.up) == (7, AdminState.DRAIN, True)
-    assert [b.health.up for b in h.balancer.backends.values()] == [True, False, False]
-    assert not h.balancer.leaving  # the old fe1 had no connection: gone at once
+    assert [b.health.up for b in h.servers.backends.values()] == [True, False, False]
+    assert not h.servers.leaving  # the old fe1 had no connection: gone at once
 
 
 def test_a_new_scheduler_or_idle_timeout_takes_effect_on_reconfigure() -> None:
     h = Harness()
-    pool = attrs.evolve(h.balancer.pool, scheduler="least-connections", idle_timeout=9)
-    h.balancer.reconfigure(pool)
-    assert isinstance(h.balancer.scheduler, LeastConnections)
-    assert h.balancer.idle.timeout == 9
+    pool = attrs.evolve(h.servers.pool, scheduler="least-connections", idle_timeout=9)
+    h.servers.reconfigure(pool)
+    assert isinstance(h.servers.scheduler, LeastConnections)
+    assert h.relay.pool.idle_timeout == 9
 
 
 REGISTER = (
@@ -348,7 +349,7 @@ def test_sip_is_followed_on_sip_ports_without_changing_a_byte() -> None:
     server.dataReceived(REGISTERED + b"\r\n")
     assert server_t.value() == REGISTER + b"\r\n\r\n"
     assert client_t.value() == REGISTERED + b"\r\n"
-    [splice] = h.balancer.splices
+    [splice] = h.relay.splices
     assert splice.sip is not None
     assert splice.sip.bindings == {"sip:alice@contoso.com": 910}
     assert splice.sip.keepalives == 2  # the client's ping and the server's pong
@@ -361,13 +362,13 @@ def test_unparseable_sip_stops_inspection_and_the_relay_goes_on() -> None:
     client.dataReceived(b"\x16\x03\x01 not sip\r\n\r\n")
     client.dataReceived(REGISTER)
     assert server_t.value() == b"\x16\x03\x01 not sip\r\n\r\n" + REGISTER
-    [splice] = h.balancer.splices
-    assert splice.gave_up == "bad-start-line"
+    [splice] = h.relay.splices
+    assert splice.sip is not None
+    assert splice.sip.gave_up == "bad-start-line"
     assert splice.client.inspector is None
     assert splice.server is not None
     assert splice.server.inspector is None
-    assert h.balancer.sip.gave_up == {"bad-start-line": 1}
-    assert splice.sip is not None
+    assert h.relay.sip.gave_up == {"bad-start-line": 1}
     assert splice.sip.bindings == {}
 
 
@@ -386,10 +387,10 @@ def test_a_registered_connection_outlives_the_idle_timeout_until_expiry_and_grac
     h = Harness(idle_timeout=60, registration_grace=120)
     _, client_t = registered(h)
     h.reactor.advance(1019)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert not client_t.disconnecting  # 900 s granted + 120 s grace
     h.reactor.advance(2)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert client_t.disconnecting
 
 
@@ -403,7 +404,7 @@ def test_a_missed_refresh_is_reported_once_and_reaped_if_asked() -> None:
             for _ in range(3):
                 h.reactor.advance(500)
                 client.dataReceived(b"\r\n\r\n")  # keep-alives, but no refresh
-                h.balancer.sweep()
+                sweep(h.relay)
         finally:
             globalLogPublisher.removeObserver(events.append)
         warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
@@ -418,12 +419,12 @@ def test_a_missed_refresh_is_reported_once_and_reaped_if_asked() -> None:
 def test_the_closing_time_follows_the_registration() -> None:
     h = Harness(idle_timeout=60, registration_grace=120)
     registered(h)  # for 900 s at t = 0
-    [splice] = h.balancer.splices
-    assert h.balancer.closing_time(splice) == (1020, "registration")
+    [splice] = h.relay.splices
+    assert closing_time(splice) == (1020, "registration")
     reaping = Harness(idle_timeout=3600, registration_grace=120, reap_expired=True)
     registered(reaping)
-    [splice] = reaping.balancer.splices
-    assert reaping.balancer.closing_time(splice) == (1020, "missed-refresh")
+    [splice] = reaping.relay.splices
+    assert closing_time(splice) == (1020, "missed-refresh")
 
 
 def test_full_nat_connects_from_the_pools_source_address() -> None:
@@ -477,7 +478,7 @@ def sweep_until(h: Harness, done: Any, limit: float = 100) -> float:
     while not done():
         assert h.reactor.seconds() < limit
         h.reactor.advance(1)
-        h.balancer.sweep()
+        sweep(h.relay)
     return h.reactor.seconds()
 
 
@@ -495,12 +496,12 @@ def test_a_side_left_flushing_is_kept_while_its_peer_takes_bytes() -> None:
     for _ in range(30):  # the server takes 10 kB a second
         h.reactor.advance(1)
         h.unsent[server_t] -= 10_000
-        h.balancer.sweep()
+        sweep(h.relay)
         assert not server_t.disconnected
     # Then nothing, from 30 s: aborted 10 s later (StringTransport's abort).
     assert sweep_until(h, lambda: server_t.disconnected) == 40
     server.connectionLost(Failure(ConnectionDone()))  # as the abort ends it
-    assert h.balancer.flushing == h.balancer.draining == set()
+    assert h.relay.flushing == h.relay.draining == set()
 
 
 def test_bytes_a_peer_takes_are_activity_and_a_close_waits_for_them() -> None:
@@ -514,7 +515,7 @@ def test_bytes_a_peer_takes_are_activity_and_a_close_waits_for_them() -> None:
     for _ in range(60):  # a byte every second: never idle
         h.reactor.advance(1)
         h.unsent[client_t] -= 1
-        h.balancer.sweep()
+        sweep(h.relay)
         assert not client_t.disconnecting
     # It stops taking at 60 s: closed after what waits, 10 s on; it may
     # yet take it, so it is aborted only once it has taken nothing for 10 s
@@ -531,13 +532,13 @@ def test_what_waits_for_a_peer_is_watched_a_second_before_it_counts_as_idle() ->
     h.succeed()
     h.unsent[client_t] = 1000  # and never taken
     h.reactor.advance(10)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert not client_t.disconnecting
     h.reactor.advance(0.5)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert not client_t.disconnecting
     h.reactor.advance(0.5)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert client_t.disconnecting
     assert sweep_until(h, lambda: client_t.disconnected) == 20
 
@@ -547,10 +548,10 @@ def test_with_nothing_waiting_an_idle_connection_closes_at_the_timeout() -> None
     _, client_t = h.accept()
     h.succeed()
     h.reactor.advance(9.9)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert not client_t.disconnecting
     h.reactor.advance(0.1)
-    h.balancer.sweep()
+    sweep(h.relay)
     assert client_t.disconnecting
 
 
@@ -565,7 +566,7 @@ def test_a_connection_this_host_cannot_make_is_no_servers_fault() -> None:
     )
     assert client_t.disconnecting
     assert h.attempts() == ["127.0.1.11"]  # no other server tried
-    assert h.balancer.backends["fe0"].health.last == "not checked yet"
+    assert h.servers.backends["fe0"].health.last == "not checked yet"
 
 
 def test_a_server_drained_or_removed_while_connecting_never_gets_the_connection() -> (
@@ -579,7 +580,7 @@ def test_a_server_drained_or_removed_while_connecting_never_gets_the_connection(
         if change == "remove":
             reconfigured(h, Server("fe1", "127.0.1.12"))
         else:
-            h.balancer.set_state("fe0", AdminState(change))
+            h.servers.set_state("fe0", AdminState(change))
         _, abandoned = h.succeed()  # the connection to fe0 completes now
         assert abandoned.disconnecting, change
         assert h.attempts() == ["127.0.1.11", "127.0.1.12"], change
@@ -587,20 +588,20 @@ def test_a_server_drained_or_removed_while_connecting_never_gets_the_connection(
         client.dataReceived(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
         assert abandoned.value() == b"", change
         assert server_t.value() == b"OPTIONS sip:x SIP/2.0\r\n\r\n", change
-        [splice] = h.balancer.splices
-        assert splice.backend is h.balancer.backend("fe1"), change
-        assert h.balancer.backend("fe1").active == 1
+        [splice] = h.relay.splices
+        assert splice.backend is h.servers.backend("fe1"), change
+        assert h.servers.backend("fe1").active == 1
 
 
 def test_with_no_other_server_a_connection_to_a_drained_one_is_rejected() -> None:
     h = Harness(servers=1, retries=2)
     _, client_t = h.accept()
-    h.balancer.set_state("fe0", AdminState.DRAIN)
+    h.servers.set_state("fe0", AdminState.DRAIN)
     _, abandoned = h.succeed()
     assert abandoned.disconnecting
     assert client_t.disconnecting
     assert h.active() == {"fe0": 0}
-    assert h.balancer.backend("fe0").health.up  # nothing wrong with it
+    assert h.servers.backend("fe0").health.up  # nothing wrong with it
 
 
 def test_each_missed_refresh_is_reported_once_and_a_refresh_clears_it() -> None:
@@ -614,7 +615,7 @@ def test_each_missed_refresh_is_reported_once_and_a_refresh_clears_it() -> None:
         server.dataReceived(REGISTERED)  # 900 s from now
 
     def missed() -> bool:
-        [connection] = connections_report(h.balancer)
+        [connection] = connections_report(h.relay)
         return bool(connection["sip"]["missed_refresh"])
 
     register()
@@ -625,10 +626,56 @@ def test_each_missed_refresh_is_reported_once_and_a_refresh_clears_it() -> None:
             h.reactor.advance(at - h.reactor.seconds())
             if refresh:
                 register()
-            h.balancer.sweep()
+            sweep(h.relay)
             assert missed() is (not refresh), at
     finally:
         globalLogPublisher.removeObserver(events.append)
     warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
     assert len(warnings) == 2  # at 1100 s, and again at 2400 s
     assert all("missed its registration refresh" in w for w in warnings)
+
+
+def test_a_splice_goes_through_its_phases_forward_only() -> None:
+    h = Harness()
+    client, _ = h.accept()
+    [splice] = h.relay.splices
+    assert splice.phase is Phase.CONNECTING  # no TLS: nothing to wait for
+    server, _ = h.succeed()
+    assert splice.phase is Phase.RELAYING
+    server.connectionLost(Failure(ConnectionDone()))
+    assert splice.phase is Phase.CLOSING  # the client's side finishes
+    client.connectionLost(Failure(ConnectionDone()))
+    assert splice.phase is Phase.CLOSED
+    with pytest.raises(RuntimeError, match=r"cannot go from Phase\.CLOSED"):
+        splice.expire()
+
+
+def test_a_refused_client_closes_and_one_gone_while_connecting_is_closed() -> None:
+    h = Harness(servers=1, retries=0)
+    client, _ = h.accept()
+    [splice] = h.relay.splices
+    h.refuse()
+    assert splice.phase is Phase.CLOSING
+    client.connectionLost(Failure(ConnectionDone()))
+    assert splice.phase is Phase.CLOSED
+    h2 = Harness()
+    client, _ = h2.accept()
+    [splice] = h2.relay.splices
+    client.connectionLost(Failure(ConnectionDone()))
+    assert splice.phase is Phase.CLOSED
+
+
+def test_what_waits_for_the_last_client_finds_its_splice_closed() -> None:
+    """A stop waits for no client to be left, then may end the server's side
+    at once (a reactor disconnecting everything): the splice must already be
+    as it is once its client is gone."""
+    h = Harness()
+    client, _ = h.accept()
+    server, _ = h.succeed()
+    [splice] = h.relay.splices
+    h.relay.when_empty().addCallback(
+        lambda _: server.connectionLost(Failure(ConnectionDone()))
+    )
+    client.connectionLost(Failure(ConnectionDone()))
+    assert splice.phase is Phase.CLOSED
+    assert h.relay.flushing == set()

@@ -1,0 +1,208 @@
+"""What the SIP of a connection says of its registrations, and of many, counted."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import attrs
+
+from ocsbal.sip._inspector import Event, GaveUp, Ping, Pong, Request, Response
+
+#: The expiry a registrar grants when nothing says otherwise (RFC 3261
+#: §10.2.1.1).
+DEFAULT_EXPIRES = 3600
+
+
+@attrs.frozen
+class _Pending:
+    """A REGISTER awaiting its final response.
+
+    :ivar aor: the address of record, from its To header.
+    :ivar asked: each Contact's URI and the expiry it asked for, if it did.
+    :ivar star: whether it was ``Contact: *``, removing every binding.
+    """
+
+    aor: str
+    asked: tuple[tuple[str, int | None], ...]
+    star: bool
+
+
+@attrs.define
+class Registrations:
+    """What one connection's SIP says about its registrations.
+
+    Fed the inspector's events of both directions with the time they were
+    seen (it has no clock of its own), it matches each REGISTER with its
+    final response by Call-ID and CSeq and keeps when each binding the
+    REGISTER named expires (RFC 3261 §10.2.1, §10.3).  A Contact that asked
+    for 0 is removed; any other is granted the ``expires`` of the same
+    Contact in the 2xx, else the 2xx's Expires header, else what it asked
+    (its ``expires``, else the REGISTER's Expires header), else
+    :data:`DEFAULT_EXPIRES`.  ``Contact: *`` removes the address of
+    record's bindings.  A REGISTER without a Contact only asks which
+    bindings there are, and changes nothing; nor does any other response.
+
+    :param max_pending: REGISTERs awaiting a response that are remembered;
+        beyond it the oldest is forgotten, so a client cannot grow it.
+    :param max_bindings: bindings remembered; beyond it the one that
+        expires first is forgotten, for the same reason.
+    :ivar keepalives: keep-alive pings and pongs seen.
+    :ivar last_message: the last request's method and URI, or response's
+        status, reason and CSeq method.
+    :ivar gave_up: why the connection's SIP is followed no more, if it is
+        not (a :class:`GaveUp` reason).
+    """
+
+    max_pending: int = 16
+    max_bindings: int = 64
+    keepalives: int = attrs.field(init=False, default=0)
+    gave_up: str | None = attrs.field(init=False, default=None)
+    last_message: str | None = attrs.field(init=False, default=None)
+    _pending: dict[tuple[str, int], _Pending] = attrs.field(init=False, factory=dict)
+    #: When each binding expires, by address of record and Contact URI.
+    _expiries: dict[tuple[str, str], float] = attrs.field(init=False, factory=dict)
+    #: Whether the last :meth:`lapsed` found a missed refresh.
+    _lapsed: bool = attrs.field(init=False, default=False)
+
+    def from_client(self, event: Event, now: float) -> None:  # noqa: ARG002
+        """Count an event of the client's direction, seen at ``now``."""
+        if isinstance(event, Ping | Pong):
+            self.keepalives += 1
+        elif isinstance(event, Request):
+            self.last_message = f"{event.method} {event.uri}"
+            headers = event.headers
+            if not (
+                event.method == "REGISTER"
+                and headers.call_id
+                and headers.cseq
+                and headers.to_uri
+                and (headers.contacts or headers.contact_star)
+            ):
+                return
+            asked = tuple(
+                (c.uri, headers.expires if c.expires is None else c.expires)
+                for c in headers.contacts
+            )
+            key = (headers.call_id, headers.cseq[0])
+            self._pending.pop(key, None)  # a retransmission counts as the newest
+            self._pending[key] = _Pending(headers.to_uri, asked, headers.contact_star)
+            if len(self._pending) > self.max_pending:
+                del self._pending[next(iter(self._pending))]
+
+    def from_server(self, event: Event, now: float) -> None:
+        """Count an event of the server's direction, seen at ``now``."""
+        if isinstance(event, Ping | Pong):
+            self.keepalives += 1
+        elif isinstance(event, Response):
+            headers, cseq = event.headers, event.headers.cseq
+            self.last_message = (
+                f"{event.status} {event.reason} ({cseq[1] if cseq else '?'})"
+            )
+            if event.status < 200 or not (
+                cseq and cseq[1] == "REGISTER" and headers.call_id
+            ):
+                return
+            pending = self._pending.pop((headers.call_id, cseq[0]), None)
+            if pending is None or event.status >= 300:
+                return
+            if pending.star:
+                for binding in [b for b in self._expiries if b[0] == pending.aor]:
+                    del self._expiries[binding]
+            # The first time a 2xx lists a Contact is what it says of it.
+            answered = {c.uri: c.expires for c in reversed(headers.contacts)}
+            for uri, asked in pending.asked:
+                granted = _granted(asked, answered.get(uri), headers.expires)
+                binding = (pending.aor, uri)
+                if not granted:
+                    self._expiries.pop(binding, None)
+                    continue
+                if (
+                    binding not in self._expiries
+                    and len(self._expiries) >= self.max_bindings
+                ):
+                    first = min(self._expiries, key=self._expiries.__getitem__)
+                    del self._expiries[first]
+                self._expiries[binding] = now + granted
+
+    @property
+    def bindings(self) -> dict[str, float]:
+        """When each registered address of record's last binding expires."""
+        aors: dict[str, float] = {}
+        for (aor, _), expiry in self._expiries.items():
+            aors[aor] = max(expiry, aors.get(aor, expiry))
+        return aors
+
+    @property
+    def expiry(self) -> float | None:
+        """When the last registration on this connection expires, if any."""
+        return max(self._expiries.values(), default=None)
+
+    def missed_refresh(self, now: float, grace: float) -> bool:
+        """Whether a registration expired ``grace`` ago without a refresh."""
+        expiry = self.expiry
+        return expiry is not None and now > expiry + grace
+
+    def lapsed(self, now: float, grace: float) -> bool:
+        """Whether a refresh was missed since this was last asked.
+
+        True once for each lapse: a refresh answered afterwards ends it (as
+        does the last binding's removal), and a later lapse is a new one.
+        """
+        missed = self.missed_refresh(now, grace)
+        new, self._lapsed = missed and not self._lapsed, missed
+        return new
+
+
+def _granted(asked: int | None, answered: int | None, expires: int | None) -> int:
+    """How long a 2xx keeps a binding.
+
+    :param asked: the expiry the REGISTER asked for the binding, if any.
+    :param answered: the 2xx's ``expires`` parameter of the binding, if any.
+    :param expires: the 2xx's Expires header, if any.
+    """
+    if asked == 0:  # a removal, which no registrar turns into a binding
+        return 0
+    return next(
+        value
+        for value in (answered, expires, asked, DEFAULT_EXPIRES)
+        if value is not None
+    )
+
+
+#: The methods counted by name (RFC 3261 and its extensions, and the two of
+#: Microsoft's that OCS speaks); any other is counted as ``other``, so that
+#: a client cannot make up metric labels.
+METHODS = frozenset(
+    [
+        *("ACK", "BYE", "CANCEL", "INFO", "INVITE", "MESSAGE", "NOTIFY", "OPTIONS"),
+        *("PRACK", "PUBLISH", "REFER", "REGISTER", "SUBSCRIBE", "UPDATE"),
+        *("SERVICE", "BENOTIFY"),
+    ]
+)
+
+
+@attrs.define
+class SIPTally:
+    """What the SIP of many connections said, counted.
+
+    :ivar requests: requests, by method (:data:`METHODS`, else ``other``).
+    :ivar responses: responses, by class: ``1xx`` to ``6xx``.
+    :ivar keepalives: keep-alives, ``ping`` or ``pong``.
+    :ivar gave_up: inspections given up, by reason.
+    """
+
+    requests: Counter[str] = attrs.Factory(Counter)
+    responses: Counter[str] = attrs.Factory(Counter)
+    keepalives: Counter[str] = attrs.Factory(Counter)
+    gave_up: Counter[str] = attrs.Factory(Counter)
+
+    def count(self, event: Event) -> None:
+        """Count one event of an inspector."""
+        if isinstance(event, Request):
+            self.requests[event.method if event.method in METHODS else "other"] += 1
+        elif isinstance(event, Response):
+            self.responses[f"{event.status // 100}xx"] += 1
+        elif isinstance(event, GaveUp):
+            self.gave_up[event.reason] += 1
+        else:
+            self.keepalives["ping" if isinstance(event, Ping) else "pong"] += 1

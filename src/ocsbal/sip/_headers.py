@@ -1,0 +1,293 @@
+"""The headers of a SIP message that ocsbal reads: kept raw, parsed when asked.
+
+Every pattern here runs in linear time on what a peer sends, and the work on
+one message is bounded: at most :data:`MAX_FIELDS` header lines and
+:data:`MAX_CONTACTS` Contact values are read.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import attrs
+
+#: The largest body length believed.
+MAX_CONTENT_LENGTH = 2**31 - 1
+
+#: The most header lines read from one message, of those ocsbal reads
+#: (Call-ID, CSeq, From, To, Contact, Expires, Content-Length); any after
+#: them are not looked at, but for where the body ends.
+MAX_FIELDS = 64
+
+#: The most Contact values read from one message; any after them are not
+#: looked at.  A registrar lists every binding of an address of record in
+#: its 2xx, a handful for a user signed in on several devices.
+MAX_CONTACTS = 32
+
+#: The largest CSeq number and expiry (RFC 3261 §8.1.1.5, §20.19); larger
+#: ones are malformed, and read as absent.
+_MAX_32_BIT = 2**32 - 1
+
+#: RFC 3261 §25.1 token: what a method and a header name are made of.
+_TOKEN = rb"[-A-Za-z0-9.!%*_+`'~]"
+
+# A line that is neither a header (a token and a colon) nor a continuation;
+# possessive, so that it fails in linear time.
+_BAD_LINE = re.compile(b"\r\n(?!" + _TOKEN + rb"++[ \t]*+:|[ \t])")
+_READ_HEADER = re.compile(
+    rb"\r\n(call-id|i|cseq|from|f|to|t|contact|m|expires|content-length|l)"
+    rb"[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+    re.IGNORECASE,
+)
+_CONTENT_LENGTH = re.compile(
+    rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+    re.IGNORECASE,
+)
+#: The headers read, by their names in lower case and RFC 3261 §7.3.3
+#: compact forms.
+_CANONICAL = {
+    b"call-id": "call-id",
+    b"i": "call-id",
+    b"cseq": "cseq",
+    b"from": "from",
+    b"f": "from",
+    b"to": "to",
+    b"t": "to",
+    b"contact": "contact",
+    b"m": "contact",
+    b"expires": "expires",
+    b"content-length": "content-length",
+    b"l": "content-length",
+}
+_FOLD = re.compile(rb"\r\n[ \t]+")
+
+_NUMBER = re.compile(r"0*([0-9]{1,10})")
+_CSEQ = re.compile(r"0*([0-9]{1,10})\s+(\S+)")
+_QUOTED = r'"(?:[^"\\]|\\.)*+"'
+# The items of a comma-separated list: commas within a quoted string or
+# <...> do not count; a quote or < that is never closed is an ordinary
+# character.  Every scan below runs in linear time: each pattern is
+# possessive, an unclosed < is given up at the next < or >, and _ITEM
+# stops at an unclosed quote rather than taking it as ordinary, because
+# trying each later quote again would rescan to the end from every one
+# (quadratic in the value).  None of them could close anyway: every later
+# quote is one that the failed scan took as escaped (\"), so a scan from
+# it reads the same characters to the same end.  _items goes on from there
+# with _BARE_ITEM, which takes quotes as ordinary.
+_ITEM = re.compile(r"(?:" + _QUOTED + r'|<[^<>]*+>|[^,"<]|<)++', re.DOTALL)
+_BARE_ITEM = re.compile(r"(?:<[^<>]*+>|[^,<]|<)++", re.DOTALL)
+_SEPARATORS = re.compile(r"[\s,]*+")
+# A name-addr (groups 1 and 2: URI and parameters) or an addr-spec, whose
+# parameters start at the first semicolon (groups 3 and 4; RFC 3261 §20).
+_ADDRESS = re.compile(
+    r"(?:" + _QUOTED + r'|[^"<])*+<([^>]*)>(.*)|([^;]*)(.*)', re.DOTALL
+)
+_EXPIRES_PARAM = re.compile(r";\s*expires\s*=\s*([^;,\s]*)", re.IGNORECASE)
+_TAG_PARAM = re.compile(r";\s*tag\s*=\s*([^;,\s]+)", re.IGNORECASE)
+
+
+class GiveUpError(Exception):
+    """What a message cannot be read for; the inspector gives up on it.
+
+    The message is the :class:`~ocsbal.sip.GaveUp` reason.
+    """
+
+
+@attrs.frozen
+class Contact:
+    """One Contact value: its URI and, if given, its ``expires`` parameter."""
+
+    uri: str
+    expires: int | None = None
+
+
+@attrs.frozen
+class SIPHeaders:
+    """The headers of a message that ocsbal reads.
+
+    As h11 does, it keeps them as they came, and parses a value only when
+    it is asked for, once: most messages are relayed without anyone asking.  A
+    header that is absent, or whose value is malformed, reads as ``None``.
+
+    :ivar fields: each header read, in order: its name (long form, lower
+        case, as in :meth:`values`) and its raw value.
+    :ivar content_length: the body's length; 0 when the header is absent.
+    """
+
+    fields: tuple[tuple[str, bytes], ...] = ()
+    content_length: int = 0
+
+    def values(self, name: str) -> list[str]:
+        """The values of one of the headers read, decoded, unfolded, stripped.
+
+        :param name: ``call-id``, ``cseq``, ``from``, ``to``, ``contact``,
+            ``expires`` or ``content-length``.
+        """
+        return [_text(value) for field, value in self.fields if field == name]
+
+    @functools.cached_property
+    def call_id(self) -> str | None:
+        """The Call-ID."""
+        return self._first("call-id")
+
+    @functools.cached_property
+    def cseq(self) -> tuple[int, str] | None:
+        """The CSeq number and method."""
+        return _cseq(self._first("cseq"))
+
+    @functools.cached_property
+    def to_uri(self) -> str | None:
+        """The To header's URI: the address of record of a REGISTER."""
+        return _tagged(self._first("to"))[0]
+
+    @functools.cached_property
+    def to_tag(self) -> str | None:
+        """The To header's tag."""
+        return _tagged(self._first("to"))[1]
+
+    @functools.cached_property
+    def from_uri(self) -> str | None:
+        """The From header's URI."""
+        return _tagged(self._first("from"))[0]
+
+    @functools.cached_property
+    def from_tag(self) -> str | None:
+        """The From header's tag."""
+        return _tagged(self._first("from"))[1]
+
+    @functools.cached_property
+    def contacts(self) -> tuple[Contact, ...]:
+        """The Contact values but ``*``, in order, from one line or many.
+
+        At most :data:`MAX_CONTACTS` are read.
+        """
+        return tuple(_contact(item) for item in self._contact_items if item != "*")
+
+    @functools.cached_property
+    def contact_star(self) -> bool:
+        """Whether a Contact is ``*``: remove every binding."""
+        return "*" in self._contact_items
+
+    @functools.cached_property
+    def expires(self) -> int | None:
+        """The Expires header, in seconds."""
+        return _number(self._first("expires"), _MAX_32_BIT)
+
+    def _first(self, name: str) -> str | None:
+        for field, value in self.fields:
+            if field == name:
+                return _text(value)
+        return None
+
+    @functools.cached_property
+    def _contact_items(self) -> list[str]:
+        items: list[str] = []
+        for field, value in self.fields:
+            if field == "contact":
+                items += _items(_text(value), MAX_CONTACTS - len(items))
+                if len(items) == MAX_CONTACTS:
+                    break
+        return items
+
+
+def read_headers(block: bytes) -> SIPHeaders:
+    """Read the header lines, each starting with its CRLF.
+
+    :raises GiveUpError: if they cannot be read, or say no clear length.
+    """
+    if block.startswith((b"\r\n ", b"\r\n\t")) or _BAD_LINE.search(block):
+        raise GiveUpError("bad-header")
+    found = _READ_HEADER.findall(block)
+    fields = tuple(
+        [(_CANONICAL[name.lower()], value) for name, value in found[:MAX_FIELDS]]
+    )
+    if len(found) <= MAX_FIELDS:
+        raw = {value for name, value in fields if name == "content-length"}
+    else:  # only where the body ends is read from them all
+        raw = set(_CONTENT_LENGTH.findall(block))
+    if len(raw) > MAX_FIELDS:
+        raise GiveUpError("bad-content-length")
+    # Given twice it must say the same, or where the body ends is unknowable.
+    lengths = {_text(value) for value in raw} or {"0"}
+    length = _number(lengths.pop(), MAX_CONTENT_LENGTH) if len(lengths) == 1 else None
+    if length is None:
+        raise GiveUpError("bad-content-length")
+    return SIPHeaders(fields, length)
+
+
+def _text(value: bytes) -> str:
+    """A raw header value, unfolded (RFC 3261 §7.3.1), decoded and stripped."""
+    if b"\r\n" in value:
+        value = _FOLD.sub(b" ", value)
+    return value.decode("utf-8", "replace").strip()
+
+
+def _number(text: str | None, limit: int) -> int | None:
+    """A whole number of at most ``limit``, or ``None`` if ``text`` is not."""
+    digits = _NUMBER.fullmatch(text or "")
+    if digits is None:
+        return None
+    value = int(digits[1])
+    return value if value <= limit else None
+
+
+def _cseq(text: str | None) -> tuple[int, str] | None:
+    cseq = _CSEQ.fullmatch(text or "")
+    if cseq is None:
+        return None
+    number = int(cseq[1])
+    return (number, cseq[2]) if number <= _MAX_32_BIT else None
+
+
+def _items(value: str, limit: int) -> list[str]:
+    """The first ``limit`` items of a comma-separated header value.
+
+    Commas within <...> and "..." do not count; empty items are left out.
+    """
+    if "," not in value:  # the usual case, and much the cheapest
+        return [value][:limit] if value else []
+    items: list[str] = []
+    item, start, pos, size = _ITEM, 0, 0, len(value)
+    while len(items) < limit:
+        run = item.match(value, pos)
+        if run is not None:
+            pos = run.end()
+        if pos < size and value[pos] == '"':  # a quote that never closes
+            item, pos = _BARE_ITEM, pos + 1
+            continue
+        text = value[start:pos].strip()  # at a comma, or the end
+        if text:
+            items.append(text)
+        if pos >= size:
+            break
+        # Empty items count for nothing, so a run of commas costs one step.
+        separators = _SEPARATORS.match(value, pos)
+        assert separators is not None  # it matches the empty string too
+        start = pos = separators.end()
+    return items
+
+
+def _address(value: str) -> tuple[str, str]:
+    """A name-addr's or addr-spec's URI, and the parameters that follow it."""
+    address = _ADDRESS.match(value)
+    assert address is not None  # its second branch matches anything
+    uri, params, spec, spec_params = address.groups()
+    if uri is None:
+        uri, params = spec, spec_params
+    return uri.strip(), params
+
+
+def _tagged(value: str | None) -> tuple[str | None, str | None]:
+    """The URI and tag of a To or From header."""
+    if value is None:
+        return None, None
+    uri, params = _address(value)
+    tag = _TAG_PARAM.search(params)
+    return uri, tag[1] if tag else None
+
+
+def _contact(item: str) -> Contact:
+    uri, params = _address(item)
+    expires = _EXPIRES_PARAM.search(params)
+    return Contact(uri, _number(expires[1], _MAX_32_BIT) if expires else None)
