@@ -87,6 +87,17 @@ class TestSIPStatusReader:
         reader.feed(b"00 OK\r\nContent-Length: 0\r\n\r\n")
         assert reader.status == (200, "OK")
 
+    def test_a_provisional_responses_body_is_skipped_by_its_length(self) -> None:
+        """The SIP framer's own rule; reading lines alone took the body for
+        a status line."""
+        reader = SIPStatusReader()
+        reader.feed(
+            b"SIP/2.0 183 Session Progress\r\nContent-Length: 18\r\n\r\n"
+            b"SIP/2.0 503 Nope\r\n"
+            b"\r\nSIP/2.0 200 OK\r\n\r\n"
+        )
+        assert reader.status == (200, "OK")
+
     @pytest.mark.parametrize(
         "answer",
         [

@@ -304,3 +304,15 @@ def test_the_tally_counts_by_method_class_and_kind_and_makes_up_no_labels() -> N
     assert tally.responses == {"2xx": 1}
     assert tally.keepalives == {"ping": 1, "pong": 1}
     assert tally.gave_up == {"bad-header": 1}
+
+
+def test_any_header_can_be_asked_for_long_or_compact() -> None:
+    [request] = events(
+        REGISTER.replace(b"Max-Forwards: 70\r\n", b"v: SIP/2.0/TCP b\r\n  ;x=1\r\n")
+    )
+    assert isinstance(request, Request)
+    assert request.headers.values("via") == [
+        "SIP/2.0/TCP 10.1.0.5:50123;branch=z9hG4bK776asdhds",
+        "SIP/2.0/TCP b ;x=1",
+    ]
+    assert request.headers.values("subject") == []

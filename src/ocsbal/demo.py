@@ -36,6 +36,7 @@ from zope.interface import implementer
 from ocsbal._ctl import client_endpoint
 from ocsbal.config import ConfigError, Pool, PortProtocol, Server, load
 from ocsbal.service import PoolService
+from ocsbal.sip import GaveUp, Ping, Request, SIPInspector
 
 #: A demo server drops a client that sends a header block larger than this.
 MAX_MESSAGE = 65536
@@ -69,56 +70,36 @@ class DemoSIP(_AnswerBeforeClosing):
 
     OPTIONS and REGISTER get ``200 OK``, other requests ``501``; a CRLFCRLF
     keep-alive ping gets its CRLF pong (RFC 5626).  Every response carries
-    ``Server: ocsbal-demo NAME (ADDRESS)``.
+    ``Server: ocsbal-demo NAME (ADDRESS)``.  The stream is framed as the
+    relay frames it (:class:`~ocsbal.sip.SIPInspector`); what it cannot
+    frame, or a header block over :data:`MAX_MESSAGE`, closes the connection.
     """
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self._buffer = b""
+        self.inspector = SIPInspector(max_header_bytes=MAX_MESSAGE)
 
     def dataReceived(self, data: bytes) -> None:
-        """Answer every complete message received so far."""
-        self._buffer += data
-        while self._next():
-            pass
-        if len(self._buffer) > MAX_MESSAGE:
-            self.transport.loseConnection()
+        """Answer every complete request received so far."""
+        for event in self.inspector.feed(data):
+            if isinstance(event, Ping):
+                self.transport.write(b"\r\n")
+            elif isinstance(event, Request):
+                self.transport.write(self._respond(event))
+            elif isinstance(event, GaveUp):
+                self.transport.loseConnection()
 
-    def _next(self) -> bool:
-        """Handle one complete message at the head of the buffer, if any."""
-        if self._buffer.startswith(b"\r\n\r\n"):
-            self._buffer = self._buffer[4:]
-            self.transport.write(b"\r\n")
-            return True
-        if self._buffer.startswith(b"\r\n"):
-            if b"\r\n\r\n".startswith(self._buffer):
-                return False  # maybe a ping still arriving
-            self._buffer = self._buffer[2:]  # a stray CRLF between messages
-            return True
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return False
-        head = self._buffer[:end].decode("utf-8", "replace").split("\r\n")
-        headers = [tuple(p.strip() for p in h.split(":", 1)) for h in head[1:]]
-        length = next(
-            (int(v) for k, v in headers if k.lower() in ("content-length", "l")), 0
-        )
-        if len(self._buffer) < end + 4 + length:
-            return False
-        self._buffer = self._buffer[end + 4 + length :]
-        if not head[0].startswith("SIP/2.0"):
-            self.transport.write(self._respond(head[0].split(" ", 1)[0], headers))
-        return True
-
-    def _respond(self, method: str, headers: list[tuple[str, ...]]) -> bytes:
+    def _respond(self, request: Request) -> bytes:
+        method = request.method
         status = (
             "200 OK" if method in ("OPTIONS", "REGISTER") else "501 Not Implemented"
         )
-        copied = {"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"}
+        copied = ["Via", "From", "To", "Call-ID", "CSeq"]
         if method == "REGISTER":
-            copied |= {"contact", "m", "expires"}
+            copied += ["Contact", "Expires"]
         lines = [f"SIP/2.0 {status}"]
-        lines += [f"{k}: {v}" for k, v in headers if k.lower() in copied]
+        for name in copied:
+            lines += [f"{name}: {v}" for v in request.headers.values(name.lower())]
         lines += [
             f"Server: ocsbal-demo {self.server.name} ({self.server.address})",
             "Content-Length: 0",

@@ -69,6 +69,7 @@ from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint, url_
 from ocsbal._model import MonitorType, PortProtocol
 from ocsbal._tls import TLSContexts, tls_reason
 from ocsbal.health import CheckNotMadeError, IMonitor
+from ocsbal.sip import GaveUp, Response, SIPInspector
 
 if TYPE_CHECKING:
     from ocsbal._model import Pool, Server
@@ -295,36 +296,32 @@ class SIPStatusReader:
     """Reads a SIP response's status line from a stream, boundedly.
 
     Fed the bytes a server sends; :attr:`status` is the first final
-    response's code and reason once read.  Provisional (1xx) responses are
-    skipped.  Anything that is not a SIP status line, or more than
-    ``limit`` bytes without a final response, is an error.
+    response's code and reason once read.  The stream is framed as the
+    relay frames a server's (:class:`~ocsbal.sip.SIPInspector`), so
+    provisional (1xx) responses, with their bodies, and keep-alives are
+    skipped.  Anything that is not SIP, or more than ``limit`` bytes without
+    a final response, is an error.
     """
 
     limit: int = 8192
     status: tuple[int, str] | None = None
-    _buffer: bytes = b""
+    _inspector: SIPInspector = attrs.Factory(lambda: SIPInspector(from_server=True))
     _seen: int = 0
 
     def feed(self, data: bytes) -> None:
         """Read ``data``; raise :class:`HeartbeatError` if it is not SIP."""
         self._seen += len(data)
-        self._buffer += data
-        while self.status is None and b"\r\n\r\n" in self._buffer:
-            head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
-            code, reason = self._status_line(head.lstrip(b"\r\n").split(b"\r\n")[0])
-            if code >= 200:
-                self.status = (code, reason)
-            # A provisional response has no body: the next one follows.
+        for event in self._inspector.feed(data):
+            if isinstance(event, GaveUp):
+                raise HeartbeatError("answered something that is not SIP")
+            if (
+                isinstance(event, Response)
+                and event.status >= 200
+                and self.status is None
+            ):
+                self.status = (event.status, event.reason)
         if self.status is None and self._seen > self.limit:
             raise HeartbeatError(f"sent {self._seen} bytes and no final SIP response")
-
-    @staticmethod
-    def _status_line(line: bytes) -> tuple[int, str]:
-        version, _, rest = line.partition(b" ")
-        code, _, reason = rest.partition(b" ")
-        if version != b"SIP/2.0" or not code.isdigit() or len(code) != 3:
-            raise HeartbeatError("answered something that is not SIP")
-        return int(code), reason.decode("utf-8", "replace")
 
 
 class _Options(_Conversation):

@@ -62,6 +62,27 @@ _CANONICAL = {
 }
 _FOLD = re.compile(rb"\r\n[ \t]+")
 
+#: RFC 3261 §7.3.3's compact forms of the headers ocsbal does not read.
+_COMPACT = {
+    "content-encoding": "e",
+    "content-type": "c",
+    "subject": "s",
+    "supported": "k",
+    "via": "v",
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _named(name: str) -> re.Pattern[bytes]:
+    """The lines of header ``name`` (or its compact form) and their values."""
+    names = [re.escape(n.encode()) for n in (name, _COMPACT.get(name)) if n]
+    return re.compile(
+        rb"\r\n(?:" + b"|".join(names) + rb")[ \t]*:[ \t]*"
+        rb"([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+        re.IGNORECASE,
+    )
+
+
 _NUMBER = re.compile(r"0*([0-9]{1,10})")
 _CSEQ = re.compile(r"0*([0-9]{1,10})\s+(\S+)")
 _QUOTED = r'"(?:[^"\\]|\\.)*+"'
@@ -113,18 +134,27 @@ class SIPHeaders:
     :ivar fields: each header read, in order: its name (long form, lower
         case, as in :meth:`values`) and its raw value.
     :ivar content_length: the body's length; 0 when the header is absent.
+    :ivar block: the header lines as they came, each starting with its CRLF.
     """
 
     fields: tuple[tuple[str, bytes], ...] = ()
     content_length: int = 0
+    block: bytes = b""
 
     def values(self, name: str) -> list[str]:
-        """The values of one of the headers read, decoded, unfolded, stripped.
+        """The values of a header, in order, decoded, unfolded and stripped.
 
-        :param name: ``call-id``, ``cseq``, ``from``, ``to``, ``contact``,
-            ``expires`` or ``content-length``.
+        Those ocsbal reads (``call-id``, ``cseq``, ``from``, ``to``,
+        ``contact``, ``expires`` and ``content-length``) are found once, as
+        the message is read; any other (``via``, say) is looked for in
+        :attr:`block` when asked.
+
+        :param name: the header's long name, in lower case; its compact form
+            (RFC 3261 §7.3.3) is found too.
         """
-        return [_text(value) for field, value in self.fields if field == name]
+        if name in _CANONICAL.values():
+            return [_text(value) for field, value in self.fields if field == name]
+        return [_text(value) for value in _named(name).findall(self.block)]
 
     @functools.cached_property
     def call_id(self) -> str | None:
@@ -213,7 +243,7 @@ def read_headers(block: bytes) -> SIPHeaders:
     length = _number(lengths.pop(), MAX_CONTENT_LENGTH) if len(lengths) == 1 else None
     if length is None:
         raise GiveUpError("bad-content-length")
-    return SIPHeaders(fields, length)
+    return SIPHeaders(fields, length, block)
 
 
 def _text(value: bytes) -> str:
