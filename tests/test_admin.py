@@ -13,6 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from conftest import make_pool
 from ocsbal import Pool, PoolService, Port, Server
 from ocsbal.admin import AdminTokenError, admin_site
 from ocsbal.config import Admin
@@ -21,15 +22,9 @@ URL = "http://127.0.0.1:9900"
 
 
 def makePool(**kw: Any) -> Pool:
-    return Pool(
-        name="pool01",
-        fqdn="pool01.example.com",
-        vip="127.0.1.10",
-        servers=(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12", 50)),
-        ports=(Port(5060, "sip"), Port(135)),
-        scheduler="round-robin",
-        **kw,
-    )
+    """Two servers (fe2 of weight 50) on a SIP port and a plain one."""
+    kw.setdefault("ports", (Port(5060, "sip"), Port(135)))
+    return make_pool(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12", 50), **kw)
 
 
 class AdminTests(SynchronousTestCase):

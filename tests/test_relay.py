@@ -20,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from conftest import make_pool
 from ocsbal._pool import AdminState, RunningPool, UnknownServerError
 from ocsbal._relay import Phase, Relay
 from ocsbal._report import connections_report
@@ -32,14 +33,10 @@ SIP = Port(5060, PortProtocol.SIP)
 
 
 def makePool(servers: int = 3, **kw: Any) -> Pool:
-    kw.setdefault("scheduler", "round-robin")
-    return Pool(
-        name="pool01",
-        fqdn="pool01.example.com",
-        vip="127.0.1.10",
-        servers=tuple(Server(f"fe{i}", f"127.0.1.{11 + i}") for i in range(servers)),
-        ports=(SIP,),
-        **kw,
+    """``servers`` servers, fe0 on 127.0.1.11 and on, on the SIP port."""
+    kw.setdefault("ports", (SIP,))
+    return make_pool(
+        *(Server(f"fe{i}", f"127.0.1.{11 + i}") for i in range(servers)), **kw
     )
 
 

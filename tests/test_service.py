@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 import pytest
 import trustme
+from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -20,23 +21,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from conftest import make_pool
 from ocsbal import OCS_PORTS, ConfigError, Pool, PoolService, Port, PortProtocol, Server
 from ocsbal._pool import AdminState, LastServerError, UnknownServerError
 from ocsbal._relay import Listener
 from ocsbal.admin import AdminTokenError
 from ocsbal.config import Admin, Monitor, TLSMode, TLSSettings, load, render
 from ocsbal.service import ConfigReloader, NetworkSetupError
-
-
-def makePool(**kw: Any) -> Pool:
-    kw.setdefault("scheduler", "round-robin")
-    kw.setdefault("vip", "127.0.1.10")
-    return Pool(
-        name="pool01",
-        fqdn="pool01.example.com",
-        servers=(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12")),
-        **kw,
-    )
 
 
 class FakePort:
@@ -83,7 +74,7 @@ def open_connection(reactor: MemoryReactorClock) -> tuple[StringTransport, Any]:
 class PoolServiceTests(SynchronousTestCase):
     def test_binds_every_ocs_port_on_the_vip(self) -> None:
         reactor = Reactor()
-        service = PoolService(makePool(), reactor)
+        service = PoolService(make_pool(), reactor)
         service.privilegedStartService()
         service.startService()
         bound = [(port, interface) for port, _, _, interface in reactor.tcpServers]
@@ -93,12 +84,12 @@ class PoolServiceTests(SynchronousTestCase):
     def test_start_without_privileged_start_binds_too(self) -> None:
         """Embedders who only call startService still get their listeners."""
         reactor = Reactor()
-        PoolService(makePool(), reactor).startService()
+        PoolService(make_pool(), reactor).startService()
         assert len(reactor.tcpServers) == 12
 
     def test_a_port_that_cannot_bind_fails_start_and_releases_the_others(self) -> None:
         reactor = Reactor(taken=444)
-        service = PoolService(makePool(), reactor)
+        service = PoolService(make_pool(), reactor)
         with pytest.raises(CannotListenError) as raised:
             service.privilegedStartService()
         assert "127.0.1.10:444" in str(raised.value)
@@ -109,7 +100,7 @@ class PoolServiceTests(SynchronousTestCase):
         self,
     ) -> None:
         reactor = Reactor()
-        service = PoolService(makePool(vip="192.0.2.10"), reactor)
+        service = PoolService(make_pool(vip="192.0.2.10"), reactor)
         with pytest.raises(NetworkSetupError) as raised:
             service.privilegedStartService()
         assert str(raised.value) == (
@@ -121,7 +112,7 @@ class PoolServiceTests(SynchronousTestCase):
 
     def test_with_freebind_the_vip_is_bound_before_this_host_holds_it(self) -> None:
         reactor = Reactor()
-        pool = makePool(vip="192.0.2.10", freebind=True, ports=[Port(15060)])
+        pool = make_pool(vip="192.0.2.10", freebind=True, ports=[Port(15060)])
         PoolService(pool, reactor).startService()
         [(_, family, factory)] = reactor.adoptedPorts
         assert family == socket.AF_INET
@@ -131,8 +122,8 @@ class PoolServiceTests(SynchronousTestCase):
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        PoolService(makePool(idle_timeout=1799), Reactor()).startService()
-        PoolService(makePool(idle_timeout=1800), Reactor()).startService()
+        PoolService(make_pool(idle_timeout=1799), Reactor()).startService()
+        PoolService(make_pool(idle_timeout=1800), Reactor()).startService()
         warnings = [e for e in events if e["log_level"] == LogLevel.warn]
         assert [formatEvent(e) for e in warnings] == [
             "pool pool01: idle_timeout = 1799 s is below the 1800 s OCS 2007 R2 "
@@ -141,7 +132,7 @@ class PoolServiceTests(SynchronousTestCase):
 
     def test_idle_sweep_runs_on_the_injected_clock(self) -> None:
         reactor = Reactor()
-        service = PoolService(makePool(idle_timeout=10), reactor)
+        service = PoolService(make_pool(idle_timeout=10), reactor)
         service.startService()
         client, _protocol = open_connection(reactor)
         reactor.advance(9.9)
@@ -151,7 +142,7 @@ class PoolServiceTests(SynchronousTestCase):
 
     def test_stop_stops_listening_and_closes_connections_at_once(self) -> None:
         reactor = Reactor()
-        service = PoolService(makePool(), reactor)
+        service = PoolService(make_pool(), reactor)
         service.startService()
         client, protocol = open_connection(reactor)
         d = service.stopService()
@@ -163,7 +154,7 @@ class PoolServiceTests(SynchronousTestCase):
 
     def test_stop_waits_out_the_grace_period_for_open_connections(self) -> None:
         reactor = Reactor()
-        service = PoolService(makePool(), reactor, grace_period=30)
+        service = PoolService(make_pool(), reactor, grace_period=30)
         service.startService()
         client, _protocol = open_connection(reactor)
         d = service.stopService()
@@ -175,7 +166,7 @@ class PoolServiceTests(SynchronousTestCase):
 
     def test_stop_finishes_early_when_the_last_connection_closes(self) -> None:
         reactor = Reactor()
-        service = PoolService(makePool(), reactor, grace_period=30)
+        service = PoolService(make_pool(), reactor, grace_period=30)
         service.startService()
         _client, protocol = open_connection(reactor)
         d = service.stopService()
@@ -187,7 +178,7 @@ class PoolServiceTests(SynchronousTestCase):
         self,
     ) -> None:
         reactor = Reactor()
-        service = PoolService(makePool(), reactor)
+        service = PoolService(make_pool(), reactor)
         service.startService()
         client, _protocol = open_connection(reactor)
         service.stopService()
@@ -201,7 +192,7 @@ class RuntimeChangeTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = Reactor()
-        self.service = PoolService(makePool(ports=[Port(5060)]), self.reactor)
+        self.service = PoolService(make_pool(ports=[Port(5060)]), self.reactor)
         self.service.startService()
         self.client, _ = open_connection(self.reactor)
         self.events: list[LogEvent] = []
@@ -251,7 +242,7 @@ class RuntimeChangeTests(SynchronousTestCase):
         self,
     ) -> None:
         first = self.reactor.ports[0]
-        new = makePool(
+        new = make_pool(
             ports=[Port(5061, PortProtocol.SIPS)], scheduler="least-connections"
         )
         d = self.service.reload(new)
@@ -263,11 +254,11 @@ class RuntimeChangeTests(SynchronousTestCase):
 
     def test_reload_that_cannot_bind_changes_nothing(self) -> None:
         self.reactor.taken = 444
-        new = makePool(ports=[Port(5060), Port(135), Port(444)])
+        new = make_pool(ports=[Port(5060), Port(135), Port(444)])
         failure = self.failureResultOf(self.service.reload(new))
         failure.trap(CannotListenError)
         assert [p.stopped for p in self.reactor.ports] == [False, True]
-        assert self.service.pool == makePool(ports=[Port(5060)])
+        assert self.service.pool == make_pool(ports=[Port(5060)])
 
     def test_reload_refuses_a_new_vip(self) -> None:
         new = attrs.evolve(self.service.pool, vip="127.0.1.20")
@@ -280,17 +271,17 @@ class RuntimeChangeTests(SynchronousTestCase):
     def test_reload_restarts_checks_and_sweep_only_when_their_settings_change(
         self,
     ) -> None:
-        health, sweep = self.service.health, self.service._sweep
+        health, sweep = self.service.health, self.service.sweeper
         same = attrs.evolve(self.service.pool, retries=0)
         self.successResultOf(self.service.reload(same))
-        assert (self.service.health, self.service._sweep) == (health, sweep)
+        assert (self.service.health, self.service.sweeper) == (health, sweep)
         changed = attrs.evolve(
             same, idle_timeout=60, monitor=Monitor(interval=1, timeout=1)
         )
         self.successResultOf(self.service.reload(changed))
         assert self.service.health is not health
         assert self.service.health.interval == 1
-        assert self.service._sweep.step == 3
+        assert self.service.sweeper.step == 3
         assert not health.running
         assert self.service.health.running
 
@@ -299,20 +290,20 @@ class AdminInterfaceTests(SynchronousTestCase):
     def test_the_admin_interface_listens_where_configured(self) -> None:
         reactor = Reactor()
         admin = Admin("tcp:9901:interface=127.0.0.1")
-        PoolService(makePool(ports=[Port(5060)], admin=admin), reactor).startService()
+        PoolService(make_pool(ports=[Port(5060)], admin=admin), reactor).startService()
         bound = [(port, interface) for port, _, _, interface in reactor.tcpServers]
         assert bound == [(5060, "127.0.1.10"), (9901, "127.0.0.1")]
 
     def test_an_unreadable_token_stops_the_start_with_nothing_bound(self) -> None:
         reactor = Reactor()
         admin = Admin(token_file="/nonexistent/token")
-        service = PoolService(makePool(ports=[Port(5060)], admin=admin), reactor)
+        service = PoolService(make_pool(ports=[Port(5060)], admin=admin), reactor)
         with pytest.raises(AdminTokenError, match="cannot read"):
             service.privilegedStartService()
         assert [p.stopped for p in reactor.ports] == [True]
 
     def test_reload_refuses_tls_changes(self) -> None:
-        service = PoolService(makePool(), Reactor())
+        service = PoolService(make_pool(), Reactor())
         service.startService()
         tls = TLSSettings(TLSMode.TERMINATE, certificate=self.pool_pem())
         failure = self.failureResultOf(
@@ -324,10 +315,10 @@ class AdminInterfaceTests(SynchronousTestCase):
 
     def test_reload_refuses_a_port_moving_into_tls_termination(self) -> None:
         tls = TLSSettings(TLSMode.TERMINATE, certificate=self.pool_pem())
-        service = PoolService(makePool(ports=[Port(5061)], tls=tls), Reactor())
+        service = PoolService(make_pool(ports=[Port(5061)], tls=tls), Reactor())
         service.startService()
         failure = self.failureResultOf(
-            service.reload(makePool(ports=[Port(5061, PortProtocol.SIPS)], tls=tls))
+            service.reload(make_pool(ports=[Port(5061, PortProtocol.SIPS)], tls=tls))
         )
         assert str(failure.value) == (
             "[ports] 5061 cannot change between a terminated TLS port and another "
@@ -345,19 +336,19 @@ class AdminInterfaceTests(SynchronousTestCase):
         tls = TLSSettings(TLSMode.TERMINATE, certificate=self.pool_pem())
         ports = [Port(5060, PortProtocol.SIP), Port(5061, PortProtocol.SIPS)]
         reactor = Reactor()
-        PoolService(makePool(ports=ports, tls=tls), reactor).startService()
+        PoolService(make_pool(ports=ports, tls=tls), reactor).startService()
         factories = [type(f).__name__ for _, f, *_ in reactor.tcpServers]
         assert factories == ["Listener", "TLSMemoryBIOFactory"]
 
     def test_an_admin_port_in_use_stops_the_start_with_nothing_bound(self) -> None:
         reactor = Reactor(taken=9900)
-        service = PoolService(makePool(ports=[Port(5060)], admin=Admin()), reactor)
+        service = PoolService(make_pool(ports=[Port(5060)], admin=Admin()), reactor)
         with pytest.raises(CannotListenError):
             service.privilegedStartService()
         assert [p.stopped for p in reactor.ports] == [True]
 
     def test_reload_cannot_move_the_admin_interface(self) -> None:
-        service = PoolService(makePool(admin=Admin()), Reactor())
+        service = PoolService(make_pool(admin=Admin()), Reactor())
         service.startService()
         moved = attrs.evolve(service.pool, admin=Admin("tcp:9999"))
         failure = self.failureResultOf(service.reload(moved))
@@ -369,7 +360,7 @@ class ConfigReloaderTests(SynchronousTestCase):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         self.path = Path(folder) / "pool.ini"
-        self.path.write_text(render(makePool(ports=[Port(5060)])))
+        self.path.write_text(render(make_pool(ports=[Port(5060)])))
         self.reactor = Reactor()
         self.service = PoolService(load(self.path), self.reactor)
         self.reloader = ConfigReloader(str(self.path), self.service, self.reactor)
@@ -385,7 +376,7 @@ class ConfigReloaderTests(SynchronousTestCase):
         return [formatEvent(e) for e in self.events if e["log_level"] == level]
 
     def test_a_valid_file_is_applied(self) -> None:
-        self.path.write_text(render(makePool(ports=[Port(5060), Port(135)])))
+        self.path.write_text(render(make_pool(ports=[Port(5060), Port(135)])))
         self.successResultOf(self.reloader.reload())
         assert [p.number for p in self.service.pool.ports] == [5060, 135]
         assert f"reloaded {self.path}" in self.logged(LogLevel.info)
@@ -438,23 +429,31 @@ class TokenReloadTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, folder)
         (folder / "token").write_text("old\n")
         admin = Admin(token_file=str(folder / "token"))
-        service = PoolService(makePool(ports=[Port(5060)], admin=admin), Reactor())
+        service = PoolService(make_pool(ports=[Port(5060)], admin=admin), Reactor())
         service.startService()
         assert service.admin is not None
+        api = StubTreq(service.admin.factory.resource)
+
+        def answers(token: str) -> int:
+            headers = {"authorization": [f"Bearer {token}"]}
+            d = api.get("http://127.0.0.1:9900/api/pool", headers=headers)
+            return int(self.successResultOf(d).code)
+
+        assert (answers("old"), answers("new")) == (200, 401)
         (folder / "token").write_text("new\n")
         self.successResultOf(service.reload(service.pool))
-        assert service.admin._token == b"new"
+        assert (answers("old"), answers("new")) == (401, 200)
         missing = Admin(token_file=str(folder / "missing"))
         bigger = attrs.evolve(
             service.pool, admin=missing, ports=[Port(5060), Port(135)]
         )
         self.failureResultOf(service.reload(bigger)).trap(AdminTokenError)
-        assert service.admin._token == b"new"
+        assert answers("new") == 200
         assert [p.number for p in service.pool.ports] == [5060]
 
 
 def test_vip_ports_listen_with_a_backlog_for_a_pool_reconnecting_at_once() -> None:
     reactor = Reactor()
-    PoolService(makePool(ports=[Port(5060)]), reactor).startService()
+    PoolService(make_pool(ports=[Port(5060)]), reactor).startService()
     [(_, _, backlog, interface)] = reactor.tcpServers
     assert (backlog, interface) == (socket.SOMAXCONN, "127.0.1.10")

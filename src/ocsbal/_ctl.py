@@ -61,7 +61,7 @@ def client_endpoint(listen: str) -> str:
 
 
 @implementer(IAgentEndpointFactory)
-class _Always:
+class _OneEndpoint:
     """Every URL's connection goes to one endpoint: the admin interface's."""
 
     def __init__(self, reactor: Any, description: str) -> None:
@@ -311,7 +311,7 @@ async def run(args: argparse.Namespace, reactor: Any, out: TextIO = sys.stdout) 
         token = read_token(admin)
     except AdminTokenError as e:
         raise CtlError(str(e)) from None
-    agent = Agent.usingEndpointFactory(reactor, _Always(reactor, endpoint))
+    agent = Agent.usingEndpointFactory(reactor, _OneEndpoint(reactor, endpoint))
     client = AdminClient(HTTPClient(agent), endpoint, token)
     build, show = _COMMANDS[args.command]
     answer = await client.call(*build(args))

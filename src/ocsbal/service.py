@@ -83,7 +83,8 @@ class PoolService(MultiService):
     in maintenance, and whole new configurations applied with
     :meth:`reload`, without closing any connection.
 
-    The idle sweep and the health checks are child services.
+    The idle sweep (:attr:`sweeper`) and the health checks (:attr:`health`)
+    are child services.
 
     :param pool: the pool to balance.
     :param reactor: provides TCP and time; the global reactor by default.
@@ -95,6 +96,12 @@ class PoolService(MultiService):
     Starting raises :class:`NetworkSetupError`, with nothing bound, if the
     VIP is not an address of this host (and ``freebind`` is off), or if
     half-NAT's transparent sockets are not allowed.
+
+    :ivar servers: the pool's servers at run time: health, state, load.
+    :ivar relay: the pool's connections.
+    :ivar sweeper: the idle sweep.
+    :ivar health: the health checks.
+    :ivar admin: the admin interface, if the pool has an ``[admin]`` section.
     """
 
     def __init__(
@@ -114,9 +121,8 @@ class PoolService(MultiService):
         self.relay = Relay(self.servers, reactor)
         self._listening: dict[int, IListeningPort] = {}
         self._listeners: dict[int, Listener] = {}
-        self._sweep = self._sweeper()
+        self.sweeper = self._sweeping()
         self.health = self._checker()
-        #: The admin interface, if the pool has an ``[admin]`` section.
         self.admin: AdminService | None = None
         if pool.admin is not None:
             self.admin = AdminService(self, pool.admin, cast(IReactorCore, reactor))
@@ -127,7 +133,7 @@ class PoolService(MultiService):
         """The configuration in force, with the run-time changes made to it."""
         return self.servers.pool
 
-    def _sweeper(self) -> TimerService:
+    def _sweeping(self) -> TimerService:
         interval = IdleTimeout(self.pool.idle_timeout).sweep_interval
         sweep = TimerService(interval, sweep_idle, self.relay)
         sweep.clock = self._reactor
@@ -148,13 +154,13 @@ class PoolService(MultiService):
     def privilegedStartService(self) -> None:
         """Bind every VIP port, and the admin interface's."""
         self._bind()
-        self._unlessItFails(super().privilegedStartService)
+        self._unless_it_fails(super().privilegedStartService)
 
     def startService(self) -> None:
         """Bind every port if not bound yet; start the idle sweep and checks."""
         if not self._listening:
             self._bind()
-        self._unlessItFails(super().startService)
+        self._unless_it_fails(super().startService)
         log.info(
             "pool {pool} ({fqdn}) balancing {ports} ports on {vip} over "
             "{servers} servers with {scheduler}",
@@ -165,9 +171,9 @@ class PoolService(MultiService):
             servers=len(self.pool.servers),
             scheduler=self.pool.scheduler,
         )
-        self._warnIfIdleTimeoutShort()
+        self._warn_if_idle_timeout_short()
 
-    def _unlessItFails(self, start: Callable[[], None]) -> None:
+    def _unless_it_fails(self, start: Callable[[], None]) -> None:
         """Run ``start``; if it fails, unbind the VIP ports: nothing half-way."""
         try:
             start()
@@ -177,7 +183,7 @@ class PoolService(MultiService):
             self._listening, self._listeners = {}, {}
             raise
 
-    def _warnIfIdleTimeoutShort(self) -> None:
+    def _warn_if_idle_timeout_short(self) -> None:
         if self.pool.idle_timeout < OCS_IDLE_TIMEOUT:
             log.warn(
                 "pool {pool}: idle_timeout = {idle_timeout:g} s is below the "
@@ -315,7 +321,7 @@ class PoolService(MultiService):
 
     async def _reload(self, pool: Pool) -> None:
         old = self.pool
-        self._refuseRestartChanges(pool)
+        self._refuse_restart_changes(pool)
         token = None if pool.admin is None else read_token(pool.admin)
         wanted = {port.number: port for port in pool.ports}
         if self._listening:
@@ -331,16 +337,16 @@ class PoolService(MultiService):
                 del self._listeners[number]
                 closing.append(maybeDeferred(self._listening.pop(number).stopListening))
         self._apply(pool)
-        if IdleTimeout(pool.idle_timeout).sweep_interval != self._sweep.step:
-            await self._sweep.disownServiceParent()
-            self._sweep = self._sweeper()
+        if IdleTimeout(pool.idle_timeout).sweep_interval != self.sweeper.step:
+            await self.sweeper.disownServiceParent()
+            self.sweeper = self._sweeping()
         if (old.monitor, old.heartbeat_ports) != (pool.monitor, pool.heartbeat_ports):
             await self.health.disownServiceParent()
             self.health = self._checker()
         await DeferredList(closing)
-        self._warnIfIdleTimeoutShort()
+        self._warn_if_idle_timeout_short()
 
-    def _refuseRestartChanges(self, pool: Pool) -> None:
+    def _refuse_restart_changes(self, pool: Pool) -> None:
         """Raise :class:`ReloadError` if ``pool`` changes what needs a restart."""
         old = self.pool
         fixed = {
