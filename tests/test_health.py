@@ -15,11 +15,11 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ocsbal._checks import HealthChecks
 from ocsbal._pool import AdminState, RunningPool
 from ocsbal._relay import Relay
 from ocsbal.config import Monitor, Pool, Port, PortProtocol, Server
 from ocsbal.health import CheckNotMadeError, HealthState, IMonitor
+from ocsbal.monitors import HealthChecks
 
 FE1 = Server("fe1", "127.0.1.11")
 

@@ -43,7 +43,7 @@ LAYERS: dict[str, set[str]] = {
     # Health, and the pool at run time.
     "health": {"_model"},
     "_pool": {"_model", "health", "scheduling"},
-    "monitors": {"_endpoints", "_model", "_tls", "health", "sip"},
+    "monitors": {"_checks", "_endpoints", "_model", "_tls", "health", "sip"},
     "_checks": {"_pool", "health"},
     # The relay.
     "_sides": {"sip"},
@@ -61,7 +61,7 @@ LAYERS: dict[str, set[str]] = {
     },
     # The composition root, and what runs it.
     "service": {
-        *("_checks", "_endpoints", "_idle", "_model", "_network", "_pool"),
+        *("_endpoints", "_idle", "_model", "_network", "_pool"),
         *("_relay", "_sweep", "_tls", "_token", "admin", "config", "monitors"),
     },
     "tap": {"_network", "_tls", "config", "service"},

@@ -65,6 +65,7 @@ from twisted.web.client import (
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from ocsbal._checks import HealthChecks
 from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint, url_host
 from ocsbal._model import MonitorType, PortProtocol
 from ocsbal._tls import TLSContexts, tls_reason
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HTTPSMonitor",
+    "HealthChecks",
     "HeartbeatError",
     "SIPOptionsMonitor",
     "SIPStatusReader",

@@ -25,7 +25,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 
-from ocsbal._checks import HealthChecks
 from ocsbal._endpoints import ReactorTCPTime
 from ocsbal._idle import IdleTimeout
 from ocsbal._network import NetworkSetupError, check_network, listen_freebind
@@ -36,7 +35,7 @@ from ocsbal._tls import TLSSetupError
 from ocsbal._token import AdminTokenError, read_token
 from ocsbal.admin import AdminService
 from ocsbal.config import ConfigError, load
-from ocsbal.monitors import monitor_for
+from ocsbal.monitors import HealthChecks, monitor_for
 
 if TYPE_CHECKING:
     from ocsbal._model import Pool, Port, Server
