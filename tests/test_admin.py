@@ -13,10 +13,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from conftest import make_pool
 from ocsbal import Pool, PoolService, Port, Server
 from ocsbal.admin import AdminTokenError, admin_site
 from ocsbal.config import Admin
+from pools import make_pool
 
 URL = "http://127.0.0.1:9900"
 

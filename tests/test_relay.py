@@ -20,7 +20,6 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from conftest import make_pool
 from ocsbal._pool import AdminState, RunningPool, UnknownServerError
 from ocsbal._relay import Phase, Relay
 from ocsbal._report import connections_report
@@ -28,6 +27,7 @@ from ocsbal._sides import _WriteThrough
 from ocsbal._sweep import closing_time, sweep
 from ocsbal.config import Pool, Port, PortProtocol, Server
 from ocsbal.scheduling import LeastConnections
+from pools import make_pool
 
 SIP = Port(5060, PortProtocol.SIP)
 

@@ -21,13 +21,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from conftest import make_pool
 from ocsbal import OCS_PORTS, ConfigError, Pool, PoolService, Port, PortProtocol, Server
 from ocsbal._pool import AdminState, LastServerError, UnknownServerError
 from ocsbal._relay import Listener
 from ocsbal.admin import AdminTokenError
 from ocsbal.config import Admin, Monitor, TLSMode, TLSSettings, load, render
 from ocsbal.service import ConfigReloader, NetworkSetupError
+from pools import make_pool
 
 
 class FakePort:

@@ -1,4 +1,8 @@
-"""What the unit tests share: the one way they build a pool."""
+"""The one way the unit tests build a pool.
+
+A module rather than a fixture: test helpers and SynchronousTestCase
+classes build pools too.
+"""
 
 from __future__ import annotations
 
