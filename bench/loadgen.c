@@ -7,9 +7,12 @@
  *
  *   loadgen client HOST PORT REQUEST_FILE CONNECTIONS SECONDS RATE WARMUP
  *
- *     Opens CONNECTIONS kept-alive TCP connections and sends the bytes of
- *     REQUEST_FILE on each, one request outstanding per connection, reading
- *     each response (header block + Content-Length) before the next.
+ *     Opens CONNECTIONS kept-alive TCP connections and sends the messages of
+ *     REQUEST_FILE on each, one outstanding per connection, reading each
+ *     answer (header block + Content-Length) before the next.  A file of
+ *     several messages is a conversation: each connection sends them in
+ *     turn, and again from the first.  CRLFs before a message (SIP
+ *     keep-alives) are sent and read with it.
  *
  *     RATE = 0: closed loop, each connection sends its next request as soon
  *     as its response is in; the figure is the message rate.
@@ -31,8 +34,11 @@
  *
  *   loadgen serve HOST PORT[,PORT...] RESPONSE_FILE
  *
- *     Answers every request read, on any connection, with the bytes of
- *     RESPONSE_FILE.  One thread, edge-triggered epoll, until killed.
+ *     Answers every request read, on any connection, with a message of
+ *     RESPONSE_FILE: the first to the first request of a connection, the
+ *     second to its second, and so on, again from the first after the last
+ *     (so that a conversation's answers follow its requests).  One thread,
+ *     edge-triggered epoll, until killed.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -103,6 +109,36 @@ static size_t message_length(const char *data, size_t n) {
     return head + body <= n ? head + body : 0;
 }
 
+/* A file's messages, back to back, as message_length frames them. */
+typedef struct {
+    const char *data;
+    size_t count;
+    size_t *start, *length;
+} Script;
+
+static Script script(const char *path) {
+    Script t = {0};
+    size_t size;
+    t.data = read_file(path, &size);
+    t.start = malloc(sizeof *t.start * (size / 4 + 1));
+    t.length = malloc(sizeof *t.length * (size / 4 + 1));
+    for (size_t at = 0; at < size;) {
+        size_t n = message_length(t.data + at, size - at);
+        if (!n) {
+            fprintf(stderr, "%s: not whole messages from byte %zu\n", path, at);
+            exit(2);
+        }
+        t.start[t.count] = at;
+        t.length[t.count++] = n;
+        at += n;
+    }
+    if (!t.count) {
+        fprintf(stderr, "%s: no message\n", path);
+        exit(2);
+    }
+    return t;
+}
+
 static int nonblocking_socket(void) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -135,8 +171,7 @@ typedef struct {
 
 static struct {
     struct sockaddr_in server;
-    const char *request;
-    size_t request_size;
+    Script requests;
     int count;
     double rate;
     uint64_t start, measure_from, measure_to;
@@ -188,8 +223,9 @@ static int connected(Conn *c, int i) {
 }
 
 static void send_request(Conn *c, int i, uint64_t when) {
-    ssize_t sent = send(c->fd, C.request, C.request_size, MSG_NOSIGNAL);
-    if (sent != (ssize_t)C.request_size) { /* a small request fits any socket */
+    size_t m = c->k % C.requests.count, size = C.requests.length[m];
+    ssize_t sent = send(c->fd, C.requests.data + C.requests.start[m], size, MSG_NOSIGNAL);
+    if (sent != (ssize_t)size) { /* one message fits any socket's buffer */
         lost(c, i);
         return;
     }
@@ -282,7 +318,7 @@ static int client(int argc, char **argv) {
         return 2;
     }
     C.server = address(argv[2], atoi(argv[3]));
-    C.request = read_file(argv[4], &C.request_size);
+    C.requests = script(argv[4]);
     C.count = atoi(argv[5]);
     double seconds = atof(argv[6]), warmup = atof(argv[8]);
     C.rate = atof(argv[7]);
@@ -360,12 +396,12 @@ static int client(int argc, char **argv) {
 typedef struct {
     int fd;
     int listening;
+    uint64_t k; /* requests answered */
     size_t have, pending, written;
     char *in, *out;
 } Peer;
 
-static const char *response;
-static size_t response_size;
+static Script responses;
 
 static void close_peer(Peer *p) {
     close(p->fd);
@@ -396,10 +432,11 @@ static int serve_peer(Peer *p) {
         p->have += (size_t)got;
         size_t n;
         while ((n = message_length(p->in, p->have)) > 0) {
-            if (p->pending + response_size > BUFFER)
+            size_t m = p->k++ % responses.count, size = responses.length[m];
+            if (p->pending + size > BUFFER)
                 return -1; /* a client that does not read its answers */
-            memcpy(p->out + p->pending, response, response_size);
-            p->pending += response_size;
+            memcpy(p->out + p->pending, responses.data + responses.start[m], size);
+            p->pending += size;
             memmove(p->in, p->in + n, p->have - n);
             p->have -= n;
         }
@@ -413,7 +450,7 @@ static int serve(int argc, char **argv) {
         fprintf(stderr, "usage: loadgen serve HOST PORT[,PORT...] RESPONSE\n");
         return 2;
     }
-    response = read_file(argv[4], &response_size);
+    responses = script(argv[4]);
     int epoll = epoll_create1(EPOLL_CLOEXEC);
     for (char *port = strtok(argv[3], ","); port; port = strtok(NULL, ",")) {
         struct sockaddr_in a = address(argv[2], atoi(port));

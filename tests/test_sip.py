@@ -130,8 +130,9 @@ def test_each_crlf_from_the_server_is_a_pong_at_once() -> None:
     [
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "bad-start-line"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", "bad-start-line"),
-        (b"OPTIONS sip:x SIP/2.0\r\nno colon here\r\n\r\n", "bad-header"),
-        (b"OPTIONS sip:x SIP/2.0\r\n folded first\r\n\r\n", "bad-header"),
+        (b"REGISTER sip:x SIP/2.0\r\nno colon here\r\n\r\n", "bad-header"),
+        (b"REGISTER sip:x SIP/2.0\r\n folded first\r\n\r\n", "bad-header"),
+        (b"SIP/2.0 200 OK\r\nCSeq: 1 REGISTER\r\nno colon\r\n\r\n", "bad-header"),
         (b"OPTIONS sip:x SIP/2.0\r\nContent-Length: -1\r\n\r\n", "bad-content-length"),
         (b"OPTIONS sip:x SIP/2.0\r\nl: 99999999999\r\n\r\n", "bad-content-length"),
         (b"OPTIONS sip:x SIP/2.0\r\nl: 1\r\nl: 2\r\n\r\n", "bad-content-length"),
@@ -143,6 +144,8 @@ def test_each_crlf_from_the_server_is_a_pong_at_once() -> None:
 def test_what_it_cannot_follow_it_gives_up_on_for_good(
     stream: bytes, reason: str
 ) -> None:
+    """Header lines are checked only where a registration is read from:
+    a REGISTER, or a response that may be one's."""
     inspector = SIPInspector()
     assert inspector.feed(stream) == [GaveUp(reason)]
     assert inspector.gave_up == reason
@@ -316,3 +319,15 @@ def test_any_header_can_be_asked_for_long_or_compact() -> None:
         "SIP/2.0/TCP b ;x=1",
     ]
     assert request.headers.values("subject") == []
+
+
+def test_a_message_a_registration_is_not_read_from_is_only_framed() -> None:
+    """Its header lines are not checked: a line without a colon costs nothing,
+    and where the message ends is all that is read of it."""
+    odd = b"OPTIONS sip:x SIP/2.0\r\nno colon here\r\nl: 2\r\n\r\nok"
+    inspector = SIPInspector()
+    [options, register] = inspector.feed(odd + REGISTER)
+    assert isinstance(options, Request)
+    assert (options.method, options.content_length) == ("OPTIONS", 2)
+    assert isinstance(register, Request)
+    assert inspector.gave_up is None

@@ -43,7 +43,7 @@ from ocsbal._network import TransparentTCP
 from ocsbal._sides import ClientSide, Held, ServerSide, Side, unsent_bytes
 from ocsbal._tls import tls_contexts, tls_reason
 from ocsbal.scheduling import NoServerAvailable
-from ocsbal.sip import GaveUp, Registrations, SIPInspector, SIPTally
+from ocsbal.sip import Registrations, SIPInspector, SIPTally, follow
 
 if TYPE_CHECKING:
     from ocsbal._model import Pool, Port, Server
@@ -160,18 +160,13 @@ class Splice:
     def inspect(self, side: Side, data: bytes, now: float) -> None:
         """Follow the SIP in ``data``, just relayed from ``side``."""
         sip = cast(Registrations, self.sip)
-        observe = sip.from_server if side.from_server else sip.from_client
-        tally = self.relay.sip
-        for event in cast(SIPInspector, side.inspector).feed(data):
-            tally.count(event)
-            if isinstance(event, GaveUp):
-                # Plain TCP from now on, both ways.
-                sip.gave_up = event.reason
-                self.client.inspector = None
-                if self.server is not None:
-                    self.server.inspector = None
-                return
-            observe(event, now)
+        inspector = cast(SIPInspector, side.inspector)
+        reason = follow(inspector, sip, self.relay.sip, data, now)
+        if reason is not None:  # plain TCP from now on, both ways
+            sip.gave_up = reason
+            self.client.inspector = None
+            if self.server is not None:
+                self.server.inspector = None
 
     def start(self) -> None:
         """Pause the new client connection and connect it to a server.

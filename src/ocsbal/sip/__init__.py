@@ -35,7 +35,7 @@ with nothing to continue), ``bad-content-length`` (not a number, beyond
 ``header-too-large``.
 """
 
-from ocsbal.sip._accounts import DEFAULT_EXPIRES, METHODS, Registrations, SIPTally
+from ocsbal.sip._accounts import DEFAULT_EXPIRES, Registrations, SIPTally, follow
 from ocsbal.sip._headers import (
     MAX_CONTACTS,
     MAX_CONTENT_LENGTH,
@@ -45,6 +45,7 @@ from ocsbal.sip._headers import (
 )
 from ocsbal.sip._inspector import (
     MAX_HEADER_BYTES,
+    METHODS,
     Event,
     GaveUp,
     Ping,
@@ -72,4 +73,5 @@ __all__ = [
     "SIPHeaders",
     "SIPInspector",
     "SIPTally",
+    "follow",
 ]

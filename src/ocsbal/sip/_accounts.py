@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import cast
 
 import attrs
 
-from ocsbal.sip._inspector import Event, GaveUp, Ping, Pong, Request, Response
+from ocsbal.sip._inspector import (
+    METHODS,
+    Event,
+    GaveUp,
+    Ping,
+    Pong,
+    Request,
+    Response,
+    SIPInspector,
+)
 
 #: The expiry a registrar grants when nothing says otherwise (RFC 3261
 #: §10.2.1.1).
@@ -47,8 +57,6 @@ class Registrations:
     :param max_bindings: bindings remembered; beyond it the one that
         expires first is forgotten, for the same reason.
     :ivar keepalives: keep-alive pings and pongs seen.
-    :ivar last_message: the last request's method and URI, or response's
-        status, reason and CSeq method.
     :ivar gave_up: why the connection's SIP is followed no more, if it is
         not (a :class:`GaveUp` reason).
     """
@@ -57,23 +65,42 @@ class Registrations:
     max_bindings: int = 64
     keepalives: int = attrs.field(init=False, default=0)
     gave_up: str | None = attrs.field(init=False, default=None)
-    last_message: str | None = attrs.field(init=False, default=None)
+    #: The last message either way; told as :attr:`last_message` when asked.
+    _last: Request | Response | None = attrs.field(init=False, default=None)
     _pending: dict[tuple[str, int], _Pending] = attrs.field(init=False, factory=dict)
     #: When each binding expires, by address of record and Contact URI.
     _expiries: dict[tuple[str, str], float] = attrs.field(init=False, factory=dict)
     #: Whether the last :meth:`lapsed` found a missed refresh.
     _lapsed: bool = attrs.field(init=False, default=False)
 
+    @property
+    def last_message(self) -> str | None:
+        """What the last message was, either way.
+
+        A request's method and URI, or a response's status, reason and CSeq
+        method.
+        """
+        last = self._last
+        if last is None or isinstance(last, Request):
+            return None if last is None else f"{last.method} {last.uri}"
+        cseq = last.headers.cseq
+        return f"{last.status} {last.reason} ({cseq[1] if cseq else '?'})"
+
     def from_client(self, event: Event, now: float) -> None:  # noqa: ARG002
-        """Count an event of the client's direction, seen at ``now``."""
-        if isinstance(event, Ping | Pong):
-            self.keepalives += 1
-        elif isinstance(event, Request):
-            self.last_message = f"{event.method} {event.uri}"
-            headers = event.headers
+        """Count an event of the client's direction, seen at ``now``.
+
+        A request but a REGISTER costs nothing more than being kept as the
+        last message; only a REGISTER's headers are read.
+        """
+        kind = type(event)
+        if kind is Request:
+            request = cast(Request, event)
+            self._last = request
+            if request.method != "REGISTER":
+                return
+            headers = request.headers
             if not (
-                event.method == "REGISTER"
-                and headers.call_id
+                headers.call_id
                 and headers.cseq
                 and headers.to_uri
                 and (headers.contacts or headers.contact_star)
@@ -88,22 +115,27 @@ class Registrations:
             self._pending[key] = _Pending(headers.to_uri, asked, headers.contact_star)
             if len(self._pending) > self.max_pending:
                 del self._pending[next(iter(self._pending))]
+        elif kind is Ping or kind is Pong:
+            self.keepalives += 1
 
     def from_server(self, event: Event, now: float) -> None:
-        """Count an event of the server's direction, seen at ``now``."""
-        if isinstance(event, Ping | Pong):
-            self.keepalives += 1
-        elif isinstance(event, Response):
-            headers, cseq = event.headers, event.headers.cseq
-            self.last_message = (
-                f"{event.status} {event.reason} ({cseq[1] if cseq else '?'})"
-            )
-            if event.status < 200 or not (
-                cseq and cseq[1] == "REGISTER" and headers.call_id
-            ):
+        """Count an event of the server's direction, seen at ``now``.
+
+        A response is read only while a REGISTER waits for its own, and only
+        a final one.
+        """
+        kind = type(event)
+        if kind is Response:
+            response = cast(Response, event)
+            self._last = response
+            if response.status < 200 or not self._pending:
+                return
+            headers = response.headers
+            cseq = headers.cseq
+            if not (cseq and cseq[1] == "REGISTER" and headers.call_id):
                 return
             pending = self._pending.pop((headers.call_id, cseq[0]), None)
-            if pending is None or event.status >= 300:
+            if pending is None or response.status >= 300:
                 return
             if pending.star:
                 for binding in [b for b in self._expiries if b[0] == pending.aor]:
@@ -123,6 +155,8 @@ class Registrations:
                     first = min(self._expiries, key=self._expiries.__getitem__)
                     del self._expiries[first]
                 self._expiries[binding] = now + granted
+        elif kind is Ping or kind is Pong:
+            self.keepalives += 1
 
     @property
     def bindings(self) -> dict[str, float]:
@@ -169,18 +203,6 @@ def _granted(asked: int | None, answered: int | None, expires: int | None) -> in
     )
 
 
-#: The methods counted by name (RFC 3261 and its extensions, and the two of
-#: Microsoft's that OCS speaks); any other is counted as ``other``, so that
-#: a client cannot make up metric labels.
-METHODS = frozenset(
-    [
-        *("ACK", "BYE", "CANCEL", "INFO", "INVITE", "MESSAGE", "NOTIFY", "OPTIONS"),
-        *("PRACK", "PUBLISH", "REFER", "REGISTER", "SUBSCRIBE", "UPDATE"),
-        *("SERVICE", "BENOTIFY"),
-    ]
-)
-
-
 @attrs.define
 class SIPTally:
     """What the SIP of many connections said, counted.
@@ -198,11 +220,43 @@ class SIPTally:
 
     def count(self, event: Event) -> None:
         """Count one event of an inspector."""
-        if isinstance(event, Request):
-            self.requests[event.method if event.method in METHODS else "other"] += 1
-        elif isinstance(event, Response):
-            self.responses[f"{event.status // 100}xx"] += 1
-        elif isinstance(event, GaveUp):
-            self.gave_up[event.reason] += 1
+        kind = type(event)
+        if kind is Request:
+            method = cast(Request, event).method
+            self.requests[method if method in METHODS else "other"] += 1
+        elif kind is Response:
+            self.responses[_CLASSES[cast(Response, event).status // 100]] += 1
+        elif kind is GaveUp:
+            self.gave_up[cast(GaveUp, event).reason] += 1
         else:
-            self.keepalives["ping" if isinstance(event, Ping) else "pong"] += 1
+            self.keepalives["ping" if kind is Ping else "pong"] += 1
+
+
+#: A status's class by its first digit.
+_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
+
+
+def follow(
+    inspector: SIPInspector,
+    account: Registrations,
+    tally: SIPTally,
+    data: bytes,
+    now: float,
+) -> str | None:
+    """What the relay does with each chunk it has relayed on a SIP connection.
+
+    ``data`` is fed to ``inspector`` (of the client's direction, or the
+    server's); what it says is counted in the pool's ``tally`` and in the
+    connection's ``account``, at ``now``.
+
+    :return: why the inspector gave up, if it has: the connection goes on
+        as plain TCP.
+    """
+    events = inspector.feed(data)
+    if events:
+        count = tally.count
+        observe = account.from_server if inspector.from_server else account.from_client
+        for event in events:
+            count(event)
+            observe(event, now)
+    return inspector.gave_up

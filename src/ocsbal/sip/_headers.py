@@ -131,15 +131,22 @@ class SIPHeaders:
     it is asked for, once: most messages are relayed without anyone asking.  A
     header that is absent, or whose value is malformed, reads as ``None``.
 
-    :ivar fields: each header read, in order: its name (long form, lower
-        case, as in :meth:`values`) and its raw value.
-    :ivar content_length: the body's length; 0 when the header is absent.
     :ivar block: the header lines as they came, each starting with its CRLF.
+    :ivar content_length: the body's length; 0 when the header is absent.
     """
 
-    fields: tuple[tuple[str, bytes], ...] = ()
-    content_length: int = 0
     block: bytes = b""
+    content_length: int = 0
+
+    @functools.cached_property
+    def fields(self) -> tuple[tuple[str, bytes], ...]:
+        """Each header read, in order: its name and its raw value.
+
+        The name is the header's long form, in lower case, as in
+        :meth:`values`; at most :data:`MAX_FIELDS` are read.
+        """
+        found = _READ_HEADER.findall(self.block)[:MAX_FIELDS]
+        return tuple([(_CANONICAL[name.lower()], value) for name, value in found])
 
     def values(self, name: str) -> list[str]:
         """The values of a header, in order, decoded, unfolded and stripped.
@@ -221,29 +228,37 @@ class SIPHeaders:
         return items
 
 
-def read_headers(block: bytes) -> SIPHeaders:
-    """Read the header lines, each starting with its CRLF.
+def read_headers(block: bytes, content_length: int) -> SIPHeaders:
+    """The headers of ``block``, the header lines, read now and checked.
 
-    :raises GiveUpError: if they cannot be read, or say no clear length.
+    :raises GiveUpError: ``bad-header`` if a line is neither a header (a
+        token and a colon) nor the continuation of one.
     """
     if block.startswith((b"\r\n ", b"\r\n\t")) or _BAD_LINE.search(block):
         raise GiveUpError("bad-header")
-    found = _READ_HEADER.findall(block)
-    fields = tuple(
-        [(_CANONICAL[name.lower()], value) for name, value in found[:MAX_FIELDS]]
-    )
-    if len(found) <= MAX_FIELDS:
-        raw = {value for name, value in fields if name == "content-length"}
-    else:  # only where the body ends is read from them all
-        raw = set(_CONTENT_LENGTH.findall(block))
+    headers = SIPHeaders(block, content_length)
+    _ = headers.fields  # read now: it is read anyway
+    return headers
+
+
+def content_length(values: list[bytes]) -> int:
+    """The body's length, from the values of every Content-Length header.
+
+    Two that disagree leave where the body ends unknowable; the inspector
+    takes the one plain number most messages carry without asking this.
+
+    :raises GiveUpError: ``bad-content-length`` if it is not a number, over
+        :data:`MAX_CONTENT_LENGTH`, or given twice differently.
+    """
+    raw = set(values)
     if len(raw) > MAX_FIELDS:
         raise GiveUpError("bad-content-length")
-    # Given twice it must say the same, or where the body ends is unknowable.
-    lengths = {_text(value) for value in raw} or {"0"}
+    # Given twice it must say the same (once unfolded and stripped).
+    lengths = {_text(value) for value in raw}
     length = _number(lengths.pop(), MAX_CONTENT_LENGTH) if len(lengths) == 1 else None
     if length is None:
         raise GiveUpError("bad-content-length")
-    return SIPHeaders(fields, length, block)
+    return length
 
 
 def _text(value: bytes) -> str:
