@@ -252,9 +252,9 @@ def _presence_turn(n: int) -> Turn:
 
 
 def register_only() -> list[Turn]:
-    """A REGISTER refresh and its 200 OK, every turn."""
-    register = _register(1, credentials=True)
-    return [(register, _registered(register))]
+    """A REGISTER refresh and its 200 OK, every turn, the CSeq counting up."""
+    registers = [_register(n, credentials=True) for n in range(1, 11)]
+    return [(register, _registered(register)) for register in registers]
 
 
 #: A keep-alive ping and its pong (RFC 5626).

@@ -11,7 +11,8 @@ pool's to another, in 64 KiB chunks (a busy connection read in bulk) and in
   registration is read from;
 - **followed**: what the relay does with every chunk it has relayed
   (:func:`ocsbal.sip.follow`): the inspector, the connection's
-  ``Registrations`` and the pool's ``SIPTally``.
+  ``Registrations`` and the pool's ``SIPTally``, a message a chunk, the
+  client's and the pool's in turn, as a conversation comes.
 
 Each figure is messages a second over the fastest of ``--runs`` runs (noise
 on a shared machine only ever slows a run), and the median beside it.
@@ -53,15 +54,14 @@ def alone(client: list[bytes], server: list[bytes]) -> float:
     return elapsed
 
 
-def followed(client: list[bytes], server: list[bytes]) -> float:
-    """Seconds for what the relay does with the two directions' chunks."""
+def followed(turns: list[Turn]) -> float:
+    """Seconds for what the relay does with each message of ``turns``."""
     ours, theirs = SIPInspector(), SIPInspector(from_server=True)
     account, tally = Registrations(), SIPTally()
     start = time.perf_counter()
-    for chunk in client:
-        follow(ours, account, tally, chunk, 1.0)
-    for chunk in server:
-        follow(theirs, account, tally, chunk, 1.0)
+    for sent, answer in turns:
+        follow(ours, account, tally, sent, 1.0)
+        follow(theirs, account, tally, answer, 1.0)
     elapsed = time.perf_counter() - start
     assert ours.gave_up is None  # else the figure is void
     assert theirs.gave_up is None
@@ -83,15 +83,21 @@ def main() -> None:
         client = b"".join(sent for sent, _ in turns) * rounds
         server = b"".join(answer for _, answer in turns) * rounds
         count = per_round * rounds
-        for size, label in ((65536, "64 KiB"), (1500, "1.5 KB")):
-            pieces = chunked(client, size), chunked(server, size)
-            for how, timed in (("alone", alone), ("followed", followed)):
-                seconds = [timed(*pieces) for _ in range(args.runs)]
-                print(
-                    f"{f'{name}, {how}, {label} chunks':<40}"
-                    f"{count / min(seconds):>15,.0f}"
-                    f"{count / statistics.median(seconds):>12,.0f}"
-                )
+        cases: list[tuple[str, Callable[..., float], tuple[object, ...]]] = [
+            (
+                f"{name}, alone, {label} chunks",
+                alone,
+                (chunked(client, size), chunked(server, size)),
+            )
+            for size, label in ((65536, "64 KiB"), (1500, "1.5 KB"))
+        ]
+        cases.append((f"{name}, followed", followed, (turns * rounds,)))
+        for case, timed, timed_args in cases:
+            seconds = [timed(*timed_args) for _ in range(args.runs)]
+            print(
+                f"{case:<40}{count / min(seconds):>15,.0f}"
+                f"{count / statistics.median(seconds):>12,.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -396,9 +396,16 @@ def hostile_streams() -> list[tuple[str, bytes, str | None]]:
         ),
         ("NUL bytes", b"\x00" * 4096, "bad-start-line"),
         (
-            "a NUL in a header name",
-            b"OPTIONS sip:x SIP/2.0\r\nCall\x00-ID: 1\r\n\r\n",
+            "a NUL in a REGISTER's header name",
+            b"REGISTER sip:x SIP/2.0\r\nCall\x00-ID: 1\r\n\r\n",
             "bad-header",
+        ),
+        # Only a REGISTER transaction's header lines are read: any other
+        # message is framed, relayed, and its headers left unjudged.
+        (
+            "a NUL in an OPTIONS header name",
+            b"OPTIONS sip:x SIP/2.0\r\nCall\x00-ID: 1\r\n\r\n",
+            None,
         ),
         (
             "a NUL in the Request-URI",

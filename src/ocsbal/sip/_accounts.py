@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import cast
-
-import attrs
+from typing import NamedTuple, cast
 
 from ocsbal.sip._inspector import (
     METHODS,
@@ -23,8 +21,7 @@ from ocsbal.sip._inspector import (
 DEFAULT_EXPIRES = 3600
 
 
-@attrs.frozen
-class _Pending:
+class _Pending(NamedTuple):
     """A REGISTER awaiting its final response.
 
     :ivar aor: the address of record, from its To header.
@@ -37,7 +34,6 @@ class _Pending:
     star: bool
 
 
-@attrs.define
 class Registrations:
     """What one connection's SIP says about its registrations.
 
@@ -61,17 +57,36 @@ class Registrations:
         not (a :class:`GaveUp` reason).
     """
 
-    max_pending: int = 16
-    max_bindings: int = 64
-    keepalives: int = attrs.field(init=False, default=0)
-    gave_up: str | None = attrs.field(init=False, default=None)
-    #: The last message either way; told as :attr:`last_message` when asked.
-    _last: Request | Response | None = attrs.field(init=False, default=None)
-    _pending: dict[tuple[str, int], _Pending] = attrs.field(init=False, factory=dict)
-    #: When each binding expires, by address of record and Contact URI.
-    _expiries: dict[tuple[str, str], float] = attrs.field(init=False, factory=dict)
-    #: Whether the last :meth:`lapsed` found a missed refresh.
-    _lapsed: bool = attrs.field(init=False, default=False)
+    # One per SIP connection, plain: mypyc compiles it into a native class.
+    __slots__ = (
+        "_expiries",
+        "_lapsed",
+        "_last",
+        "_pending",
+        "gave_up",
+        "keepalives",
+        "max_bindings",
+        "max_pending",
+    )
+
+    def __init__(self, max_pending: int = 16, max_bindings: int = 64) -> None:
+        self.max_pending = max_pending
+        self.max_bindings = max_bindings
+        self.keepalives = 0
+        self.gave_up: str | None = None
+        #: The last message either way; told as :attr:`last_message` when asked.
+        self._last: Request | Response | None = None
+        self._pending: dict[tuple[str, int], _Pending] = {}
+        #: When each binding expires, by address of record and Contact URI.
+        self._expiries: dict[tuple[str, str], float] = {}
+        #: Whether the last :meth:`lapsed` found a missed refresh.
+        self._lapsed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Registrations(bindings={self.bindings!r}, "
+            f"keepalives={self.keepalives!r}, gave_up={self.gave_up!r})"
+        )
 
     @property
     def last_message(self) -> str | None:
@@ -203,7 +218,6 @@ def _granted(asked: int | None, answered: int | None, expires: int | None) -> in
     )
 
 
-@attrs.define
 class SIPTally:
     """What the SIP of many connections said, counted.
 
@@ -213,10 +227,19 @@ class SIPTally:
     :ivar gave_up: inspections given up, by reason.
     """
 
-    requests: Counter[str] = attrs.Factory(Counter)
-    responses: Counter[str] = attrs.Factory(Counter)
-    keepalives: Counter[str] = attrs.Factory(Counter)
-    gave_up: Counter[str] = attrs.Factory(Counter)
+    __slots__ = ("gave_up", "keepalives", "requests", "responses")
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.responses: Counter[str] = Counter()
+        self.keepalives: Counter[str] = Counter()
+        self.gave_up: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return (
+            f"SIPTally(requests={self.requests!r}, responses={self.responses!r}, "
+            f"keepalives={self.keepalives!r}, gave_up={self.gave_up!r})"
+        )
 
     def count(self, event: Event) -> None:
         """Count one event of an inspector."""

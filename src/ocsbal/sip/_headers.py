@@ -45,7 +45,7 @@ _CONTENT_LENGTH = re.compile(
     re.IGNORECASE,
 )
 #: The headers read, by their names in lower case and RFC 3261 §7.3.3
-#: compact forms.
+#: compact forms, to their long names.
 _CANONICAL = {
     b"call-id": "call-id",
     b"i": "call-id",
@@ -60,6 +60,8 @@ _CANONICAL = {
     b"content-length": "content-length",
     b"l": "content-length",
 }
+#: The long names of the headers read.
+_READ = frozenset(_CANONICAL.values())
 _FOLD = re.compile(rb"\r\n[ \t]+")
 
 #: RFC 3261 §7.3.3's compact forms of the headers ocsbal does not read.
@@ -73,7 +75,7 @@ _COMPACT = {
 
 
 @functools.lru_cache(maxsize=64)
-def _named(name: str) -> re.Pattern[bytes]:
+def _lines_of(name: str) -> re.Pattern[bytes]:
     """The lines of header ``name`` (or its compact form) and their values."""
     names = [re.escape(n.encode()) for n in (name, _COMPACT.get(name)) if n]
     return re.compile(
@@ -123,7 +125,6 @@ class Contact:
     expires: int | None = None
 
 
-@attrs.frozen
 class SIPHeaders:
     """The headers of a message that ocsbal reads.
 
@@ -131,101 +132,167 @@ class SIPHeaders:
     it is asked for, once: most messages are relayed without anyone asking.  A
     header that is absent, or whose value is malformed, reads as ``None``.
 
-    :ivar block: the header lines as they came, each starting with its CRLF.
-    :ivar content_length: the body's length; 0 when the header is absent.
+    (Each value waits in a slot of its own, ``None`` until read, in a box
+    where ``None`` is a value: ``functools.cached_property`` takes a lock on
+    every read in this Python, which cost a REGISTER more than reading its
+    headers, and mypyc compiles slots into a native class.)
+
+    :param block: the header lines as they came, each starting with its CRLF.
+    :param content_length: the body's length; 0 when the header is absent.
     """
 
-    block: bytes = b""
-    content_length: int = 0
+    __slots__ = (
+        "_call_id",
+        "_contact_items",
+        "_contacts",
+        "_cseq",
+        "_expires",
+        "_from",
+        "_named",
+        "_to",
+        "block",
+        "content_length",
+    )
 
-    @functools.cached_property
-    def fields(self) -> tuple[tuple[str, bytes], ...]:
-        """Each header read, in order: its name and its raw value.
+    def __init__(self, block: bytes = b"", content_length: int = 0) -> None:
+        self.block = block
+        self.content_length = content_length
+        self._named: dict[str, list[bytes]] | None = None
+        self._call_id: tuple[str | None] | None = None
+        self._cseq: tuple[tuple[int, str] | None] | None = None
+        self._to: tuple[str | None, str | None] | None = None
+        self._from: tuple[str | None, str | None] | None = None
+        self._contact_items: list[str] | None = None
+        self._contacts: tuple[Contact, ...] | None = None
+        self._expires: tuple[int | None] | None = None
 
-        The name is the header's long form, in lower case, as in
-        :meth:`values`; at most :data:`MAX_FIELDS` are read.
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, SIPHeaders)
+            and self.block == other.block
+            and self.content_length == other.content_length
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.block, self.content_length))
+
+    def __repr__(self) -> str:
+        return f"SIPHeaders({self.block!r}, {self.content_length})"
+
+    def _found(self) -> dict[str, list[bytes]]:
+        """The raw values of each header read, by long name, in order.
+
+        Found together, in one pass, the first time one is asked for; at
+        most :data:`MAX_FIELDS` lines are read.
         """
-        found = _READ_HEADER.findall(self.block)[:MAX_FIELDS]
-        return tuple([(_CANONICAL[name.lower()], value) for name, value in found])
+        named = self._named
+        if named is None:
+            named = self._named = {}
+            for name, value in _READ_HEADER.findall(self.block)[:MAX_FIELDS]:
+                field = _CANONICAL[name.lower()]
+                if field in named:
+                    named[field].append(value)
+                else:
+                    named[field] = [value]
+        return named
 
     def values(self, name: str) -> list[str]:
         """The values of a header, in order, decoded, unfolded and stripped.
 
         Those ocsbal reads (``call-id``, ``cseq``, ``from``, ``to``,
-        ``contact``, ``expires`` and ``content-length``) are found once, as
-        the message is read; any other (``via``, say) is looked for in
-        :attr:`block` when asked.
+        ``contact``, ``expires`` and ``content-length``) are found together,
+        the first time one is asked for; any other (``via``, say) is looked
+        for in :attr:`block` when asked.
 
         :param name: the header's long name, in lower case; its compact form
             (RFC 3261 §7.3.3) is found too.
         """
-        if name in _CANONICAL.values():
-            return [_text(value) for field, value in self.fields if field == name]
-        return [_text(value) for value in _named(name).findall(self.block)]
+        if name in _READ:
+            return [_text(value) for value in self._found().get(name, [])]
+        return [_text(value) for value in _lines_of(name).findall(self.block)]
 
-    @functools.cached_property
+    def _first(self, name: str) -> str | None:
+        found = self._found().get(name)
+        return None if found is None else _text(found[0])
+
+    @property
     def call_id(self) -> str | None:
         """The Call-ID."""
-        return self._first("call-id")
+        if self._call_id is None:
+            self._call_id = (self._first("call-id"),)
+        return self._call_id[0]
 
-    @functools.cached_property
+    @property
     def cseq(self) -> tuple[int, str] | None:
         """The CSeq number and method."""
-        return _cseq(self._first("cseq"))
+        if self._cseq is None:
+            self._cseq = (_cseq(self._first("cseq")),)
+        return self._cseq[0]
 
-    @functools.cached_property
+    @property
     def to_uri(self) -> str | None:
         """The To header's URI: the address of record of a REGISTER."""
-        return _tagged(self._first("to"))[0]
+        return self._addressed("to")[0]
 
-    @functools.cached_property
+    @property
     def to_tag(self) -> str | None:
         """The To header's tag."""
-        return _tagged(self._first("to"))[1]
+        return self._addressed("to")[1]
 
-    @functools.cached_property
+    @property
     def from_uri(self) -> str | None:
         """The From header's URI."""
-        return _tagged(self._first("from"))[0]
+        return self._addressed("from")[0]
 
-    @functools.cached_property
+    @property
     def from_tag(self) -> str | None:
         """The From header's tag."""
-        return _tagged(self._first("from"))[1]
+        return self._addressed("from")[1]
 
-    @functools.cached_property
+    def _addressed(self, name: str) -> tuple[str | None, str | None]:
+        """The URI and tag of the To or From header."""
+        if name == "to":
+            if self._to is None:
+                self._to = _tagged(self._first("to"))
+            return self._to
+        if self._from is None:
+            self._from = _tagged(self._first("from"))
+        return self._from
+
+    @property
     def contacts(self) -> tuple[Contact, ...]:
         """The Contact values but ``*``, in order, from one line or many.
 
         At most :data:`MAX_CONTACTS` are read.
         """
-        return tuple(_contact(item) for item in self._contact_items if item != "*")
+        if self._contacts is None:
+            self._contacts = tuple(
+                [_contact(item) for item in self._items() if item != "*"]
+            )
+        return self._contacts
 
-    @functools.cached_property
+    @property
     def contact_star(self) -> bool:
         """Whether a Contact is ``*``: remove every binding."""
-        return "*" in self._contact_items
+        return "*" in self._items()
 
-    @functools.cached_property
+    @property
     def expires(self) -> int | None:
         """The Expires header, in seconds."""
-        return _number(self._first("expires"), _MAX_32_BIT)
+        if self._expires is None:
+            self._expires = (_number(self._first("expires"), _MAX_32_BIT),)
+        return self._expires[0]
 
-    def _first(self, name: str) -> str | None:
-        for field, value in self.fields:
-            if field == name:
-                return _text(value)
-        return None
-
-    @functools.cached_property
-    def _contact_items(self) -> list[str]:
-        items: list[str] = []
-        for field, value in self.fields:
-            if field == "contact":
+    def _items(self) -> list[str]:
+        """The Contact values, as written, from one line or many."""
+        if self._contact_items is None:
+            items: list[str] = []
+            for value in self._found().get("contact", []):
                 items += _items(_text(value), MAX_CONTACTS - len(items))
                 if len(items) == MAX_CONTACTS:
                     break
-        return items
+            self._contact_items = items
+        return self._contact_items
 
 
 def read_headers(block: bytes, content_length: int) -> SIPHeaders:
@@ -236,9 +303,7 @@ def read_headers(block: bytes, content_length: int) -> SIPHeaders:
     """
     if block.startswith((b"\r\n ", b"\r\n\t")) or _BAD_LINE.search(block):
         raise GiveUpError("bad-header")
-    headers = SIPHeaders(block, content_length)
-    _ = headers.fields  # read now: it is read anyway
-    return headers
+    return SIPHeaders(block, content_length)
 
 
 def content_length(values: list[bytes]) -> int:
