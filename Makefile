@@ -15,8 +15,15 @@ BIN    := $(VENV)/bin
 #   The package enables keepalived.service, which does not start without an
 #   /etc/keepalived/keepalived.conf (none is shipped); the test's keepalived
 #   runs in its own namespaces with its own files.
-APT_PACKAGES := netcat-openbsd chromium sip-tester kamailio iproute2 keepalived curl
+# gcc libc6-dev python3-dev: mypyc compiles the SIP path into C extensions
+#   when the project is installed (setup.py); the tests hold them to the
+#   Python they are compiled from.
+APT_PACKAGES := netcat-openbsd chromium sip-tester kamailio iproute2 keepalived curl \
+                gcc libc6-dev python3-dev
 STAMP  := $(VENV)/.installed
+# The SIP path is compiled in place (setup.py): an edit to it must rebuild
+# it, or the stale extension would be imported instead of the edited source.
+SIP_SOURCES := $(wildcard src/ocsbal/sip/*.py)
 
 .PHONY: install system-packages demo test lint docs bench clean
 
@@ -33,7 +40,7 @@ system-packages:
 	    fi; \
 	fi
 
-$(STAMP): pyproject.toml | system-packages
+$(STAMP): pyproject.toml setup.py $(SIP_SOURCES) | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[test]'
@@ -43,8 +50,8 @@ demo: install
 	$(BIN)/python -m ocsbal.demo
 
 lint: install
-	$(BIN)/ruff check src tests examples bench
-	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/ruff check src tests examples bench setup.py
+	$(BIN)/ruff format --check src tests examples bench setup.py
 	$(BIN)/mypy
 
 docs: install
@@ -69,3 +76,4 @@ $(BENCH_STAMP): $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist site .coverage .pytest_cache .mypy_cache .ruff_cache
+	find src -name '*.so' -delete

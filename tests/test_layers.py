@@ -63,6 +63,7 @@ LAYERS: dict[str, set[str]] = {
     "service": {
         *("_endpoints", "_idle", "_model", "_network", "_pool"),
         *("_relay", "_sweep", "_tls", "_token", "admin", "config", "monitors"),
+        "sip",  # to say at start whether it runs compiled
     },
     "tap": {"_network", "_tls", "config", "service"},
     "_ctl": {"_token", "config"},

@@ -36,6 +36,7 @@ from ocsbal._token import AdminTokenError, read_token
 from ocsbal.admin import AdminService
 from ocsbal.config import ConfigError, load
 from ocsbal.monitors import HealthChecks, monitor_for
+from ocsbal.sip import COMPILED
 
 if TYPE_CHECKING:
     from ocsbal._model import Pool, Port, Server
@@ -162,13 +163,14 @@ class PoolService(MultiService):
         self._unless_it_fails(super().startService)
         log.info(
             "pool {pool} ({fqdn}) balancing {ports} ports on {vip} over "
-            "{servers} servers with {scheduler}",
+            "{servers} servers with {scheduler}; SIP followed by {sip_path}",
             pool=self.pool.name,
             fqdn=self.pool.fqdn,
             ports=len(self._listening),
             vip=self.pool.vip,
             servers=len(self.pool.servers),
             scheduler=self.pool.scheduler,
+            sip_path="compiled code" if COMPILED else "Python (not compiled here)",
         )
         self._warn_if_idle_timeout_short()
 

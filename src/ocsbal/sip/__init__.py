@@ -29,12 +29,17 @@ on ignores its input.  The reasons are short and stable, fit for a metric
 label: ``bad-keep-alive`` (a CR or LF between messages that is not part of
 a CRLF), ``bad-start-line`` (neither a request nor a status line; binary
 data, such as TLS on a ``sip`` port, fails at its first byte),
-``bad-header`` (a header line without a name and colon, or a folded line
-with nothing to continue), ``bad-content-length`` (not a number, beyond
+``bad-header`` (in a REGISTER or a response that may be one's, the only
+messages whose header lines are read: a line ended by a bare LF, one
+without a name and colon, or a folded line with nothing to continue),
+``bad-content-length`` (not a number, beyond
 :data:`MAX_CONTENT_LENGTH`, or given twice differently) and
 ``header-too-large``.
 """
 
+from importlib.machinery import EXTENSION_SUFFIXES
+
+from ocsbal.sip import _accounts, _headers, _inspector
 from ocsbal.sip._accounts import DEFAULT_EXPIRES, Registrations, SIPTally, follow
 from ocsbal.sip._headers import (
     MAX_CONTACTS,
@@ -55,7 +60,15 @@ from ocsbal.sip._inspector import (
     SIPInspector,
 )
 
+#: Whether the SIP path runs compiled by mypyc (setup.py builds it where a C
+#: compiler is found), rather than as the Python it is compiled from.
+COMPILED = all(
+    str(module.__file__).endswith(tuple(EXTENSION_SUFFIXES))
+    for module in (_headers, _inspector, _accounts)
+)
+
 __all__ = [
+    "COMPILED",
     "DEFAULT_EXPIRES",
     "MAX_CONTACTS",
     "MAX_CONTENT_LENGTH",

@@ -32,12 +32,15 @@ _MAX_32_BIT = 2**32 - 1
 #: RFC 3261 §25.1 token: what a method and a header name are made of.
 _TOKEN = rb"[-A-Za-z0-9.!%*_+`'~]"
 
-# A line that is neither a header (a token and a colon) nor a continuation;
-# possessive, so that it fails in linear time.
-_BAD_LINE = re.compile(b"\r\n(?!" + _TOKEN + rb"++[ \t]*+:|[ \t])")
+# A line ended by a bare LF, or one that is neither a header (a token and a
+# colon) nor a continuation; possessive, so that it fails in linear time.
+_BAD_LINE = re.compile(b"\n(?:(?<!\r\n)|(?!" + _TOKEN + rb"++[ \t]*+:|[ \t]))")
+# A line runs to its LF, and its value (a CR at its end and all) on over the
+# lines that continue it: "." runs through a line several times faster than
+# a class such as [^\r\n] does, and a judged header block has no bare LF.
 _READ_HEADER = re.compile(
-    rb"\r\n(call-id|i|cseq|from|f|to|t|contact|m|expires|content-length|l)"
-    rb"[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+    rb"\n(call-id|i|cseq|from|f|to|t|contact|m|expires|content-length|l)"
+    rb"[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)",
     re.IGNORECASE,
 )
 _CONTENT_LENGTH = re.compile(
@@ -62,6 +65,11 @@ _CANONICAL = {
 }
 #: The long names of the headers read.
 _READ = frozenset(_CANONICAL.values())
+#: ... and by the spellings most messages use, found without lowering them.
+_SPELLED = _CANONICAL | {
+    name.title().replace(b"Id", b"ID").replace(b"Cseq", b"CSeq"): field
+    for name, field in _CANONICAL.items()
+}
 _FOLD = re.compile(rb"\r\n[ \t]+")
 
 #: RFC 3261 §7.3.3's compact forms of the headers ocsbal does not read.
@@ -79,15 +87,14 @@ def _lines_of(name: str) -> re.Pattern[bytes]:
     """The lines of header ``name`` (or its compact form) and their values."""
     names = [re.escape(n.encode()) for n in (name, _COMPACT.get(name)) if n]
     return re.compile(
-        rb"\r\n(?:" + b"|".join(names) + rb")[ \t]*:[ \t]*"
-        rb"([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+        rb"\n(?:" + b"|".join(names) + rb")[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)",
         re.IGNORECASE,
     )
 
 
 _NUMBER = re.compile(r"0*([0-9]{1,10})")
 _CSEQ = re.compile(r"0*([0-9]{1,10})\s+(\S+)")
-_QUOTED = r'"(?:[^"\\]|\\.)*+"'
+_QUOTED = r'"(?:[^"\\]++|\\.)*+"'
 # The items of a comma-separated list: commas within a quoted string or
 # <...> do not count; a quote or < that is never closed is an ordinary
 # character.  Every scan below runs in linear time: each pattern is
@@ -98,13 +105,15 @@ _QUOTED = r'"(?:[^"\\]|\\.)*+"'
 # quote is one that the failed scan took as escaped (\"), so a scan from
 # it reads the same characters to the same end.  _items goes on from there
 # with _BARE_ITEM, which takes quotes as ordinary.
-_ITEM = re.compile(r"(?:" + _QUOTED + r'|<[^<>]*+>|[^,"<]|<)++', re.DOTALL)
-_BARE_ITEM = re.compile(r"(?:<[^<>]*+>|[^,<]|<)++", re.DOTALL)
+# (Runs of ordinary characters are taken whole, not one at a time: the same
+# match, in a third of the steps.)
+_ITEM = re.compile(r"(?:" + _QUOTED + r'|<[^<>]*+>|[^,"<]++|<)++', re.DOTALL)
+_BARE_ITEM = re.compile(r"(?:<[^<>]*+>|[^,<]++|<)++", re.DOTALL)
 _SEPARATORS = re.compile(r"[\s,]*+")
 # A name-addr (groups 1 and 2: URI and parameters) or an addr-spec, whose
 # parameters start at the first semicolon (groups 3 and 4; RFC 3261 §20).
 _ADDRESS = re.compile(
-    r"(?:" + _QUOTED + r'|[^"<])*+<([^>]*)>(.*)|([^;]*)(.*)', re.DOTALL
+    r"(?:" + _QUOTED + r'|[^"<]++)*+<([^>]*)>(.*)|([^;]*)(.*)', re.DOTALL
 )
 _EXPIRES_PARAM = re.compile(r";\s*expires\s*=\s*([^;,\s]*)", re.IGNORECASE)
 _TAG_PARAM = re.compile(r";\s*tag\s*=\s*([^;,\s]+)", re.IGNORECASE)
@@ -160,8 +169,8 @@ class SIPHeaders:
         self._named: dict[str, list[bytes]] | None = None
         self._call_id: tuple[str | None] | None = None
         self._cseq: tuple[tuple[int, str] | None] | None = None
-        self._to: tuple[str | None, str | None] | None = None
-        self._from: tuple[str | None, str | None] | None = None
+        self._to: tuple[str | None, str] | None = None
+        self._from: tuple[str | None, str] | None = None
         self._contact_items: list[str] | None = None
         self._contacts: tuple[Contact, ...] | None = None
         self._expires: tuple[int | None] | None = None
@@ -183,13 +192,18 @@ class SIPHeaders:
         """The raw values of each header read, by long name, in order.
 
         Found together, in one pass, the first time one is asked for; at
-        most :data:`MAX_FIELDS` lines are read.
+        most :data:`MAX_FIELDS` lines are kept, but for Content-Length's,
+        which say where the message ends.
         """
         named = self._named
         if named is None:
             named = self._named = {}
-            for name, value in _READ_HEADER.findall(self.block)[:MAX_FIELDS]:
-                field = _CANONICAL[name.lower()]
+            kept = 0
+            for name, value in _READ_HEADER.findall(self.block):
+                field = _SPELLED.get(name) or _CANONICAL[name.lower()]
+                if kept >= MAX_FIELDS and field != "content-length":
+                    continue
+                kept += 1
                 if field in named:
                     named[field].append(value)
                 else:
@@ -237,7 +251,7 @@ class SIPHeaders:
     @property
     def to_tag(self) -> str | None:
         """The To header's tag."""
-        return self._addressed("to")[1]
+        return _tag(self._addressed("to")[1])
 
     @property
     def from_uri(self) -> str | None:
@@ -247,16 +261,16 @@ class SIPHeaders:
     @property
     def from_tag(self) -> str | None:
         """The From header's tag."""
-        return self._addressed("from")[1]
+        return _tag(self._addressed("from")[1])
 
-    def _addressed(self, name: str) -> tuple[str | None, str | None]:
-        """The URI and tag of the To or From header."""
+    def _addressed(self, name: str) -> tuple[str | None, str]:
+        """The URI of the To or From header, and the parameters after it."""
         if name == "to":
             if self._to is None:
-                self._to = _tagged(self._first("to"))
+                self._to = _addressed(self._first("to"))
             return self._to
         if self._from is None:
-            self._from = _tagged(self._first("from"))
+            self._from = _addressed(self._first("from"))
         return self._from
 
     @property
@@ -295,26 +309,36 @@ class SIPHeaders:
         return self._contact_items
 
 
-def read_headers(block: bytes, content_length: int) -> SIPHeaders:
-    """The headers of ``block``, the header lines, read now and checked.
+def read_headers(block: bytes) -> SIPHeaders:
+    """The headers of ``block``, the header lines, checked and found now.
 
-    :raises GiveUpError: ``bad-header`` if a line is neither a header (a
-        token and a colon) nor the continuation of one.
+    Its Content-Length is read in the same pass, for where the body ends.
+
+    :raises GiveUpError: ``bad-header`` if a line ends in a bare LF or is
+        neither a header (a token and a colon) nor the continuation of one;
+        ``bad-content-length`` as :func:`content_length` says.
     """
     if block.startswith((b"\r\n ", b"\r\n\t")) or _BAD_LINE.search(block):
         raise GiveUpError("bad-header")
-    return SIPHeaders(block, content_length)
+    headers = SIPHeaders(block)
+    lengths = headers._found().get("content-length")
+    if lengths:
+        headers.content_length = content_length(lengths)
+    return headers
 
 
 def content_length(values: list[bytes]) -> int:
     """The body's length, from the values of every Content-Length header.
 
-    Two that disagree leave where the body ends unknowable; the inspector
-    takes the one plain number most messages carry without asking this.
+    Two that disagree leave where the body ends unknowable.
 
     :raises GiveUpError: ``bad-content-length`` if it is not a number, over
         :data:`MAX_CONTENT_LENGTH`, or given twice differently.
     """
+    if len(values) == 1:  # most often, one plain number under the limit
+        value = values[0].strip()
+        if value.isdigit() and len(value) <= 9:
+            return int(value)
     raw = set(values)
     if len(raw) > MAX_FIELDS:
         raise GiveUpError("bad-content-length")
@@ -388,13 +412,15 @@ def _address(value: str) -> tuple[str, str]:
     return uri.strip(), params
 
 
-def _tagged(value: str | None) -> tuple[str | None, str | None]:
-    """The URI and tag of a To or From header."""
-    if value is None:
-        return None, None
-    uri, params = _address(value)
+def _addressed(value: str | None) -> tuple[str | None, str]:
+    """The URI of a To or From header, and the parameters after it."""
+    return (None, "") if value is None else _address(value)
+
+
+def _tag(params: str) -> str | None:
+    """The tag among a To or From header's parameters."""
     tag = _TAG_PARAM.search(params)
-    return uri, tag[1] if tag else None
+    return tag[1] if tag else None
 
 
 def _contact(item: str) -> Contact:

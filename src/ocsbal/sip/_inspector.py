@@ -275,46 +275,36 @@ class SIPInspector:
             start = _START_LINE.fullmatch(buffer, pos, line)
             if start is None:
                 raise GiveUpError("bad-start-line")
-            # Where the message ends: all this framing costs for most.
-            values = _CONTENT_LENGTH.findall(buffer, line, end)
-            if not values:
-                length = 0
-            elif len(values) == 1 and values[0].isdigit() and len(values[0]) <= 9:
-                length = int(values[0])  # a plain number under the limit
-            else:
-                length = content_length(values)
             head = buffer[pos:end]
             if type(head) is not bytes:  # a bytearray: an earlier chunk's tail
                 head = bytes(head)
             line -= pos
             method = start[1]
             if method is None:
-                # A response that may be a REGISTER's (its CSeq says) is read
-                # now: a registration is read from it.
-                events.append(
-                    Response(
-                        int(start[2]),
-                        head,
-                        line,
-                        length,
-                        read_headers(head[line:], length)
-                        if b"REGISTER" in head
-                        else None,
-                    )
-                )
+                name = ""
+                read = b"REGISTER" in head  # its CSeq may say it is a REGISTER's
             else:
                 name = _METHOD_NAMES.get(method) or method.decode("ascii")
-                events.append(
-                    Request(
-                        name,
-                        head,
-                        line,
-                        length,
-                        read_headers(head[line:], length)
-                        if name == "REGISTER"
-                        else None,
-                    )
-                )
+                read = name == "REGISTER"
+            headers: SIPHeaders | None = None
+            if read:
+                # A registration is read from it: its headers are read now,
+                # its Content-Length in the same pass.
+                headers = read_headers(head[line:])
+                length = headers.content_length
+            else:
+                # Where the message ends: all this framing costs for most.
+                values = _CONTENT_LENGTH.findall(buffer, pos + line, end)
+                if not values:
+                    length = 0
+                elif len(values) == 1 and values[0].isdigit() and len(values[0]) <= 9:
+                    length = int(values[0])  # a plain number under the limit
+                else:
+                    length = content_length(values)
+            if method is None:
+                events.append(Response(int(start[2]), head, line, length, headers))
+            else:
+                events.append(Request(name, head, line, length, headers))
             pos = end + 4 + length
             searched = 0
         if pos > size:
