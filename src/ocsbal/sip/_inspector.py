@@ -269,11 +269,13 @@ class SIPInspector:
                 break
             if end + 4 - pos > self.max_header_bytes:
                 raise GiveUpError("header-too-large")
-            line = buffer.find(b"\r\n", pos, end)
-            if line < 0:
-                line = end
-            start = _START_LINE.fullmatch(buffer, pos, line)
+            # The start line can hold no CR or LF: where it stops matching is
+            # where it must end, at the first CRLF (or the block's end).
+            start = _START_LINE.match(buffer, pos, end)
             if start is None:
+                raise GiveUpError("bad-start-line")
+            line = start.end()
+            if line != end and (buffer[line] != 13 or buffer[line + 1] != 10):
                 raise GiveUpError("bad-start-line")
             head = buffer[pos:end]
             if type(head) is not bytes:  # a bytearray: an earlier chunk's tail
