@@ -192,7 +192,7 @@ class TestTLS:
             )
             + "[tls]\nmode = terminate\ncertificate = pool.pem\n"
             "trust = /etc/ca.pem\nclient_certificate = certs/lb.pem\n"
-            "handshake_timeout = 2.5\n"
+            "handshake_timeout = 2.5\ninspect = no\n"
         )
         pool = load(ini)
         assert pool.tls == TLSSettings(
@@ -201,6 +201,7 @@ class TestTLS:
             "/etc/ca.pem",
             str(tmp_path / "certs" / "lb.pem"),
             2.5,
+            inspect=False,
         )
         assert pool.servers[0].tls_name == "fe01.contoso.com"
         assert pool.servers[0].certificate_name == "fe01.contoso.com"
@@ -292,6 +293,8 @@ BAD_VALUES = [
     ("tls", "certificate", "/etc/pool.pem", "is only used by mode = terminate"),
     ("tls", "trust", "/etc/ca.pem", "is only used by mode = terminate"),
     ("tls", "client_certificate", "/etc/lb.pem", "is only used by mode = terminate"),
+    ("tls", "inspect", "no", "is only used by mode = terminate"),
+    ("tls", "inspect", "sometimes", "must be yes or no"),
     ("tls", "key", "pool.key", "unknown key; allowed: mode, certificate, trust"),
     ("ports", "5060", "udp", "must be one of tcp, sip, sips"),
     ("ports", "0", "tcp", "the port must be a whole number from 1 to 65535"),
@@ -556,6 +559,7 @@ tls_settings = st.builds(TLSSettings) | st.builds(
     trust=st.none() | files,
     client_certificate=st.none() | files,
     handshake_timeout=st.floats(0.001, 300),
+    inspect=st.booleans(),
 )
 tls_names = (
     st.none()

@@ -209,6 +209,26 @@ def test_the_client_handshakes_with_the_pool_and_the_server_with_its_own_name(
     assert net.log == []
 
 
+def test_with_inspect_off_the_decrypted_sip_is_relayed_unread(pki: PKI) -> None:
+    with Network(terminating_pool(pki, inspect=False)) as net:
+        client = net.connect_client(pki.client_options())
+        net.flush()
+        server = net.answer(pki.server_options("fe0.example.com"))
+        net.flush()
+        net.pumps[0].client.write(REGISTER)
+        net.flush()
+        net.pumps[1].server.write(REGISTERED)
+        net.flush()
+    assert server.received == REGISTER
+    assert client.received == REGISTERED
+    [splice] = net.relay.splices
+    assert splice.sip is None
+    assert splice.client.inspector is None
+    assert splice.server is not None
+    assert splice.server.inspector is None
+    assert net.relay.sip.requests == {}
+
+
 def test_what_the_client_sends_with_its_handshake_waits_for_the_server(
     pki: PKI,
 ) -> None:

@@ -256,6 +256,7 @@ _TLS_RULES: dict[str, _Rule[Any]] = {
         "must be a number of seconds greater than 0 and at most 300",
         _handshake_timeout,
     ),
+    "inspect": _Rule(_read_boolean, _check_boolean),
 }
 
 #: The ``[tls]`` keys that name files.
@@ -278,6 +279,9 @@ class TLSSettings:
         presented to the servers (mutual TLS); ``None`` presents none.
     :ivar handshake_timeout: seconds a client has to complete its
         handshake before it is disconnected.
+    :ivar inspect: with ``terminate``, whether the SIP decrypted is followed
+        as on ``sip`` ports; without it the bytes are relayed, re-encrypted,
+        and idle accounting counts them alone.
     """
 
     mode: TLSMode = attrs.field(
@@ -293,6 +297,7 @@ class TLSSettings:
     handshake_timeout: float = attrs.field(
         default=10.0, converter=float, validator=_TLS_RULES["handshake_timeout"]
     )
+    inspect: bool = attrs.field(default=True, validator=_TLS_RULES["inspect"])
 
     @property
     def terminate(self) -> bool:
@@ -549,3 +554,5 @@ def _tls_relations(
         for key in _TLS_FILES:
             if getattr(tls, key) is not None:
                 yield "tls", key, getattr(tls, key), "is only used by mode = terminate"
+        if not tls.inspect:
+            yield "tls", "inspect", "no", "is only used by mode = terminate"

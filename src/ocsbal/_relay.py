@@ -128,7 +128,7 @@ class Splice:
         self.unsent_seen = 0
         self.still_since = self.started
         self.sip: Registrations | None = None
-        if port.protocol is PortProtocol.SIP or self.tls:
+        if port.protocol is PortProtocol.SIP or (self.tls and relay.pool.tls.inspect):
             self.sip = Registrations()
             self.client.inspector = SIPInspector()
 
