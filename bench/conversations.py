@@ -305,6 +305,39 @@ def messages(turns: list[Turn]) -> tuple[int, int]:
     return len(sent), len(registers)
 
 
+def files(turns: list[Turn]) -> tuple[bytes, bytes]:
+    """What the load generator plays: the client's halves, and the pool's."""
+    return b"".join(sent for sent, _ in turns), b"".join(answer for _, answer in turns)
+
+
+def fewest_seen(turns: list[Turn], answered: int, connections: int) -> tuple[int, int]:
+    """The fewest REGISTERs, and 2xx responses, ``answered`` round trips carry.
+
+    ``bench/loadgen.c`` plays ``turns`` from the first on each of
+    ``connections``, sends a keep-alive with the message after it, and
+    counts a round trip when its answer is in: so what its count says was
+    carried is at least every cycle's share less, on each connection, the
+    most a cycle cut short can lack.  The benchmark holds the inspector's
+    counts (``/metrics``) to these.
+    """
+    trips: list[tuple[int, int]] = []  # REGISTERs and 2xx of each round trip
+    for sent, answer in turns:
+        if not sent.strip():  # a keep-alive, sent with the next message
+            continue
+        registers = int(sent.startswith(b"REGISTER "))
+        successes = sum(m.startswith(b"SIP/2.0 2") for m in (sent, answer))
+        trips.append((registers, successes))
+    per_trip = len(trips)
+    fewest = []
+    for column in (0, 1):
+        counts = [trip[column] for trip in trips]
+        share = sum(counts) / per_trip
+        prefixes = [sum(counts[:cut]) for cut in range(per_trip)]
+        lacking = max(cut * share - had for cut, had in enumerate(prefixes))
+        fewest.append(int(answered * share - connections * lacking))
+    return fewest[0], fewest[1]
+
+
 if __name__ == "__main__":
     for name, turns in (("register-only", register_only()), ("ocs-mix", ocs_mix())):
         total, registers = messages(turns)

@@ -4,7 +4,10 @@ Every figure is the median of its runs.  Each row shows it for every path
 measured, ocsbal's ratio to HAProxy and to ``twistd portforward``, the
 issue's target for the row (ocsbal against HAProxy) and whether ocsbal
 meets it, and whether it beats portforward.  For rows where lower is
-better (latency, memory) a ratio below 1 is ocsbal doing better.
+better (latency, memory, CPU) a ratio below 1 is ocsbal doing better.
+After each SIP CPU row comes ocsbal's own ratio: its CPU a round trip
+relaying the SIP (the ``relay`` column) over following it, with the
+issue's target for that.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-PATHS = ("direct", "haproxy", "portforward", "ocsbal")
+#: ``ocsbal-relay`` is ocsbal not following SIP: the SIP rows' ``tcp`` port,
+#: and for SIP over TLS a pool with ``[tls] inspect = no``.
+PATHS = ("direct", "haproxy", "portforward", "ocsbal-relay", "ocsbal")
 HEADINGS = {
     "direct": "direct",
     "haproxy": "HAProxy",
     "portforward": "portfwd",
+    "ocsbal-relay": "relay",
     "ocsbal": "ocsbal",
 }
 Better = Literal["higher", "lower"]
@@ -40,6 +46,15 @@ class Figure:
     target: float | None = None
 
 
+#: The SIP tests: a conversation (bench/conversations.py), plain or over
+#: TLS.  Each has a row of round trips a second and one of the balancer's
+#: CPU seconds per 10,000 round trips.
+SIP_CASES = {
+    "sip_register": "SIP REGISTER-only",
+    "sip_mix": "SIP OCS mix",
+    "sips_register": "SIP/TLS REGISTER-only",
+    "sips_mix": "SIP/TLS OCS mix",
+}
 FIGURES = [
     Figure("messages", "HTTP message rate, keep-alive", "req/s", "higher", 0.6),
     Figure("connections", "HTTP connection rate", "conn/s", "higher", 0.5),
@@ -47,14 +62,29 @@ FIGURES = [
     Figure("latency_p50", "latency added, p50", "us", "lower"),
     Figure("latency_p99", "latency added, p99", "us", "lower", 2.0),
     Figure("idle_memory", "memory per idle connection", "KiB", "lower", 1.5),
-    Figure("sip_messages", "SIP message rate, sip port", "msg/s", "higher"),
+    *(
+        figure
+        for key, case in SIP_CASES.items()
+        for figure in (
+            Figure(key, f"{case}, rate", "trips/s", "higher"),
+            Figure(f"{key}_cpu", f"{case}, CPU", "s/10k", "lower"),
+        )
+    ),
     Figure("sipp", "SIPp REGISTER, new conn each", "calls/s", "higher"),
     Figure("sipp_failed", "SIPp failed calls, all runs", "calls", "lower"),
     Figure("tls_handshakes", "TLS handshakes, terminated", "/s", "higher", 0.5),
     Figure("tls_bulk", "TLS bulk, one download", "MB/s", "higher"),
 ]
-#: The sip port's SIP message rate over the tcp port's, at least.
-SIP_OVER_TCP_TARGET = 0.85
+#: The issue's bound on ocsbal's CPU a round trip relaying SIP over its CPU
+#: following it (at least), by CPU figure; ``None``: shown, no target.
+FOLLOWING_TARGETS = {
+    "sip_register_cpu": 0.6,
+    "sip_mix_cpu": 0.9,
+    "sips_register_cpu": None,
+    "sips_mix_cpu": 0.9,
+}
+#: The key of a CPU figure's row of relaying over following, after the figure's.
+_FOLLOWING = "_relay_over_following"
 
 
 @dataclass
@@ -113,23 +143,30 @@ def rows(results: Results) -> list[Row]:
         if figure.key.startswith("latency"):
             row.note = _latency_note(results, figure.key)
         shown.append(row)
-        if figure.key == "sip_messages":
-            ratio = _sip_over_tcp(results)
-            if ratio is not None:
-                shown.append(
-                    Row(
-                        "sip_over_tcp",
-                        "SIP msg/s, sip port / tcp port",
-                        "ratio",
-                        "higher",
-                        {"ocsbal": ratio},
-                        target=f">= {SIP_OVER_TCP_TARGET:g}",
-                        met=ratio >= SIP_OVER_TCP_TARGET,
-                        note="tcp port: "
-                        f"{results.median('sip_messages', 'ocsbal-tcp'):,.0f} msg/s",
-                    )
-                )
+        if figure.key in FOLLOWING_TARGETS:
+            following = _following(results, figure.key)
+            if following is not None:
+                shown.append(following)
     return shown
+
+
+def _following(results: Results, key: str) -> Row | None:
+    """The row of ocsbal's CPU relaying over its CPU following, for ``key``."""
+    relay = results.median(key, "ocsbal-relay")
+    follow = results.median(key, "ocsbal")
+    if not relay or not follow:
+        return None
+    ratio = relay / follow
+    target = FOLLOWING_TARGETS[key]
+    return Row(
+        key + _FOLLOWING,
+        f"{SIP_CASES[key.removesuffix('_cpu')]}, CPU relay/follow",
+        "ratio",
+        "higher",
+        {"ocsbal": ratio},
+        target="" if target is None else f">= {target:g}",
+        met=None if target is None else ratio >= target,
+    )
 
 
 def _latency_note(results: Results, key: str) -> str:
@@ -187,19 +224,13 @@ def _meets(ratio: float, bound: float, better: Better) -> bool:
     return ratio >= bound if better == "higher" else ratio <= bound
 
 
-def _sip_over_tcp(results: Results) -> float | None:
-    sip = results.median("sip_messages", "ocsbal")
-    tcp = results.median("sip_messages", "ocsbal-tcp")
-    return sip / tcp if sip and tcp else None
-
-
 # ------------------------------------------------------------------ table
 
 
 def _number(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "ratio":
+    if unit in ("ratio", "s/10k"):
         return f"{value:.2f}"
     if abs(value) >= 100 or unit in ("calls", "us"):
         return f"{value:,.0f}"
@@ -214,7 +245,7 @@ def table(shown: list[Row]) -> str:
     """The rows as a fixed-width text table, then their notes."""
     columns = [f"{HEADINGS[p]:>9}" for p in PATHS]
     header = (
-        f"{'figure':<32}{'unit':>8}{''.join(columns)}"
+        f"{'figure':<36}{'unit':>8}{''.join(columns)}"
         f"{'/HAProxy':>10}{'target':>9}{'met':>5}{'/portfwd':>10}{'beats':>6}"
     )
     lines = [header, "-" * len(header)]
@@ -225,7 +256,7 @@ def table(shown: list[Row]) -> str:
             f"{_ratio_text(row.vs_portforward):>10}"
             f"{_verdict(row.beats_portforward):>6}"
         )
-        lines.append(f"{row.title:<32}{row.unit:>8}{cells}{ratios}")
+        lines.append(f"{row.title:<36}{row.unit:>8}{cells}{ratios}")
     notes = [f"  {row.title}: {row.note}" for row in shown if row.note]
     return "\n".join(lines + ([""] if notes else []) + notes)
 
@@ -282,7 +313,7 @@ COLOURS = {
     "haproxy": "#1f77b4",
     "portforward": "#ff7f0e",
     "ocsbal": "#2ca02c",
-    "ocsbal-tcp": "#98df8a",
+    "ocsbal-relay": "#98df8a",
 }
 
 
@@ -312,12 +343,16 @@ def write_chart(path: Path, results: Results, shown: list[Row], title: str) -> b
         ax.set_visible(False)
     for ax, row in zip(axes.flat, panels, strict=False):
         heading = f"{row.title} ({row.unit})"
-        if row.key == "sip_over_tcp":
-            labels = ["ocsbal-tcp", "ocsbal"]
-            heights = [results.median("sip_messages", p) or 0.0 for p in labels]
-            names = ["ocsbal tcp port", "ocsbal sip port"]
-            unit, heading = "msg/s", "ocsbal's SIP message rate (msg/s)"
-            verdict = f"sip/tcp {row.values['ocsbal']:.2f} (target {row.target})"
+        if row.key.endswith(_FOLLOWING):
+            key = row.key.removesuffix(_FOLLOWING)
+            labels = ["ocsbal-relay", "ocsbal"]
+            heights = [results.median(key, p) or 0.0 for p in labels]
+            names = ["ocsbal relaying", "ocsbal following SIP"]
+            unit = "s/10k"
+            heading = f"{SIP_CASES[key.removesuffix('_cpu')]}: ocsbal CPU (s/10k)"
+            verdict = f"relay/following {row.values['ocsbal']:.2f}"
+            if row.target:
+                verdict += f" (target {row.target})"
         else:
             labels = [p for p in PATHS if p in row.values]
             heights = [row.values[p] for p in labels]

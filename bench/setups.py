@@ -4,20 +4,29 @@ Everything listens in 127.0.60.0/24 (other tests use other /24s of
 loopback).  The balancers listen on the VIP 127.0.60.10, each on ports of
 its own, and every one of them relays to the same servers on 127.0.60.11:
 
-========================  ===========  =========  ===========  ===========
-server on 127.0.60.11     direct port  ocsbal     HAProxy      portforward
-========================  ===========  =========  ===========  ===========
-nginx, HTTP               8080         8080 tcp   18080        28080
-nginx, HTTPS (TLS)        8443         8443 sips  18443 (ssl)
-Kamailio registrar (SIP)  5060         5060 sip   15060        25060
-SIP responder (loadgen)   5070, 5071   5070 sip   15070        25070
-                                       5071 tcp
-nginx, idle connections   9080         9080 tcp   19080        29080
-========================  ===========  =========  ===========  ===========
+=========================  ===========  ==========  ===========  ===========
+server on 127.0.60.11      direct port  ocsbal      HAProxy      portforward
+=========================  ===========  ==========  ===========  ===========
+nginx, HTTP                8080         8080 tcp    18080        28080
+nginx, HTTPS (TLS)         8443         8443 sips   18443 (ssl)
+Kamailio registrar (SIP)   5060         5060 sip    15060        25060
+SIP responder, REGISTERs   5070, 5071   5070 sip    15070        25070
+                                        5071 tcp
+SIP responder, OCS mix     5072, 5073   5072 sip    15072        25072
+                                        5073 tcp
+the same over TLS          5080-5083    5080, 5082  15080,
+                                        sips        15082 (ssl)
+nginx, idle connections    9080         9080 tcp    19080        29080
+=========================  ===========  ==========  ===========  ===========
 
-ocsbal relays each VIP port to the same port on the server, so the SIP
-responder listens on two ports: 5070 behind ocsbal's ``sip`` port and
-5071 behind its ``tcp`` port, with the same bytes both ways.  The idle
+ocsbal relays each VIP port to the same port on the server, so each SIP
+responder listens on two ports: one behind ocsbal's ``sip`` port and one
+behind its ``tcp`` port, with the same bytes both ways.  For SIP over TLS a
+second ocsbal, with ``[tls] inspect = no``, listens on 5081 and 5083 (the
+relay the inspecting 5080 and 5082 are held to), and two HAProxy processes
+that are not measured wrap the plain load generator and responder in TLS:
+one listens on 127.0.60.1 and opens TLS to each path's address, the other
+ends TLS on 127.0.60.11:5080-5083 in front of the responders.  The idle
 connection test starts a fresh balancer of each kind on its own port for
 each measurement.  ocsbal's admin interface listens on 127.0.60.1, and
 SIPp binds 127.0.60.100 onwards, an address a run (see loads.sipp).
@@ -30,7 +39,7 @@ import sys
 from pathlib import Path
 
 import trustme
-from sip_inspector import REGISTER, REGISTERED
+from conversations import Turn, files, ocs_mix, register_only
 from supervise import BenchError, Service, Supervisor
 
 VIP = "127.0.60.10"
@@ -62,13 +71,43 @@ REGISTRAR: dict[str, Address] = {
     "portforward": (VIP, 25060),
     "ocsbal": (VIP, 5060),
 }
-#: ``ocsbal`` is its sip port (inspection on); ``ocsbal-tcp`` its tcp port.
-SIP_RESPONDER: dict[str, Address] = {
-    "direct": (BACKEND, 5070),
-    "haproxy": (VIP, 15070),
-    "portforward": (VIP, 25070),
-    "ocsbal": (VIP, 5070),
-    "ocsbal-tcp": (VIP, 5071),
+#: The SIP the SIP tests carry (bench/conversations.py).
+CONVERSATIONS: dict[str, list[Turn]] = {
+    "register": register_only(),
+    "mix": ocs_mix(),
+}
+#: Where the SIP responder of each conversation listens: behind ocsbal's
+#: ``sip`` port, behind its ``tcp`` port, and the TLS ports in front of them.
+RESPONDER_PORTS = {"register": (5070, 5071), "mix": (5072, 5073)}
+TLS_PORTS = {"register": (5080, 5081), "mix": (5082, 5083)}
+#: ``ocsbal`` is a port that follows SIP; ``ocsbal-relay`` one that does not.
+SIP: dict[str, dict[str, Address]] = {
+    name: {
+        "direct": (BACKEND, sip),
+        "haproxy": (VIP, 10000 + sip),
+        "portforward": (VIP, 20000 + sip),
+        "ocsbal": (VIP, sip),
+        "ocsbal-relay": (VIP, tcp),
+    }
+    for name, (sip, tcp) in RESPONDER_PORTS.items()
+}
+#: Where each path's TLS goes: ``ocsbal-relay`` is the ocsbal with
+#: ``[tls] inspect = no``.
+SIPS_TARGETS: dict[str, dict[str, Address]] = {
+    name: {
+        "direct": (BACKEND, inspected),
+        "haproxy": (VIP, 10000 + inspected),
+        "ocsbal": (VIP, inspected),
+        "ocsbal-relay": (VIP, relayed),
+    }
+    for name, (inspected, relayed) in TLS_PORTS.items()
+}
+#: Where the load generator connects for each path's TLS: the wrapper, on
+#: a port of its own for each path (35080, 36080, ... for the REGISTERs).
+_WRAPPED = {"direct": 35000, "haproxy": 36000, "ocsbal": 37000, "ocsbal-relay": 38000}
+SIPS: dict[str, dict[str, Address]] = {
+    name: {path: (CLIENT, base + ports[0] % 1000) for path, base in _WRAPPED.items()}
+    for name, ports in TLS_PORTS.items()
 }
 IDLE: dict[str, Address] = {
     "haproxy": (VIP, 19080),
@@ -100,15 +139,19 @@ class Work:
         with (www / BULK_PATH.lstrip("/")).open("wb") as bulk:
             for _ in range(self.bulk_bytes // len(block)):
                 bulk.write(block)
-        request, response = sip_messages()
-        (self.dir / "sip-request").write_bytes(request)
-        (self.dir / "sip-response").write_bytes(response)
+        for name, turns in CONVERSATIONS.items():
+            client, server = files(turns)
+            (self.dir / f"{name}-client").write_bytes(client)
+            (self.dir / f"{name}-server").write_bytes(server)
         (self.dir / "http-request").write_bytes(HTTP_REQUEST)
         (self.dir / "nginx-temp").mkdir()
         (self.dir / "kamailio-run").mkdir()
         self._write("nginx.conf", self._nginx())
         self._write("haproxy.cfg", self._haproxy())
         self._write("pool.ini", self._pool())
+        self._write("pool-relay.ini", self._pool_relay())
+        self._write("tls-client.cfg", self._tls_client())
+        self._write("tls-server.cfg", self._tls_server())
         self._write("kamailio.cfg", KAMAILIO_CFG.format(address=BACKEND))
         self._write("haproxy-idle.cfg", self._haproxy_idle(IDLE["haproxy"]))
         self._write("pool-idle.ini", self._pool_idle(IDLE["ocsbal"]))
@@ -186,30 +229,49 @@ http {{
 """
 
     def _haproxy(self) -> str:
-        http, tls = HTTP["direct"], HTTPS["direct"]
-        registrar, responder = REGISTRAR["direct"], SIP_RESPONDER["direct"]
         server_tls = (
             f"ssl verify required ca-file {self.dir}/servers-ca.pem "
             f"verifyhost {BACKEND_NAME} sni str({BACKEND_NAME})"
         )
-        return f"""{HAPROXY_GLOBAL}
-listen http
-    bind {VIP}:{HTTP["haproxy"][1]}
-    balance leastconn
-    server backend {http[0]}:{http[1]}
-listen tls
-    bind {VIP}:{HTTPS["haproxy"][1]} ssl crt {self.dir}/pool.pem no-tls-tickets
-    balance leastconn
-    server backend {tls[0]}:{tls[1]} {server_tls}
-listen registrar
-    bind {VIP}:{REGISTRAR["haproxy"][1]}
-    balance leastconn
-    server backend {registrar[0]}:{registrar[1]}
-listen responder
-    bind {VIP}:{SIP_RESPONDER["haproxy"][1]}
-    balance leastconn
-    server backend {responder[0]}:{responder[1]}
-"""
+        ends_tls = f"ssl crt {self.dir}/pool.pem no-tls-tickets"
+        plain = {"http": HTTP, "registrar": REGISTRAR}
+        plain.update({f"sip-{name}": table for name, table in SIP.items()})
+        tls = {"tls": HTTPS}
+        tls.update({f"sips-{name}": table for name, table in SIPS_TARGETS.items()})
+        sections = [
+            _listen(name, [table["haproxy"]], table["direct"])
+            for name, table in plain.items()
+        ] + [
+            _listen(
+                name,
+                [table["haproxy"]],
+                table["direct"],
+                bind=ends_tls,
+                server=server_tls,
+            )
+            for name, table in tls.items()
+        ]
+        return HAPROXY_GLOBAL + "".join(sections)
+
+    def _tls_client(self) -> str:
+        """The load generator's TLS: a port on 127.0.60.1 for each path."""
+        return HAPROXY_GLOBAL + "".join(
+            _listen(f"to-{path}-{name}", [SIPS[name][path]], target, server=WRAP)
+            for name, by_path in SIPS_TARGETS.items()
+            for path, target in by_path.items()
+        )
+
+    def _tls_server(self) -> str:
+        """The responders' TLS, with the servers' certificate."""
+        return HAPROXY_GLOBAL + "".join(
+            _listen(
+                f"responder-{name}",
+                [(BACKEND, port) for port in TLS_PORTS[name]],
+                (BACKEND, RESPONDER_PORTS[name][1]),
+                bind=f"ssl crt {self.dir}/backend.pem",
+            )
+            for name in TLS_PORTS
+        )
 
     def _haproxy_idle(self, address: Address) -> str:
         return f"""{HAPROXY_GLOBAL}
@@ -224,15 +286,22 @@ listen idle
             HTTP["ocsbal"][1]: "tcp",
             HTTPS["ocsbal"][1]: "sips",
             REGISTRAR["ocsbal"][1]: "sip",
-            SIP_RESPONDER["ocsbal"][1]: "sip",
-            SIP_RESPONDER["ocsbal-tcp"][1]: "tcp",
         }
+        for name, table in SIP.items():
+            ports[table["ocsbal"][1]] = "sip"
+            ports[table["ocsbal-relay"][1]] = "tcp"
+            ports[SIPS_TARGETS[name]["ocsbal"][1]] = "sips"
         return (
             _pool_ini(ports, HTTP["direct"][1])
-            + "\n[tls]\nmode = terminate\n"
-            + "certificate = pool.pem\ntrust = servers-ca.pem\n"
+            + TLS_TERMINATE
             + f"\n[admin]\nlisten = tcp:{ADMIN[1]}:interface={ADMIN[0]}\n"
         )
+
+    def _pool_relay(self) -> str:
+        """The second ocsbal: SIP over TLS relayed, not followed."""
+        ports = {t["ocsbal-relay"][1]: "sips" for t in SIPS_TARGETS.values()}
+        checked = SIPS_TARGETS["register"]["ocsbal-relay"][1]
+        return _pool_ini(ports, checked) + TLS_TERMINATE + "inspect = no\n"
 
     def _pool_idle(self, address: Address) -> str:
         return _pool_ini({address[1]: "tcp"}, IDLE_BACKEND[1])
@@ -245,12 +314,18 @@ listen idle
         supervisor.start(
             "nginx", nginx, [HTTP["direct"], HTTPS["direct"], IDLE_BACKEND]
         )
-        ports = f"{SIP_RESPONDER['direct'][1]},{SIP_RESPONDER['ocsbal-tcp'][1]}"
-        responder = [str(self.loadgen), "serve", BACKEND, ports]
+        for name, ports in RESPONDER_PORTS.items():
+            listed = ",".join(str(port) for port in ports)
+            responder = [str(self.loadgen), "serve", BACKEND, listed]
+            supervisor.start(
+                f"sip-responder-{name}",
+                [*responder, str(self.dir / f"{name}-server")],
+                [(BACKEND, port) for port in ports],
+            )
         supervisor.start(
-            "sip-responder",
-            [*responder, str(self.dir / "sip-response")],
-            [SIP_RESPONDER["direct"], (BACKEND, SIP_RESPONDER["ocsbal-tcp"][1])],
+            "tls-server",
+            haproxy(self.dir / "tls-server.cfg"),
+            [(BACKEND, port) for ports in TLS_PORTS.values() for port in ports],
         )
         if registrar:
             run = self.dir / "kamailio-run"
@@ -261,11 +336,14 @@ listen idle
     def start_balancers(self, supervisor: Supervisor, paths: list[str]) -> None:
         """The balancers of ``paths`` for every test but the idle one; listening."""
         if "haproxy" in paths:
-            haproxy = ["haproxy", "-db", "-f", str(self.dir / "haproxy.cfg")]
-            tables = (HTTP, HTTPS, REGISTRAR, SIP_RESPONDER)
-            supervisor.start("haproxy", haproxy, [t["haproxy"] for t in tables])
+            tables = (HTTP, HTTPS, REGISTRAR, *SIP.values(), *SIPS_TARGETS.values())
+            supervisor.start(
+                "haproxy",
+                haproxy(self.dir / "haproxy.cfg"),
+                [t["haproxy"] for t in tables],
+            )
         if "portforward" in paths:
-            for table in (HTTP, REGISTRAR, SIP_RESPONDER):
+            for table in (HTTP, REGISTRAR, *SIP.values()):
                 listen, target = table["portforward"], table["direct"]
                 supervisor.start(
                     f"portforward-{listen[1]}",
@@ -273,19 +351,46 @@ listen idle
                     [listen],
                 )
         if "ocsbal" in paths:
-            tables = (HTTP, HTTPS, REGISTRAR, SIP_RESPONDER)
-            listening = [t["ocsbal"] for t in tables] + [SIP_RESPONDER["ocsbal-tcp"]]
+            tables = (HTTP, HTTPS, REGISTRAR, *SIP.values(), *SIPS_TARGETS.values())
+            listening = [t["ocsbal"] for t in tables]
+            listening += [t["ocsbal-relay"] for t in SIP.values()]
             supervisor.start("ocsbal", ocsbal(self.dir / "pool.ini"), listening)
+        if "ocsbal-relay" in paths:
+            supervisor.start(
+                RELAY,
+                ocsbal(self.dir / "pool-relay.ini"),
+                [t["ocsbal-relay"] for t in SIPS_TARGETS.values()],
+            )
+        supervisor.start(
+            "tls-client",
+            haproxy(self.dir / "tls-client.cfg"),
+            [a for table in SIPS.values() for a in table.values()],
+        )
 
     def start_idle_balancer(self, supervisor: Supervisor, path: str) -> Service:
         """A fresh balancer of kind ``path`` for the idle-connection test."""
         address = IDLE[path]
         commands = {
-            "haproxy": ["haproxy", "-db", "-f", str(self.dir / "haproxy-idle.cfg")],
+            "haproxy": haproxy(self.dir / "haproxy-idle.cfg"),
             "portforward": portforward(address, IDLE_BACKEND),
             "ocsbal": ocsbal(self.dir / "pool-idle.ini"),
         }
         return supervisor.start(f"{path}-idle", commands[path], [address])
+
+
+def balancer(path: str, address: Address, tls: bool) -> str | None:
+    """The name of the service a SIP test's ``path`` measures, if any."""
+    if path == "direct":
+        return None
+    if path == "portforward":
+        return f"portforward-{address[1]}"
+    if path == "ocsbal-relay":
+        return RELAY if tls else "ocsbal"
+    return path
+
+
+def haproxy(config: Path) -> list[str]:
+    return ["haproxy", "-db", "-f", str(config)]
 
 
 def twistd() -> list[str]:
@@ -302,6 +407,21 @@ def portforward(listen: Address, target: Address) -> list[str]:
         *("portforward", "--port", f"tcp:{listen[1]}:interface={listen[0]}"),
         *("--host", target[0], "--dest_port", str(target[1])),
     ]
+
+
+def _listen(
+    name: str,
+    binds: list[Address],
+    target: Address,
+    *,
+    bind: str = "",
+    server: str = "",
+) -> str:
+    """An HAProxy ``listen`` section relaying ``binds`` to ``target``."""
+    lines = [f"listen {name}"]
+    lines += [f"    bind {host}:{port} {bind}".rstrip() for host, port in binds]
+    lines += ["    balance leastconn", f"    server s {target[0]}:{target[1]} {server}"]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 def _pool_ini(ports: dict[int, str], checked: int) -> str:
@@ -325,17 +445,13 @@ interval = 30
 """
 
 
-def sip_messages() -> tuple[bytes, bytes]:
-    """The SIP message-rate test's request and response (see bench/sip_inspector.py).
-
-    An Office Communicator 2007 R2 REGISTER refresh with Kerberos
-    credentials (915 bytes) and its 200 OK granting the Contact 7200 s (949
-    bytes): the inspector reads every header of both and matches the 200 to
-    its REGISTER by Call-ID and CSeq, so each round trip costs ocsbal's sip
-    port two parsed messages and a registration update.
-    """
-    return REGISTER.replace(b"%d", b"1"), REGISTERED.replace(b"%d", b"1")
-
+#: The ocsbal that relays SIP over TLS without following it.
+RELAY = "ocsbal-relay"
+TLS_TERMINATE = (
+    "\n[tls]\nmode = terminate\ncertificate = pool.pem\ntrust = servers-ca.pem\n"
+)
+#: The load generator's TLS wrapper is the client: it checks no certificate.
+WRAP = "ssl verify none"
 
 HAPROXY_GLOBAL = """
 global

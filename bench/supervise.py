@@ -73,6 +73,13 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"process {pid} has no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process ``pid`` has used, user and system, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # utime and stime, the 14th and 15th fields (the 12th and 13th after the name)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Service:
     """One child process; its output goes to ``log``."""
 
@@ -169,6 +176,13 @@ class Supervisor:
         for host, port in listening or []:
             service.wait_listening(host, port)
         return service
+
+    def named(self, name: str) -> Service:
+        """The running service called ``name``."""
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise BenchError(f"{name} is not running")
 
     def stop(self, service: Service) -> None:
         service.stop()
