@@ -229,6 +229,32 @@ def test_with_inspect_off_the_decrypted_sip_is_relayed_unread(pki: PKI) -> None:
     assert net.relay.sip.requests == {}
 
 
+@pytest.mark.parametrize("closing", ["server", "client"])
+def test_a_peer_that_closes_after_its_last_message_closes_the_other_after_it(
+    pki: PKI, closing: str
+) -> None:
+    # A TLS transport closes only once no producer is registered on it: the
+    # side left must let go of its peer's, or it would stay open for ever.
+    with Network(terminating_pool(pki)) as net:
+        client = net.connect_client(pki.client_options())
+        net.flush()
+        server = net.answer(pki.server_options("fe0.example.com"))
+        net.flush()
+        if closing == "server":
+            net.pumps[1].server.write(REGISTERED)
+            net.pumps[1].server.loseConnection()
+        else:
+            net.pumps[0].client.write(REGISTER)
+            net.pumps[0].client.loseConnection()
+        net.flush()
+    assert client.lost
+    assert server.lost
+    assert (client.received, server.received) == (
+        (REGISTERED, b"") if closing == "server" else (b"", REGISTER)
+    )
+    assert net.relay.splices == set()
+
+
 def test_what_the_client_sends_with_its_handshake_waits_for_the_server(
     pki: PKI,
 ) -> None:

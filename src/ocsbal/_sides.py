@@ -160,10 +160,12 @@ class Side(Protocol):
         if self.lost:
             return
         transport = self.transport
+        # What fed it is gone; and TLS does not close while a producer is
+        # registered, so this comes first.
+        transport.unregisterProducer()
         if not isinstance(transport, tcp.Connection):
             transport.loseConnection()
             return
-        transport.unregisterProducer()  # what fed it is gone
         if self._read_closed:  # nothing more can come: close once flushed
             transport.loseConnection()
             return

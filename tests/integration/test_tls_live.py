@@ -419,6 +419,26 @@ def test_tls_checks_refuse_the_certificate_the_relay_refuses(
     balancer.assert_stops_cleanly()
 
 
+def test_a_server_that_goes_away_closes_its_terminated_client(
+    launch: Launcher, pki: PKI
+) -> None:
+    """The client's TLS ends, with close_notify, once its server's is gone.
+
+    Found by the benchmark: the client side let go of nothing, and Twisted's
+    TLS does not close while a producer is registered, so a client whose
+    server had closed waited for ever (until the idle timeout).
+    """
+    fe01 = tls_server(launch, pki, "127.0.51.11", "fe01.example.com")
+    balancer = launch.balancer(tls_pool_ini("terminate", {"fe01": "127.0.51.11"}))
+    with open_tls(pki.client_context(pki.clients_ca), FQDN) as sock:
+        exchange(sock, register(1))
+        fe01.popen.kill()
+        fe01.wait()
+        sock.settimeout(WAIT)
+        assert sock.recv(65536) == b""  # close_notify: a clean end, not a timeout
+    balancer.assert_stops_cleanly()
+
+
 def test_passed_through_tls_reaches_the_server_untouched(
     launch: Launcher, pki: PKI
 ) -> None:
