@@ -378,7 +378,7 @@ def write_chart(path: Path, results: Results, shown: list[Row], title: str) -> b
         if row.met is False:
             ax.set_facecolor("#fff0f0")
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     plt.close(figure)

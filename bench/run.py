@@ -262,6 +262,8 @@ class Bench:
         _check_free()
         self.work.start_servers(self.supervisor, registrar)
         self.work.start_balancers(self.supervisor, paths)
+        if any(t.key.startswith("sips_") for t in tests):
+            self.work.start_tls_sip(self.supervisor)
         self.log("servers and balancers are up")
         rounds = self.options.rounds
         for test in tests:

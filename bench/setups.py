@@ -322,11 +322,6 @@ listen idle
                 [*responder, str(self.dir / f"{name}-server")],
                 [(BACKEND, port) for port in ports],
             )
-        supervisor.start(
-            "tls-server",
-            haproxy(self.dir / "tls-server.cfg"),
-            [(BACKEND, port) for ports in TLS_PORTS.values() for port in ports],
-        )
         if registrar:
             run = self.dir / "kamailio-run"
             kamailio = ["kamailio", "-DD", "-E", "-f", str(self.dir / "kamailio.cfg")]
@@ -355,12 +350,20 @@ listen idle
             listening = [t["ocsbal"] for t in tables]
             listening += [t["ocsbal-relay"] for t in SIP.values()]
             supervisor.start("ocsbal", ocsbal(self.dir / "pool.ini"), listening)
-        if "ocsbal-relay" in paths:
-            supervisor.start(
-                RELAY,
-                ocsbal(self.dir / "pool-relay.ini"),
-                [t["ocsbal-relay"] for t in SIPS_TARGETS.values()],
-            )
+
+    def start_tls_sip(self, supervisor: Supervisor) -> None:
+        """What the SIP over TLS tests need besides: the TLS wrappers of the
+        responders and of the load generator, and the ocsbal that relays."""
+        supervisor.start(
+            "tls-server",
+            haproxy(self.dir / "tls-server.cfg"),
+            [(BACKEND, port) for ports in TLS_PORTS.values() for port in ports],
+        )
+        supervisor.start(
+            RELAY,
+            ocsbal(self.dir / "pool-relay.ini"),
+            [t["ocsbal-relay"] for t in SIPS_TARGETS.values()],
+        )
         supervisor.start(
             "tls-client",
             haproxy(self.dir / "tls-client.cfg"),
