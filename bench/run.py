@@ -8,9 +8,12 @@ path relays to the same servers on 127.0.60.11:
 - **haproxy**: TCP mode, one thread, ``balance leastconn``; ``ssl`` on its
   bind and server lines for TLS;
 - **portforward**: ``twistd portforward``, Twisted's own relay;
-- **ocsbal**: ``twistd ocsbal`` on a one-server pool, on a ``tcp`` port, a
-  ``sip`` port (inspection on) and a ``sips`` port whose TLS it terminates
-  and re-encrypts.
+- **ocsbal**: ``twistd ocsbal`` on a one-server pool, on ``tcp`` ports,
+  ``sip`` ports (SIP followed) and ``sips`` ports whose TLS it terminates
+  and re-encrypts (SIP followed);
+- **ocsbal-relay**, for the SIP tests: ocsbal relaying the same SIP without
+  following it, on its ``tcp`` port, and for SIP over TLS a second ocsbal
+  whose pool has ``[tls] inspect = no``.
 
 Each test runs once per round on each of its paths, the paths taking turns
 (each round starts with the next one), and each figure is the median of its
