@@ -147,7 +147,7 @@ def bulk(address: Address, size: int, *, tls: bool = False) -> float:
     return size / elapsed / 1e6
 
 
-def idle_memory(pid: int, address: Address, count: int) -> float:
+def idle_memory(pid: int, address: Address, count: int, *, tls: bool = False) -> float:
     """KiB of the balancer ``pid``'s RSS per idle connection relayed to the server.
 
     A fresh balancer first relays a few connections (so that what every
@@ -156,17 +156,25 @@ def idle_memory(pid: int, address: Address, count: int) -> float:
     page and gets it (the relay is established end to end, both sides'
     buffers have been used), and are then left idle.  Once the RSS stops
     growing, and the balancer is seen holding two descriptors a
-    connection, the difference, divided by ``count``, is the figure.
+    connection, the difference, divided by ``count``, is the figure.  With
+    ``tls`` the connections speak TLS to the balancer, which terminates it.
     """
-    return asyncio.run(_idle_memory(pid, address, count))
+    context = None
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # memory, not identity
+    return asyncio.run(_idle_memory(pid, address, count, context))
 
 
-async def _idle_memory(pid: int, address: Address, count: int) -> float:
-    for writer in await _open_idle(address, 50):
+async def _idle_memory(
+    pid: int, address: Address, count: int, context: ssl.SSLContext | None
+) -> float:
+    for writer in await _open_idle(address, 50, context):
         writer.close()
     await asyncio.sleep(1.0)
     before = rss_kib(pid)
-    writers = await _open_idle(address, count)
+    writers = await _open_idle(address, count, context)
     try:
         after = await _settled_rss(pid)
         # A balancer that does not hold both ends of every connection is
@@ -182,14 +190,16 @@ async def _idle_memory(pid: int, address: Address, count: int) -> float:
     return (after - before) / count
 
 
-async def _open_idle(address: Address, count: int) -> list[asyncio.StreamWriter]:
+async def _open_idle(
+    address: Address, count: int, context: ssl.SSLContext | None
+) -> list[asyncio.StreamWriter]:
     """``count`` connections through ``address``, each with one exchange done."""
     gate = asyncio.Semaphore(100)
     answer = SMALL_BODY.encode()
 
     async def one() -> asyncio.StreamWriter:
         async with gate:
-            reader, writer = await asyncio.open_connection(*address)
+            reader, writer = await asyncio.open_connection(*address, ssl=context)
             writer.write(HTTP_REQUEST)
             await reader.readuntil(answer)
             return writer

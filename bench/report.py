@@ -62,6 +62,7 @@ FIGURES = [
     Figure("latency_p50", "latency added, p50", "us", "lower"),
     Figure("latency_p99", "latency added, p99", "us", "lower", 2.0),
     Figure("idle_memory", "memory per idle connection", "KiB", "lower", 1.5),
+    Figure("idle_tls_memory", "memory per idle TLS connection", "KiB", "lower", 1.0),
     *(
         figure
         for key, case in SIP_CASES.items()

@@ -52,6 +52,7 @@ from setups import (
     HTTP,
     HTTPS,
     IDLE,
+    IDLE_TLS,
     REGISTRAR,
     SIP,
     SIPS,
@@ -149,6 +150,16 @@ class Bench:
         finally:
             self.supervisor.stop(balancer)
         self.results.add("idle_memory", path, per)
+        return f"{per:,.1f} KiB a connection"
+
+    def idle_tls_memory(self, path: str) -> str:
+        balancer = self.work.start_idle_balancer(self.supervisor, path, tls=True)
+        try:
+            count = self.options.idle_tls
+            per = loads.idle_memory(balancer.pid, IDLE_TLS[path], count, tls=True)
+        finally:
+            self.supervisor.stop(balancer)
+        self.results.add("idle_tls_memory", path, per)
         return f"{per:,.1f} KiB a connection"
 
     def sip(self, path: str, conversation: str, tls: bool) -> str:
@@ -282,7 +293,8 @@ class Bench:
 def _check_free() -> None:
     """Fail now if anything already listens where the benchmark will."""
     wanted: set[Address] = {ADMIN}
-    for table in (HTTP, HTTPS, REGISTRAR, IDLE, *SIP.values(), *SIPS.values()):
+    tables = (HTTP, HTTPS, REGISTRAR, IDLE, IDLE_TLS, *SIP.values(), *SIPS.values())
+    for table in tables:
         wanted.update(table.values())
     for address in sorted(wanted):
         with socket.socket() as probe:
@@ -335,6 +347,7 @@ TESTS = [
     Test("tls_handshakes", TLS, Bench.tls_handshakes),
     Test("tls_bulk", TLS, Bench.tls_bulk),
     Test("idle_memory", ("haproxy", "portforward", "ocsbal"), Bench.idle_memory),
+    Test("idle_tls_memory", ("haproxy", "ocsbal"), Bench.idle_tls_memory),
 ]
 
 
@@ -415,6 +428,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--idle", type=int, help="idle connections per balancer (default 8000)"
     )
+    parser.add_argument(
+        "--idle-tls",
+        type=int,
+        help="idle TLS connections per balancer (default 3000)",
+    )
     parser.add_argument("--calls", type=int, help="SIPp calls per run (default 5000)")
     parser.add_argument(
         "--output",
@@ -433,6 +451,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "warmup": 0.5 if quick else 1.0,
         "megabytes": 100,
         "idle": 1000 if quick else 8000,
+        "idle_tls": 500 if quick else 3000,
         "calls": 1000 if quick else 5000,
         "output": None if quick else HERE / "results",
     }
@@ -473,6 +492,7 @@ def check_fd_limit(options: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         options.idle = fits
+    options.idle_tls = min(options.idle_tls, fits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -527,6 +547,7 @@ def publish(
             "warmup": options.warmup,
             "megabytes": options.megabytes,
             "idle_connections": options.idle,
+            "idle_tls_connections": options.idle_tls,
             "sipp_calls": options.calls,
             "tests": [t.key for t in options.chosen],
         },
@@ -542,7 +563,8 @@ def publish(
     print(
         f"medians of {options.rounds} rounds: {options.seconds:g} s per rate test, "
         f"latency at {rate:,.0f} req/s, {options.megabytes} MB bulk, "
-        f"{options.idle:,} idle connections, {options.calls:,} SIPp calls a run\n"
+        f"{options.idle:,} idle connections ({options.idle_tls:,} over TLS), "
+        f"{options.calls:,} SIPp calls a run\n"
     )
     print(report.table(shown))
     errors = results.extra.get("errors")

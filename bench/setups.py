@@ -115,6 +115,9 @@ IDLE: dict[str, Address] = {
     "ocsbal": (VIP, 9080),
 }
 IDLE_BACKEND: Address = (BACKEND, 9080)
+#: The idle test over TLS, terminated by the balancer, to nginx's HTTPS.
+IDLE_TLS: dict[str, Address] = {"haproxy": (VIP, 19443), "ocsbal": (VIP, 9443)}
+IDLE_TLS_BACKEND: Address = (BACKEND, 9443)
 
 BULK_PATH = "/bulk"
 SMALL_BODY = "hello from the backend\n"
@@ -153,8 +156,10 @@ class Work:
         self._write("tls-client.cfg", self._tls_client())
         self._write("tls-server.cfg", self._tls_server())
         self._write("kamailio.cfg", KAMAILIO_CFG.format(address=BACKEND))
-        self._write("haproxy-idle.cfg", self._haproxy_idle(IDLE["haproxy"]))
-        self._write("pool-idle.ini", self._pool_idle(IDLE["ocsbal"]))
+        self._write("haproxy-idle.cfg", self._haproxy_idle())
+        self._write("pool-idle.ini", self._pool_idle())
+        self._write("haproxy-idle-tls.cfg", self._haproxy_idle_tls())
+        self._write("pool-idle-tls.ini", self._pool_idle_tls())
         self._build_loadgen()
 
     def _write(self, name: str, text: str) -> None:
@@ -190,6 +195,7 @@ class Work:
             f"listen {BACKEND}:{HTTP['direct'][1]} backlog=4096;",
             f"listen {BACKEND}:{IDLE_BACKEND[1]} backlog=4096;",
             f"listen {BACKEND}:{HTTPS['direct'][1]} ssl backlog=4096;",
+            f"listen {BACKEND}:{IDLE_TLS_BACKEND[1]} ssl backlog=4096;",
         ]
         return f"""
 daemon off;
@@ -228,12 +234,18 @@ http {{
 }}
 """
 
-    def _haproxy(self) -> str:
-        server_tls = (
+    def _ends_tls(self) -> str:
+        """HAProxy's bind options to terminate the clients' TLS."""
+        return f"ssl crt {self.dir}/pool.pem no-tls-tickets"
+
+    def _server_tls(self) -> str:
+        """HAProxy's server options for its own TLS to the server, verified."""
+        return (
             f"ssl verify required ca-file {self.dir}/servers-ca.pem "
             f"verifyhost {BACKEND_NAME} sni str({BACKEND_NAME})"
         )
-        ends_tls = f"ssl crt {self.dir}/pool.pem no-tls-tickets"
+
+    def _haproxy(self) -> str:
         plain = {"http": HTTP, "registrar": REGISTRAR}
         plain.update({f"sip-{name}": table for name, table in SIP.items()})
         tls = {"tls": HTTPS}
@@ -246,8 +258,8 @@ http {{
                 name,
                 [table["haproxy"]],
                 table["direct"],
-                bind=ends_tls,
-                server=server_tls,
+                bind=self._ends_tls(),
+                server=self._server_tls(),
             )
             for name, table in tls.items()
         ]
@@ -273,13 +285,17 @@ http {{
             for name in TLS_PORTS
         )
 
-    def _haproxy_idle(self, address: Address) -> str:
-        return f"""{HAPROXY_GLOBAL}
-listen idle
-    bind {address[0]}:{address[1]}
-    balance leastconn
-    server backend {IDLE_BACKEND[0]}:{IDLE_BACKEND[1]}
-"""
+    def _haproxy_idle(self) -> str:
+        return HAPROXY_GLOBAL + _listen("idle", [IDLE["haproxy"]], IDLE_BACKEND)
+
+    def _haproxy_idle_tls(self) -> str:
+        return HAPROXY_GLOBAL + _listen(
+            "idle",
+            [IDLE_TLS["haproxy"]],
+            IDLE_TLS_BACKEND,
+            bind=self._ends_tls(),
+            server=self._server_tls(),
+        )
 
     def _pool(self) -> str:
         ports = {
@@ -303,8 +319,12 @@ listen idle
         checked = SIPS_TARGETS["register"]["ocsbal-relay"][1]
         return _pool_ini(ports, checked) + TLS_TERMINATE + "inspect = no\n"
 
-    def _pool_idle(self, address: Address) -> str:
-        return _pool_ini({address[1]: "tcp"}, IDLE_BACKEND[1])
+    def _pool_idle(self) -> str:
+        return _pool_ini({IDLE["ocsbal"][1]: "tcp"}, IDLE_BACKEND[1])
+
+    def _pool_idle_tls(self) -> str:
+        port = IDLE_TLS["ocsbal"][1]
+        return _pool_ini({port: "sips"}, IDLE_TLS_BACKEND[1]) + TLS_TERMINATE
 
     # ------------------------------------------------------------ commands
 
@@ -312,7 +332,9 @@ listen idle
         """nginx, the SIP responder and (if ``registrar``) Kamailio; all listening."""
         nginx = ["nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")]
         supervisor.start(
-            "nginx", nginx, [HTTP["direct"], HTTPS["direct"], IDLE_BACKEND]
+            "nginx",
+            nginx,
+            [HTTP["direct"], HTTPS["direct"], IDLE_BACKEND, IDLE_TLS_BACKEND],
         )
         for name, ports in RESPONDER_PORTS.items():
             listed = ",".join(str(port) for port in ports)
@@ -370,15 +392,18 @@ listen idle
             [a for table in SIPS.values() for a in table.values()],
         )
 
-    def start_idle_balancer(self, supervisor: Supervisor, path: str) -> Service:
-        """A fresh balancer of kind ``path`` for the idle-connection test."""
-        address = IDLE[path]
+    def start_idle_balancer(
+        self, supervisor: Supervisor, path: str, tls: bool = False
+    ) -> Service:
+        """A fresh balancer of kind ``path`` for an idle-connection test."""
+        address = (IDLE_TLS if tls else IDLE)[path]
+        kind = "idle-tls" if tls else "idle"
         commands = {
-            "haproxy": haproxy(self.dir / "haproxy-idle.cfg"),
+            "haproxy": haproxy(self.dir / f"haproxy-{kind}.cfg"),
             "portforward": portforward(address, IDLE_BACKEND),
-            "ocsbal": ocsbal(self.dir / "pool-idle.ini"),
+            "ocsbal": ocsbal(self.dir / f"pool-{kind}.ini"),
         }
-        return supervisor.start(f"{path}-idle", commands[path], [address])
+        return supervisor.start(f"{path}-{kind}", commands[path], [address])
 
 
 def balancer(path: str, address: Address, tls: bool) -> str | None:
