@@ -2,12 +2,12 @@
 
 Every figure is the median of its runs.  Each row shows it for every path
 measured, ocsbal's ratio to HAProxy and to ``twistd portforward``, the
-issue's target for the row (ocsbal against HAProxy) and whether ocsbal
+project's target for the row (ocsbal against HAProxy) and whether ocsbal
 meets it, and whether it beats portforward.  For rows where lower is
 better (latency, memory, CPU) a ratio below 1 is ocsbal doing better.
 After each SIP CPU row comes ocsbal's own ratio: its CPU a round trip
 relaying the SIP (the ``relay`` column) over following it, with the
-issue's target for that.
+project's target for that.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ Better = Literal["higher", "lower"]
 class Figure:
     """One row of the table.
 
-    :ivar target: the issue's bound on ocsbal/HAProxy: at least this when
+    :ivar target: the project's bound on ocsbal/HAProxy: at least this when
         higher is better, at most this when lower is.
     """
 
@@ -76,7 +76,7 @@ FIGURES = [
     Figure("tls_handshakes", "TLS handshakes, terminated", "/s", "higher", 0.5),
     Figure("tls_bulk", "TLS bulk, one download", "MB/s", "higher"),
 ]
-#: The issue's bound on ocsbal's CPU a round trip relaying SIP over its CPU
+#: The project's bound on ocsbal's CPU a round trip relaying SIP over its CPU
 #: following it (at least), by CPU figure; ``None``: shown, no target.
 FOLLOWING_TARGETS = {
     "sip_register_cpu": 0.6,
