@@ -18,6 +18,7 @@ from ocsbal._ctl import (
     CtlError,
     _target,
     add_arguments,
+    admin_endpoint,
     client_endpoint,
     show_connections,
     show_pool,
@@ -34,14 +35,50 @@ from ocsbal.admin import admin_site
         ("tcp:9900", "tcp:host=127.0.0.1:port=9900"),
         ("tcp:port=9900:interface=0.0.0.0", "tcp:host=127.0.0.1:port=9900"),
         ("tcp:9900:interface=10.0.0.5", "tcp:host=10.0.0.5:port=9900"),
-        ("tcp6:9900:interface=\\:\\:1", "tcp6:host=\\:\\:1:port=9900"),
-        ("tcp6:9900", "tcp6:host=\\:\\:1:port=9900"),
+        # Twisted has no client "tcp6": its "tcp" takes IPv6 addresses.
+        ("tcp6:9900:interface=\\:\\:1", "tcp:host=\\:\\:1:port=9900"),
+        ("tcp6:9900", "tcp:host=\\:\\:1:port=9900"),
         ("unix:/run/ocsbal/admin.sock", "unix:path=/run/ocsbal/admin.sock"),
         ("unix:address=/run/a.sock:mode=660", "unix:path=/run/a.sock"),
     ],
 )
 def test_client_endpoint(listen: str, client: str) -> None:
     assert client_endpoint(listen) == client
+
+
+@pytest.mark.parametrize(
+    ("given", "client"),
+    [
+        ("127.0.0.1:9900", "tcp:host=127.0.0.1:port=9900"),
+        ("http://127.0.0.1:9900", "tcp:host=127.0.0.1:port=9900"),
+        ("http://127.0.0.1:9900/", "tcp:host=127.0.0.1:port=9900"),
+        ("localhost:9900", "tcp:host=localhost:port=9900"),
+        ("[::1]:9900", "tcp:host=\\:\\:1:port=9900"),
+        ("http://[::1]:9900", "tcp:host=\\:\\:1:port=9900"),
+        ("tcp:host=127.0.0.1:port=9900", "tcp:host=127.0.0.1:port=9900"),
+        ("unix:path=/run/a.sock", "unix:path=/run/a.sock"),
+        # The [admin] listen string itself, as an operator copies it.
+        ("tcp:9900:interface=127.0.0.1", "tcp:host=127.0.0.1:port=9900"),
+        ("tcp6:9900", "tcp:host=\\:\\:1:port=9900"),
+        ("unix:/run/a.sock", "unix:path=/run/a.sock"),
+    ],
+)
+def test_the_admin_interface_as_an_operator_names_it(given: str, client: str) -> None:
+    assert admin_endpoint(given) == client
+    assert _target(parse("--admin", given, "servers"))[0] == client
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["9900", "http://x", "ssl:9900", "tcp:", "tcp:port=x", "127.0.0.1:99999", ""],
+)
+def test_anything_else_is_refused_in_one_line(given: str) -> None:
+    with pytest.raises(CtlError) as refused:
+        _target(parse("--admin", given, "servers"))
+    said = str(refused.value)
+    assert said.startswith(f"--admin {given}: ")
+    assert "HOST:PORT, http://HOST:PORT" in said
+    assert "\n" not in said
 
 
 def parse(*argv: str) -> argparse.Namespace:

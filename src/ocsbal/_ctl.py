@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import treq
 from treq.client import HTTPClient
@@ -57,7 +57,57 @@ def client_endpoint(listen: str) -> str:
     host = options.get("interface", "")
     if host in ("", wildcard, wildcard.replace("\\", "")):
         host = loopback
-    return f"{kind}:host={host}:port={port}"
+    # Twisted's client "tcp" takes IPv6 addresses too; there is no client "tcp6".
+    return f"tcp:host={host}:port={port}"
+
+
+#: ``HOST:PORT`` or ``http://HOST:PORT``, an IPv6 address in brackets.
+_HOST_PORT = re.compile(r"(?:http://)?(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]@]+):(\d{1,5})/?")
+#: Twisted endpoint types the admin interface does not listen on.
+_OTHER_ENDPOINTS = ("ssl", "tls", "systemd", "tor", "onion", "stdio")
+_ADMIN_FORMS = (
+    "HOST:PORT, http://HOST:PORT, or an endpoint such as "
+    "tcp:host=127.0.0.1:port=9900 or the [admin] listen string"
+)
+
+
+def admin_endpoint(given: str) -> str:
+    """The client endpoint string for ``ocsbal ctl --admin GIVEN``.
+
+    ``given`` is ``HOST:PORT`` or ``http://HOST:PORT`` (an IPv6 address in
+    brackets), a client endpoint string (``tcp:host=...:port=...``,
+    ``unix:path=...``), or a server endpoint string such as ``[admin]
+    listen`` holds (``tcp:9900:interface=127.0.0.1``, ``tcp6:...``,
+    ``unix:PATH``), which is reached as :func:`client_endpoint` says.
+
+    :raises CtlError: naming what was given and what is allowed, in one line.
+    """
+    refused = CtlError(f"--admin {given}: not an admin interface; give {_ADMIN_FORMS}")
+    kind, _, rest = given.partition(":")
+    found = _HOST_PORT.fullmatch(given)
+    if kind in ("tcp", "tcp6", "unix"):
+        options = re.split(r"(?<!\\):", rest)
+        if kind != "tcp6" and any(o.startswith(("host=", "path=")) for o in options):
+            endpoint = given  # already a client's
+        elif rest:
+            endpoint = client_endpoint(given)
+        else:
+            raise refused
+    elif found is not None and kind not in _OTHER_ENDPOINTS:
+        host, port = found[1].strip("[]"), int(found[2])
+        if not 0 < port < 65536:
+            raise CtlError(
+                f"--admin {given}: {port} is not a port; give {_ADMIN_FORMS}"
+            )
+        return "tcp:host={}:port={}".format(host.replace(":", "\\:"), port)
+    else:
+        raise refused
+    try:
+        # Parsing builds the endpoint object only; nothing connects.
+        clientFromString(cast(Any, None), endpoint)
+    except (ValueError, TypeError, KeyError):
+        raise refused from None
+    return endpoint
 
 
 @implementer(IAgentEndpointFactory)
@@ -257,7 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--admin",
         metavar="ENDPOINT",
-        help="a client endpoint, e.g. tcp:host=127.0.0.1:port=9900",
+        help="HOST:PORT, http://HOST:PORT, or a Twisted endpoint string, "
+        "e.g. tcp:host=127.0.0.1:port=9900 or [admin] listen's",
     )
     parser.add_argument("--token-file", metavar="FILE", help="send the token in FILE")
     parser.add_argument("--json", action="store_true", help="print the JSON answer")
@@ -292,7 +343,7 @@ def _target(args: argparse.Namespace) -> tuple[str, Admin]:
         None if args.token_file is None else str(Path(args.token_file).resolve())
     )
     if args.config is None:
-        return args.admin, Admin(token_file=token_file)
+        return admin_endpoint(args.admin), Admin(token_file=token_file)
     try:
         admin = load(args.config).admin
     except ConfigError as e:

@@ -64,6 +64,47 @@ def test_servers_add_drain_weight_remove(launch: Launcher) -> None:
     )
 
 
+def test_the_admin_interface_is_reached_however_it_is_written(
+    launch: Launcher,
+) -> None:
+    """HOST:PORT, a URL, the listen string itself: each reaches it, no traceback."""
+    start(launch, "\n[admin]\nlisten = tcp:19900:interface=127.0.43.1\n")
+    for given in (
+        "127.0.43.1:19900",
+        "http://127.0.43.1:19900",
+        "tcp:19900:interface=127.0.43.1",
+        "tcp:host=127.0.43.1:port=19900",
+    ):
+        done = subprocess.run(
+            [OCSBAL, "ctl", "--admin", given, "servers"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+        assert (done.returncode, done.stderr) == (0, ""), given
+        assert done.stdout.split()[:2] == ["NAME", "ADDRESS"], given
+    refused = subprocess.run(
+        [OCSBAL, "ctl", "--admin", "ssl:19900", "servers"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: --admin ssl:19900: not an admin")
+    assert refused.stderr.count("\n") == 1
+
+
+def test_an_admin_interface_on_ipv6_is_reached_from_its_config(
+    launch: Launcher,
+) -> None:
+    config = start(launch, "\n[admin]\nlisten = tcp6:19902:interface=\\:\\:1\n")
+    listing = ctl(config, "servers")
+    assert (listing.returncode, listing.stderr) == (0, "")
+    assert listing.stdout.split()[:2] == ["NAME", "ADDRESS"]
+
+
 def test_a_token_is_required_when_configured(launch: Launcher) -> None:
     token = launch.write("admin.token", "s3cret\n")
     admin = (
