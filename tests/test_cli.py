@@ -22,6 +22,21 @@ def test_check_prints_the_effective_pool(capsys: pytest.CaptureFixture[str]) -> 
     assert parse(out) == load(EXAMPLES / "edge.ini")
 
 
+def test_check_warns_of_what_a_valid_pool_should_not_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = tmp_path / "short.ini"
+    edge = (EXAMPLES / "edge.ini").read_text()
+    short.write_text(edge.replace("idle_timeout = 1800", "idle_timeout = 600"))
+    assert main(["check", str(short)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "warning: pool edge01: idle_timeout = 600 s is below the 1800 s OCS 2007 R2 "
+        "requires; quiet clients will be cut off"
+    ]
+    assert "idle_timeout = 600\n" in captured.out
+
+
 def test_check_lists_every_problem_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

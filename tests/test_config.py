@@ -302,6 +302,8 @@ BAD_VALUES = [
     ("admin", "listen", "ssl:9900", "must be a Twisted endpoint string: tcp:PORT"),
     ("admin", "listen", "tcp:port", "must be a Twisted endpoint string: tcp:PORT"),
     ("admin", "listen", "9900", "must be a Twisted endpoint string: tcp:PORT"),
+    ("admin", "listen", "tcp:99999", "must be a Twisted endpoint string: tcp:PORT"),
+    ("admin", "listen", "tcp6:port=65536", "must be a Twisted endpoint string"),
     ("admin", "token_file", "token.txt", "must be an absolute path to a file"),
     ("admin", "token", "s3cret", "unknown key; allowed: listen, token_file, hosts"),
     ("admin", "hosts", "lb1.contoso.com, *.evil", "must be DNS names such as"),

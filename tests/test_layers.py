@@ -67,7 +67,7 @@ LAYERS: dict[str, set[str]] = {
     },
     "tap": {"_network", "_tls", "config", "service"},
     "_ctl": {"_token", "config"},
-    "_cli": {"_ctl", "_tls", "config"},
+    "_cli": {"_ctl", "_idle", "_tls", "config"},
     "demo": {"_ctl", "config", "service", "sip"},
     "__init__": {"_pool", "config", "service"},
 }

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ocsbal import _ctl
+from ocsbal._idle import too_short_for_ocs
 from ocsbal._tls import TLSSetupError, tls_contexts
 from ocsbal.config import ConfigError, load, render
 
@@ -24,6 +25,9 @@ def _check(args: argparse.Namespace) -> int:
     except (ConfigError, TLSSetupError) as e:
         print(f"invalid configuration:\n{e}", file=sys.stderr)
         return 1
+    warning = too_short_for_ocs(pool.name, pool.idle_timeout)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"; {args.config}: valid; the effective pool, defaults filled in:\n")
     print(render(pool), end="")
     return 0

@@ -19,6 +19,9 @@ from typing import Protocol, TypeVar
 
 import attrs
 
+#: OCS 2007 R2 clients may stay silent this long on a live connection.
+OCS_IDLE_TIMEOUT = 1800.0
+
 #: The sweep runs at least this often, so the overshoot stays within 30 s of
 #: the configured timeout even for an idle timeout of hours.
 MAX_SWEEP_INTERVAL = 30.0
@@ -96,3 +99,16 @@ class IdleTimeout:
         if reap:
             return end, "missed-refresh"
         return (idle, "idle") if idle >= end else (end, "registration")
+
+
+def too_short_for_ocs(pool: str, idle_timeout: float) -> str | None:
+    """The warning for pool ``pool``, if ``idle_timeout`` cuts OCS clients off.
+
+    ``ocsbal check`` prints it; the pool logs it when it starts and reloads.
+    """
+    if idle_timeout >= OCS_IDLE_TIMEOUT:
+        return None
+    return (
+        f"pool {pool}: idle_timeout = {idle_timeout:g} s is below the "
+        f"{OCS_IDLE_TIMEOUT:g} s OCS 2007 R2 requires; quiet clients will be cut off"
+    )

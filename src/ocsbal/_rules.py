@@ -347,10 +347,18 @@ def _check_url(url: str) -> None:
 
 def _check_listen(text: str) -> None:
     allowed = (
-        "must be a Twisted endpoint string: tcp:PORT[:interface=ADDRESS] or unix:PATH"
+        "must be a Twisted endpoint string: tcp:PORT[:interface=ADDRESS] "
+        "(PORT at most 65535) or unix:PATH"
     )
     if not isinstance(text, str) or text.partition(":")[0] not in _ADMIN_ENDPOINTS:
         raise _NotAllowedError(allowed)
+    kind, *parts = re.split(r"(?<!\\):", text)
+    if kind != "unix":
+        # Twisted's parser takes any number, and the bind fails only at start.
+        named = [p.partition("=")[2] for p in parts if p.startswith("port=")]
+        port = (named or [p for p in parts if "=" not in p] or [""])[0]
+        if not port.isdigit() or int(port) > 65535:
+            raise _NotAllowedError(allowed)
     # Twisted's own parser, imported here: the model needs it for this only.
     from twisted.internet.endpoints import serverFromString
 

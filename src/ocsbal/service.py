@@ -26,7 +26,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 
 from ocsbal._endpoints import ReactorTCPTime
-from ocsbal._idle import IdleTimeout
+from ocsbal._idle import IdleTimeout, too_short_for_ocs
 from ocsbal._network import NetworkSetupError, check_network, listen_freebind
 from ocsbal._pool import AdminState, LastServerError, RunningPool, UnknownServerError
 from ocsbal._relay import Listener, Relay
@@ -52,9 +52,6 @@ __all__ = [
 ]
 
 log = Logger(namespace="ocsbal")
-
-#: OCS 2007 R2 clients may stay silent this long on a live connection.
-OCS_IDLE_TIMEOUT = 1800.0
 
 #: Connections the kernel may hold for a VIP port before ocsbal accepts
 #: them (capped by net.core.somaxconn): after a failover every client of
@@ -172,7 +169,7 @@ class PoolService(MultiService):
             scheduler=self.pool.scheduler,
             sip_path="compiled code" if COMPILED else "Python (not compiled here)",
         )
-        self._warn_if_idle_timeout_short()
+        self._warn()
 
     def _unless_it_fails(self, start: Callable[[], None]) -> None:
         """Run ``start``; if it fails, unbind the VIP ports: nothing half-way."""
@@ -184,15 +181,10 @@ class PoolService(MultiService):
             self._listening, self._listeners = {}, {}
             raise
 
-    def _warn_if_idle_timeout_short(self) -> None:
-        if self.pool.idle_timeout < OCS_IDLE_TIMEOUT:
-            log.warn(
-                "pool {pool}: idle_timeout = {idle_timeout:g} s is below the "
-                "{minimum:g} s OCS 2007 R2 requires; quiet clients will be cut off",
-                pool=self.pool.name,
-                idle_timeout=self.pool.idle_timeout,
-                minimum=OCS_IDLE_TIMEOUT,
-            )
+    def _warn(self) -> None:
+        warning = too_short_for_ocs(self.pool.name, self.pool.idle_timeout)
+        if warning is not None:
+            log.warn("{warning}", warning=warning, pool=self.pool.name)
 
     def _bind(self) -> None:
         check_network(self.pool)
@@ -345,7 +337,7 @@ class PoolService(MultiService):
             await self.health.disownServiceParent()
             self.health = self._checker()
         await DeferredList(closing)
-        self._warn_if_idle_timeout_short()
+        self._warn()
 
     def _refuse_restart_changes(self, pool: Pool) -> None:
         """Raise :class:`ReloadError` if ``pool`` changes what needs a restart."""
