@@ -87,6 +87,19 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@pytest.mark.parametrize(
+    ("argv", "json"),
+    [
+        (["--json", "connections"], True),
+        (["connections", "--json"], True),
+        (["drain", "fe1", "--json"], True),
+        (["connections"], False),
+    ],
+)
+def test_json_is_taken_before_or_after_the_command(argv: list[str], json: bool) -> None:
+    assert parse("--admin", "127.0.0.1:9900", *argv).json is json
+
+
 def test_one_of_config_or_admin_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse("servers")

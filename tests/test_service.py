@@ -130,6 +130,23 @@ class PoolServiceTests(SynchronousTestCase):
             "requires; quiet clients will be cut off"
         ]
 
+    def test_the_start_line_counts_ports_and_servers_in_words(self) -> None:
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        one = Server("fe1", "127.0.1.11")
+        PoolService(make_pool(one, ports=[Port(15060)]), Reactor()).startService()
+        PoolService(
+            make_pool(ports=[Port(15060), Port(15061)]), Reactor()
+        ).startService()
+        said = [formatEvent(e) for e in events if "balancing" in e["log_format"]]
+        assert [line.split(" with ")[0] for line in said] == [
+            "pool pool01 (pool01.example.com) balancing 1 port on 127.0.1.10 "
+            "over 1 server",
+            "pool pool01 (pool01.example.com) balancing 2 ports on 127.0.1.10 "
+            "over 2 servers",
+        ]
+
     def test_idle_sweep_runs_on_the_injected_clock(self) -> None:
         reactor = Reactor()
         service = PoolService(make_pool(idle_timeout=10), reactor)

@@ -8,6 +8,7 @@ client reaches a TCP port or a Unix socket.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -312,11 +313,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--token-file", metavar="FILE", help="send the token in FILE")
     parser.add_argument("--json", action="store_true", help="print the JSON answer")
+    # --json may come after the command too, as operators type it; with no
+    # default there, one given before the command is not undone.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the JSON answer",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("servers", help="list the servers")
-    commands.add_parser("pool", help="show the pool and its listeners")
-    commands.add_parser("connections", help="list the open connections")
-    add = commands.add_parser("add", help="add a server")
+    command = functools.partial(commands.add_parser, parents=[after])
+    command("servers", help="list the servers")
+    command("pool", help="show the pool and its listeners")
+    command("connections", help="list the open connections")
+    add = command("add", help="add a server")
     add.add_argument("name")
     add.add_argument("address")
     add.add_argument("--weight", type=int, default=100)
@@ -325,11 +336,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("ready", "let a server take new connections again"),
         ("maint", "no new connections and no health checks for a server"),
     ]:
-        commands.add_parser(name, help=meaning).add_argument("name")
-    weight = commands.add_parser("weight", help="set a server's weight")
+        command(name, help=meaning).add_argument("name")
+    weight = command("weight", help="set a server's weight")
     weight.add_argument("name")
     weight.add_argument("weight", type=int)
-    remove = commands.add_parser("remove", help="remove a server")
+    remove = command("remove", help="remove a server")
     remove.add_argument("name")
     remove.add_argument(
         "--force", action="store_true", help="close its connections now"

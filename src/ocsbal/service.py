@@ -158,14 +158,18 @@ class PoolService(MultiService):
         if not self._listening:
             self._bind()
         self._unless_it_fails(super().startService)
+        ports, servers = len(self._listening), len(self.pool.servers)
         log.info(
-            "pool {pool} ({fqdn}) balancing {ports} ports on {vip} over "
-            "{servers} servers with {scheduler}; SIP followed by {sip_path}",
+            "pool {pool} ({fqdn}) balancing {ports} port{s_ports} on {vip} over "
+            "{servers} server{s_servers} with {scheduler}; SIP followed by "
+            "{sip_path}",
             pool=self.pool.name,
             fqdn=self.pool.fqdn,
-            ports=len(self._listening),
+            ports=ports,
+            s_ports="" if ports == 1 else "s",
             vip=self.pool.vip,
-            servers=len(self.pool.servers),
+            servers=servers,
+            s_servers="" if servers == 1 else "s",
             scheduler=self.pool.scheduler,
             sip_path="compiled code" if COMPILED else "Python (not compiled here)",
         )
