@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -227,6 +227,26 @@ def test_idle_connection_is_closed_by_the_sweep_and_activity_defers_it() -> None
     sweep(h.relay)
     assert client_t.disconnecting
     assert server_t.disconnecting
+
+
+def test_an_idle_close_is_logged_with_the_client_port_and_server() -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = Harness(idle_timeout=60)
+        h.accept()
+        h.succeed()
+        [splice] = h.relay.splices
+        peer = cast(IPv4Address, splice.peer)
+        h.reactor.advance(61)
+        sweep(h.relay)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if "idle" in e.get("log_format", "")]
+    assert lines == [
+        f"closing idle connection from {peer.host}:{peer.port} on port 5060 "
+        "(server fe0)"
+    ]
 
 
 def test_idle_connection_that_cannot_flush_is_aborted_at_the_next_sweep() -> None:

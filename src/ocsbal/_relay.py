@@ -36,7 +36,7 @@ from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint
+from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint, url_host
 from ocsbal._logs import LimitedLog
 from ocsbal._model import NatMode, PortProtocol
 from ocsbal._network import TransparentTCP
@@ -386,11 +386,14 @@ class Splice:
         (:func:`ocsbal._sweep.stuck`).
         """
         self._leave()
+        server = "none" if self.backend is None else self.backend.server.name
+        peer = cast(IPv4Address | IPv6Address, self.peer)
         self.relay.log.info(
-            "closing idle connection from {peer} on port {port}",
-            kind=self.port.number,
-            peer=self.peer,
+            "closing idle connection from {client} on port {port} (server {server})",
+            kind=(self.port.number, server),
+            client=f"{url_host(peer.host)}:{peer.port}",
             port=self.port.number,
+            server=server,
         )
         self.close()
 
