@@ -886,7 +886,10 @@ def test_twistd_binds_port_444_as_root_then_runs_as_nobody(launch: Launcher) -> 
         ],
     )
     wait_listening(vip, 444, balancer)
-    status = proc_status(balancer.popen.pid)
+    # The port listens (as root) a moment before twistd gives root up.
+    pid = balancer.popen.pid
+    wait_until(lambda: proc_status(pid)["Uid"].split()[0] != "0", "root given up")
+    status = proc_status(pid)
     assert status["Uid"].split() == ["65534"] * 4, status["Uid"]
     assert status["Gid"].split() == ["65534"] * 4, status["Gid"]
     assert status["Groups"].split() == ["65534"], status["Groups"]
