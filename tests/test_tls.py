@@ -168,6 +168,21 @@ class Network:
             )
         )
 
+    def connected(self, pki: PKI) -> tuple[Peer, Peer]:
+        """A client handshaken through the balancer to server fe0."""
+        client = self.connect_client(pki.client_options())
+        self.flush()
+        server = self.answer(pki.server_options("fe0.example.com"))
+        self.flush()
+        return client, server
+
+    def register(self) -> None:
+        """The client sends REGISTER, the server answers REGISTERED."""
+        self.pumps[0].client.write(REGISTER)  # the client's TLS transport
+        self.flush()
+        self.pumps[1].server.write(REGISTERED)
+        self.flush()
+
     def flush(self) -> None:
         for _ in range(20):
             if not any([pump.flush() for pump in self.pumps]):  # noqa: C419 -- each
@@ -197,10 +212,7 @@ def test_the_client_handshakes_with_the_pool_and_the_server_with_its_own_name(
         assert len(net.reactor.tcpClients) == 1  # a server is picked after it
         server = net.answer(pki.server_options("fe0.example.com"))
         net.flush()
-        net.pumps[0].client.write(REGISTER)  # the client's TLS transport
-        net.flush()
-        net.pumps[1].server.write(REGISTERED)
-        net.flush()
+        net.register()
     assert server.received == REGISTER
     assert client.received == REGISTERED
     [splice] = net.relay.splices
@@ -211,14 +223,8 @@ def test_the_client_handshakes_with_the_pool_and_the_server_with_its_own_name(
 
 def test_with_inspect_off_the_decrypted_sip_is_relayed_unread(pki: PKI) -> None:
     with Network(terminating_pool(pki, inspect=False)) as net:
-        client = net.connect_client(pki.client_options())
-        net.flush()
-        server = net.answer(pki.server_options("fe0.example.com"))
-        net.flush()
-        net.pumps[0].client.write(REGISTER)
-        net.flush()
-        net.pumps[1].server.write(REGISTERED)
-        net.flush()
+        client, server = net.connected(pki)
+        net.register()
     assert server.received == REGISTER
     assert client.received == REGISTERED
     [splice] = net.relay.splices
@@ -236,10 +242,7 @@ def test_a_peer_that_closes_after_its_last_message_closes_the_other_after_it(
     # A TLS transport closes only once no producer is registered on it: the
     # side left must let go of its peer's, or it would stay open for ever.
     with Network(terminating_pool(pki)) as net:
-        client = net.connect_client(pki.client_options())
-        net.flush()
-        server = net.answer(pki.server_options("fe0.example.com"))
-        net.flush()
+        client, server = net.connected(pki)
         if closing == "server":
             net.pumps[1].server.write(REGISTERED)
             net.pumps[1].server.loseConnection()
