@@ -35,8 +35,9 @@ LAYERS: dict[str, set[str]] = {
     "_status_page": set(),
     # The model of a pool, and its file.
     "_rules": {"scheduling"},
-    "_model": {"_rules", "scheduling"},
-    "config": {"_model", "_rules"},
+    "_sections": {"_rules"},
+    "_model": {"_rules", "_sections", "scheduling"},
+    "config": {"_model", "_rules", "_sections"},
     "_token": {"_model"},
     "_tls": {"_model"},
     "_network": {"_endpoints", "_model"},

@@ -31,29 +31,26 @@ from ocsbal._rules import (
     Problem,
     TLSMode,
     _check_boolean,
-    _check_file,
     _check_fqdn,
-    _check_listen,
-    _check_names,
     _check_port_list,
     _check_scheduler,
     _check_tls_name,
-    _check_token_file,
     _check_url,
+    _check_workers,
     _enum_rule,
-    _handshake_timeout,
     _normal_address,
     _normal_fqdn,
     _normal_tls_name,
     _number_rule,
     _read_boolean,
-    _read_names,
     _read_port_list,
+    _read_workers,
     _Rule,
     _seconds_rule,
     _text,
     _whole_rule,
 )
+from ocsbal._sections import _TLS_FILES, Admin, TLSSettings
 
 __all__ = [
     "HEARTBEAT_PORTS",
@@ -208,103 +205,6 @@ class Monitor:
     url: str = attrs.field(default="/", validator=_MONITOR_RULES["url"])
 
 
-#: The rule of each ``[admin]`` key, which is also the rule of its attribute.
-_ADMIN_RULES: dict[str, _Rule[Any]] = {
-    "listen": _Rule(str, _check_listen),
-    "token_file": _Rule(str, _check_token_file),
-    "hosts": _Rule(_read_names, _check_names),
-}
-
-
-def _names(names: Iterable[str]) -> tuple[str, ...]:
-    return tuple(n.lower() if isinstance(n, str) else n for n in names)
-
-
-@attrs.frozen
-class Admin:
-    """Where the admin interface (JSON API, metrics, status page) listens.
-
-    :ivar listen: a Twisted endpoint string; loopback by default.
-    :ivar token_file: a file holding the token requests must carry
-        (``Authorization: Bearer TOKEN``); ``None`` for no token.  It is read
-        at start and at every reload, never logged.
-    :ivar hosts: the names, besides ``localhost`` and the address it listens
-        on, that requests may give as their ``Host``: any other is refused,
-        so that a web page cannot reach the interface through a name of its
-        own that resolves to it (DNS rebinding).
-    """
-
-    listen: str = attrs.field(
-        default="tcp:9900:interface=127.0.0.1", validator=_ADMIN_RULES["listen"]
-    )
-    token_file: str | None = attrs.field(
-        default=None, validator=_ADMIN_RULES["token_file"]
-    )
-    hosts: tuple[str, ...] = attrs.field(
-        default=(), converter=_names, validator=_ADMIN_RULES["hosts"]
-    )
-
-
-#: The rule of each ``[tls]`` key, which is also the rule of its attribute.
-_TLS_RULES: dict[str, _Rule[Any]] = {
-    "mode": _enum_rule(TLSMode),
-    "certificate": _Rule(str, _check_file),
-    "trust": _Rule(str, _check_file),
-    "client_certificate": _Rule(str, _check_file),
-    "handshake_timeout": _number_rule(
-        float,
-        "must be a number of seconds greater than 0 and at most 300",
-        _handshake_timeout,
-    ),
-    "inspect": _Rule(_read_boolean, _check_boolean),
-}
-
-#: The ``[tls]`` keys that name files.
-_TLS_FILES = ("certificate", "trust", "client_certificate")
-
-
-@attrs.frozen
-class TLSSettings:
-    """TLS on the pool's ``sips`` ports (OCS: 5061).
-
-    The files are read, and the certificate checked against the pool FQDN,
-    when the pool starts (:mod:`ocsbal._tls`); the model holds their names.
-
-    :ivar mode: pass the encrypted bytes through, or terminate TLS here.
-    :ivar certificate: with ``terminate``, a PEM file holding the pool's
-        private key and certificate (and its chain), issued to the pool FQDN.
-    :ivar trust: a PEM file of the certificate authorities that sign the
-        servers' certificates; ``None`` trusts the system's authorities.
-    :ivar client_certificate: a PEM file of a private key and certificate
-        presented to the servers (mutual TLS); ``None`` presents none.
-    :ivar handshake_timeout: seconds a client has to complete its
-        handshake before it is disconnected.
-    :ivar inspect: with ``terminate``, whether the SIP decrypted is followed
-        as on ``sip`` ports; without it the bytes are relayed, re-encrypted,
-        and idle accounting counts them alone.
-    """
-
-    mode: TLSMode = attrs.field(
-        default=TLSMode.PASSTHROUGH, converter=TLSMode, validator=_TLS_RULES["mode"]
-    )
-    certificate: str | None = attrs.field(
-        default=None, validator=_TLS_RULES["certificate"]
-    )
-    trust: str | None = attrs.field(default=None, validator=_TLS_RULES["trust"])
-    client_certificate: str | None = attrs.field(
-        default=None, validator=_TLS_RULES["client_certificate"]
-    )
-    handshake_timeout: float = attrs.field(
-        default=10.0, converter=float, validator=_TLS_RULES["handshake_timeout"]
-    )
-    inspect: bool = attrs.field(default=True, validator=_TLS_RULES["inspect"])
-
-    @property
-    def terminate(self) -> bool:
-        """Whether TLS is terminated here."""
-        return self.mode is TLSMode.TERMINATE
-
-
 _DSR = (
     "Direct Server Return is not supported by OCS 2007 R2 pools: the load "
     "balancer must see the servers' replies; use full or half"
@@ -327,6 +227,8 @@ _POOL_RULES: dict[str, _Rule[Any]] = {
     "reap_expired": _Rule(_read_boolean, _check_boolean),
     "source": _ADDRESS_RULE,
     "freebind": _Rule(_read_boolean, _check_boolean),
+    "workers": _Rule(_read_workers, _check_workers),
+    "old_workers_timeout": _seconds_rule(),
 }
 
 
@@ -364,6 +266,11 @@ class Pool:
         holds it (``IP_FREEBIND``), as a standby of a highly available pair
         does; otherwise a VIP that is not an address of this host stops the
         start.
+    :ivar workers: how many processes ``twistd ocsbal`` relays with, each
+        taking its share of every VIP port; ``None`` (``auto``) for one per
+        core.  An embedded :class:`~ocsbal.PoolService` is one process.
+    :ivar old_workers_timeout: seconds the workers a restart replaced may
+        keep their connections before those are closed.
     :ivar monitor: how servers are health-checked.
     :ivar tls: what is done with TLS on ``sips`` ports.
     :ivar admin: where the admin interface listens; ``None`` for none.
@@ -406,6 +313,10 @@ class Pool:
         validator=attrs.validators.optional(_POOL_RULES["source"]),
     )
     freebind: bool = attrs.field(default=False, validator=_POOL_RULES["freebind"])
+    workers: int | None = attrs.field(default=None, validator=_POOL_RULES["workers"])
+    old_workers_timeout: float = attrs.field(
+        default=3600.0, converter=float, validator=_POOL_RULES["old_workers_timeout"]
+    )
     monitor: Monitor = attrs.field(
         default=Monitor(), validator=attrs.validators.instance_of(Monitor)
     )

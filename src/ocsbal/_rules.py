@@ -226,6 +226,29 @@ def _seconds_rule() -> _Rule[float]:
     )
 
 
+#: The most worker processes a pool may have: enough for 100,000 clients at
+#: under 10,000 connections a process (20,000 descriptors), with room.
+MAX_WORKERS = 64
+
+
+def _read_workers(text: str) -> int | None:
+    if text.lower() == "auto":
+        return None
+    return _WORKERS_COUNT.read(text)
+
+
+def _check_workers(value: int | None) -> None:
+    if value is not None:
+        _WORKERS_COUNT._check(value)
+
+
+_WORKERS_COUNT = _number_rule(
+    int,
+    f"must be auto or a whole number from 1 to {MAX_WORKERS}",
+    lambda n: 1 <= n <= MAX_WORKERS,
+)
+
+
 _BOOLEANS = {
     "yes": True,
     "true": True,

@@ -21,21 +21,16 @@ from typing import Any, TypeVar, cast
 import attrs
 
 from ocsbal._model import (
-    _ADMIN_RULES,
     _MONITOR_RULES,
     _POOL_RULES,
     _PROTOCOL_RULE,
     _SERVER_RULES,
-    _TLS_FILES,
-    _TLS_RULES,
     HEARTBEAT_PORTS,
     OCS_PORTS,
-    Admin,
     Monitor,
     Pool,
     Port,
     Server,
-    TLSSettings,
     relations,
 )
 from ocsbal._rules import (
@@ -51,6 +46,7 @@ from ocsbal._rules import (
     _Rule,
     _text,
 )
+from ocsbal._sections import _ADMIN_RULES, _TLS_FILES, _TLS_RULES, Admin, TLSSettings
 
 __all__ = [
     "HEARTBEAT_PORTS",
