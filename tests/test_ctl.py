@@ -24,7 +24,7 @@ from ocsbal._ctl import (
     show_pool,
     show_servers,
 )
-from ocsbal._report import connections_report, pool_report, servers_report
+from ocsbal._report import connections_report, figures, pool_report, servers_report
 from ocsbal.admin import admin_site
 
 
@@ -139,8 +139,9 @@ class ClientTests(SynchronousTestCase):
         assert str(failure.value) == "401 a valid admin token is required"
 
     def test_tables_show_the_reports(self) -> None:
-        relay = self.service.relay
-        servers = show_servers(servers_report(relay)).splitlines()
+        relay, servers_now = self.service.relay, self.service.servers
+        counted = figures(relay)
+        servers = show_servers(servers_report(servers_now, counted)).splitlines()
         assert " ".join(servers[0].split()) == (
             "NAME ADDRESS WEIGHT STATE HEALTH ACTIVE TOTAL LAST CHECK"
         )
@@ -156,7 +157,7 @@ class ClientTests(SynchronousTestCase):
             "checked",
             "yet",
         ]
-        pool = show_pool(pool_report(relay))
+        pool = show_pool(pool_report(servers_now, counted))
         assert pool.startswith("pool pool01 (pool01.example.com) on 127.0.1.10:")
         assert "5060  sip" in pool
         assert show_connections(connections_report(relay)).split() == [

@@ -76,6 +76,7 @@ def test_each_public_module_exports_exactly_its_api() -> None:
     assert ocsbal.admin.__all__ == [
         "AdminService",
         "AdminTokenError",
+        "NoWorkersError",
         "PoolControl",
         "admin_site",
     ]

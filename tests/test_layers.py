@@ -56,14 +56,16 @@ LAYERS: dict[str, set[str]] = {
     # Read-only views and the web API, never the service.
     "_report": {"_pool", "_relay", "_sweep"},
     "_metrics": {"_pool", "_relay"},
+    "_guard": {"_model"},
     "admin": {
-        *("_metrics", "_model", "_pool", "_relay", "_report", "_status_page"),
+        *("_guard", "_metrics", "_model", "_pool", "_report", "_status_page"),
         "_token",
     },
     # The composition root, and what runs it.
     "service": {
         *("_endpoints", "_idle", "_model", "_network", "_pool"),
-        *("_relay", "_sweep", "_tls", "_token", "admin", "config", "monitors"),
+        *("_relay", "_report", "_sweep", "_tls", "_token", "admin", "config"),
+        "monitors",
         "sip",  # to say at start whether it runs compiled
     },
     "tap": {"_network", "_tls", "config", "service"},

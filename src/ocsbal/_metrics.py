@@ -1,14 +1,14 @@
-"""Prometheus metrics of a pool, read from the relay at scrape time.
+"""Prometheus metrics of a pool, from its figures at scrape time.
 
 The relay keeps plain integer counters; nothing is updated per connection
-or per byte for Prometheus' sake.  A scrape walks the servers and the open
-connections once.
+or per byte for Prometheus' sake.  A scrape reads the figures of every
+process that relays (:func:`ocsbal._report.figures`), gathered for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -16,22 +16,24 @@ from prometheus_client.registry import Collector
 from ocsbal._pool import AdminState
 
 if TYPE_CHECKING:
-    from ocsbal._relay import Relay
+    from ocsbal._pool import RunningPool
 
 
 class PoolCollector(Collector):
     """Collects the metrics of one pool's servers and listeners.
 
-    :param relay: the pool's connections, and through it its servers.
+    :param servers: the pool's servers: their configuration and state.
+    :param counted: the figures of their connections
+        (:func:`ocsbal._report.figures`).
     """
 
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
+    def __init__(self, servers: RunningPool, counted: dict[str, Any]) -> None:
+        self.servers = servers
+        self.counted = counted
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric family, labelled by pool and server or port."""
-        relay = self.relay
-        pool = relay.pool.name
+        pool = self.servers.pool.name
         server = ["pool", "server"]
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "up": GaugeMetricFamily(
@@ -68,14 +70,14 @@ class PoolCollector(Collector):
             "1 for the server's admin state (ready, drain or maint).",
             labels=[*server, "state"],
         )
-        for backend in relay.servers.backends.values():
+        counted = self.counted["servers"]
+        for backend in self.servers.backends.values():
             labels = [pool, backend.name]
+            counts = counted.get(backend.name, {})
             families["up"].add_metric(labels, backend.health.up)
             families["weight"].add_metric(labels, backend.weight)
-            families["active"].add_metric(labels, backend.active)
-            families["total"].add_metric(labels, backend.total)
-            families["sent"].add_metric(labels, backend.sent)
-            families["received"].add_metric(labels, backend.received)
+            for key in ("active", "total", "sent", "received"):
+                families[key].add_metric(labels, counts.get(key, 0))
             for admin in AdminState:
                 state.add_metric([*labels, admin.value], admin is backend.state)
         yield from families.values()
@@ -83,7 +85,6 @@ class PoolCollector(Collector):
         yield from self._listeners(pool)
 
     def _listeners(self, pool: str) -> Iterator[Metric]:
-        relay = self.relay
         labels = ["pool", "port", "protocol"]
         active = GaugeMetricFamily(
             "ocsbal_listener_active_connections",
@@ -100,32 +101,38 @@ class PoolCollector(Collector):
             "Client connections closed because no server could take them.",
             labels=labels,
         )
-        open_by_port = relay.active_by_port()
-        for port in relay.pool.ports:
+        ports = self.counted["ports"]
+        for port in self.servers.pool.ports:
             values = [pool, str(port.number), port.protocol.value]
-            active.add_metric(values, open_by_port[port.number])
-            accepted.add_metric(values, relay.accepted[port.number])
-            rejected.add_metric(values, relay.rejected[port.number])
+            counts = ports.get(str(port.number), {})
+            active.add_metric(values, counts.get("active", 0))
+            accepted.add_metric(values, counts.get("accepted", 0))
+            rejected.add_metric(values, counts.get("rejected", 0))
         yield from (active, accepted, rejected)
         yield from self._sip(pool)
 
     def _sip(self, pool: str) -> Iterator[Metric]:
-        tally = self.relay.sip
+        tally = self.counted["sip"]
         for name, documentation, label, counts in [
-            ("requests", "SIP requests seen, by method.", "method", tally.requests),
-            ("responses", "SIP responses seen, by class.", "class", tally.responses),
+            ("requests", "SIP requests seen, by method.", "method", tally["requests"]),
+            (
+                "responses",
+                "SIP responses seen, by class.",
+                "class",
+                tally["responses"],
+            ),
             (
                 "keepalives",
                 "SIP keep-alives seen: client pings and server pongs.",
                 "kind",
-                tally.keepalives,
+                tally["keepalives"],
             ),
             (
                 "inspections_given_up",
                 "SIP connections no longer inspected (relayed as plain TCP), "
                 "by reason.",
                 "reason",
-                tally.gave_up,
+                tally["gave_up"],
             ),
         ]:
             family = CounterMetricFamily(
@@ -134,3 +141,38 @@ class PoolCollector(Collector):
             for value, count in sorted(counts.items()):
                 family.add_metric([pool, value], count)
             yield family
+
+
+class WorkersCollector(Collector):
+    """Collects the figures of the processes that relay a pool's connections.
+
+    :param workers: one entry per process, as ``/api/workers`` lists them.
+    """
+
+    def __init__(self, workers: list[dict[str, Any]]) -> None:
+        self.workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the connections, restarts and start time of each worker."""
+        labels = ["worker", "pid", "generation"]
+        connections = GaugeMetricFamily(
+            "ocsbal_worker_connections",
+            "Client connections the worker holds.",
+            labels=labels,
+        )
+        restarts = CounterMetricFamily(
+            "ocsbal_worker_restarts",
+            "Times this worker's place was taken by a new process after it died.",
+            labels=labels,
+        )
+        started = GaugeMetricFamily(
+            "ocsbal_worker_start_time_seconds",
+            "When the worker started, in seconds since the epoch.",
+            labels=labels,
+        )
+        for worker in self.workers:
+            values = [str(worker[k]) for k in ("worker", "pid", "generation")]
+            connections.add_metric(values, worker["connections"])
+            restarts.add_metric(values, worker["restarts"])
+            started.add_metric(values, worker["started"])
+        yield from (connections, restarts, started)

@@ -70,7 +70,11 @@ class Backend:
     :ivar health: whether it is up, from its health checks and from failed
         connections.
     :ivar state: what the operator allows.
-    :ivar active: connections to this server that are open or being opened.
+    :ivar here: connections to this server that this process has open or
+        is opening.
+    :ivar elsewhere: those the other processes of the host have, as they
+        last reported (0 with one process), so that every process ranks the
+        servers by the host's counts.
     :ivar relayed: the connections relayed to it now.
     :ivar total: connections relayed to it since it joined.
     :ivar removed: whether it has been removed from the pool; it is gone
@@ -80,7 +84,8 @@ class Backend:
     server: Server
     health: HealthState = attrs.Factory(HealthState)
     state: AdminState = AdminState.READY
-    active: int = 0
+    here: int = 0
+    elsewhere: int = 0
     relayed: set[Relayed] = attrs.Factory(set)
     total: int = 0
     removed: bool = False
@@ -92,6 +97,11 @@ class Backend:
     def name(self) -> str:
         """The server's name, from its ``[server:NAME]`` section."""
         return self.server.name
+
+    @property
+    def active(self) -> int:
+        """Connections to this server open or being opened, host-wide."""
+        return self.here + self.elsewhere
 
     @property
     def weight(self) -> int:
@@ -233,12 +243,12 @@ class RunningPool:
             b for b in self.backends.values() if b.pickable and b not in tried
         ]
         backend = cast(Backend, self.scheduler.pick(candidates))
-        backend.active += 1
+        backend.here += 1
         return backend
 
     def release(self, backend: Backend) -> None:
         """Count a connection to ``backend`` closed or never made."""
-        backend.active -= 1
+        backend.here -= 1
         self._forget_if_done(backend)
 
     def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:

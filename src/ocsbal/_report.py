@@ -1,12 +1,14 @@
 """What the admin interface reports: the pool at run time as plain data.
 
 Each function turns run-time objects into JSON-ready dictionaries, read by
-the JSON API, the status page and ``ocsbal ctl`` alike, so all three say
-the same thing in the same words.
+the JSON API, the status page, ``/metrics`` and ``ocsbal ctl`` alike, so all
+say the same thing in the same words.  What is counted per connection comes
+as :func:`figures`: one process's, or those of every worker added up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -14,12 +16,81 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from ocsbal._sweep import closing_time
 
 if TYPE_CHECKING:
-    from ocsbal._pool import Backend
+    from ocsbal._pool import Backend, RunningPool
     from ocsbal._relay import Relay, Splice
 
 
-def server_report(backend: Backend) -> dict[str, Any]:
-    """One server: configuration, state, health and load."""
+def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
+    """What this process counts of its pool, as JSON-ready data.
+
+    Per server (``servers``, and ``leaving`` for those removed that still
+    have connections), per VIP port (``ports``) and of the SIP (``sip``);
+    with ``connections``, every open connection too.  A worker process sends
+    its figures to its control process, which adds them up with
+    :func:`add_figures`; the reports below read them either way.
+    """
+    active = relay.active_by_port()
+    tally = relay.sip
+    return {
+        "servers": {b.name: _counts(b) for b in relay.servers.backends.values()},
+        "leaving": {b.name: _counts(b) for b in relay.servers.leaving},
+        "ports": {
+            str(port.number): {
+                "active": active[port.number],
+                "accepted": relay.accepted[port.number],
+                "rejected": relay.rejected[port.number],
+            }
+            for port in relay.pool.ports
+        },
+        "sip": {
+            "requests": dict(tally.requests),
+            "responses": dict(tally.responses),
+            "keepalives": dict(tally.keepalives),
+            "gave_up": dict(tally.gave_up),
+        },
+        "connections": connections_report(relay) if connections else [],
+    }
+
+
+def _counts(backend: Backend) -> dict[str, int]:
+    return {
+        "active": backend.here,
+        "total": backend.total,
+        "sent": backend.sent,
+        "received": backend.received,
+    }
+
+
+def add_figures(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several processes as those of one.
+
+    Counts are added; connections are listed together, oldest first.
+    """
+    total: dict[str, Any] = {}
+    for part in parts:
+        total = _add(total, part)
+    connections = total.get("connections", [])
+    connections.sort(key=lambda c: c["age"], reverse=True)
+    return total
+
+
+def _add(a: Any, b: Any) -> Any:
+    if isinstance(a, dict):
+        return {k: _add(a[k], b[k]) if k in a else b[k] for k in b} | {
+            k: v for k, v in a.items() if k not in b
+        }
+    return a + b
+
+
+def server_report(
+    backend: Backend, counted: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """One server: configuration, state, health and load.
+
+    :param counted: its figures (see :func:`figures`); none: it has had no
+        connection yet.
+    """
+    counts = counted or {"active": 0, "total": 0, "sent": 0, "received": 0}
     return {
         "name": backend.name,
         "address": backend.server.address,
@@ -28,26 +99,41 @@ def server_report(backend: Backend) -> dict[str, Any]:
         "removed": backend.removed,
         "health": "up" if backend.health.up else "down",
         "last_check": backend.health.last,
-        "active": backend.active,
-        "total": backend.total,
-        "bytes_to_server": backend.sent,
-        "bytes_from_server": backend.received,
+        "active": counts["active"],
+        "total": counts["total"],
+        "bytes_to_server": counts["sent"],
+        "bytes_from_server": counts["received"],
     }
 
 
-def servers_report(relay: Relay) -> list[dict[str, Any]]:
+def servers_report(
+    servers: RunningPool, counted: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Every server, in configuration order, then those being removed."""
-    servers = relay.servers
     leaving = sorted(servers.leaving, key=lambda b: b.name)
-    return [server_report(b) for b in [*servers.backends.values(), *leaving]]
+    return [
+        *(
+            server_report(b, counted["servers"].get(b.name))
+            for b in servers.backends.values()
+        ),
+        *(server_report(b, counted["leaving"].get(b.name)) for b in leaving),
+    ]
 
 
-def pool_report(relay: Relay) -> dict[str, Any]:
+def pool_report(servers: RunningPool, counted: dict[str, Any]) -> dict[str, Any]:
     """The pool's settings, its listeners and its totals."""
-    pool = relay.pool
+    pool = servers.pool
     monitor = pool.monitor
-    active = relay.active_by_port()
-    backends = relay.servers.backends.values()
+    backends = servers.backends.values()
+    ports = counted["ports"]
+    listeners = [
+        {
+            "port": port.number,
+            "protocol": port.protocol.value,
+            **ports.get(str(port.number), {"active": 0, "accepted": 0, "rejected": 0}),
+        }
+        for port in pool.ports
+    ]
     return {
         "name": pool.name,
         "fqdn": pool.fqdn,
@@ -66,23 +152,15 @@ def pool_report(relay: Relay) -> dict[str, Any]:
             "rise": monitor.rise,
             "fall": monitor.fall,
         },
-        "listeners": [
-            {
-                "port": port.number,
-                "protocol": port.protocol.value,
-                "active": active[port.number],
-                "accepted": relay.accepted[port.number],
-                "rejected": relay.rejected[port.number],
-            }
-            for port in pool.ports
-        ],
+        "listeners": listeners,
         "totals": {
-            "servers": len(relay.servers.backends),
+            "servers": len(servers.backends),
             "up": sum(b.health.up for b in backends),
             "ready": sum(b.pickable for b in backends),
-            "active": len(relay.splices),
-            "accepted": relay.accepted.total(),
-            "rejected": relay.rejected.total(),
+            **{
+                key: sum(p[key] for p in ports.values())
+                for key in ("active", "accepted", "rejected")
+            },
         },
     }
 

@@ -12,6 +12,8 @@ One :mod:`twisted.web` site, served on the ``[admin] listen`` endpoint
     PATCH  /api/servers/NAME       {"weight": N} and/or {"state": "drain"}
     DELETE /api/servers/NAME       remove it (?force=1 closes its connections)
     GET    /api/connections        open client connections
+    GET    /api/workers            the processes that relay
+    POST   /api/workers/restart    start a new generation of workers
 
 With ``token_file`` set, every request must carry the token, as
 ``Authorization: Bearer TOKEN`` or, for a browser, as the password of HTTP
@@ -29,15 +31,11 @@ cannot send across sites without asking first.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
+import inspect
 import io
-import ipaddress
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
-from urllib.parse import urlsplit
 
 import attrs
 from prometheus_client import (
@@ -48,54 +46,74 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ocsbal._metrics import PoolCollector
+from ocsbal._guard import Guard, json_answer
+from ocsbal._metrics import PoolCollector, WorkersCollector
 from ocsbal._model import Admin, ConfigError, Server
 from ocsbal._pool import AdminState, LastServerError, UnknownServerError
-from ocsbal._report import (
-    connections_report,
-    pool_report,
-    server_report,
-    servers_report,
-)
+from ocsbal._report import pool_report, server_report, servers_report
 from ocsbal._status_page import render_status_page
 from ocsbal._token import AdminTokenError, read_token
 
 if TYPE_CHECKING:
-    from ocsbal._pool import Backend
-    from ocsbal._relay import Relay
+    from ocsbal._pool import Backend, RunningPool
+
+log = Logger(namespace="ocsbal")
 
 
 class PoolControl(Protocol):
     """What the admin interface needs of a running pool.
 
-    Its connections, and through them its servers, to report; and the
-    changes an operator makes.  :class:`ocsbal.PoolService` is one.
+    Its servers and the figures of their connections, to report; and the
+    changes an operator makes, each of which may return a Deferred that
+    fires once it is in force everywhere (in every worker process).
+    :class:`ocsbal.PoolService` is one.
     """
 
     @property
-    def relay(self) -> Relay:
-        """The pool's connections, and its servers (``relay.servers``)."""
+    def servers(self) -> RunningPool:
+        """The pool's servers: configuration, state and health."""
 
-    def add_server(self, server: Server) -> None:
+    def figures(self, connections: bool = False) -> Deferred[dict[str, Any]]:
+        """What the pool's processes count (:func:`ocsbal._report.figures`)."""
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The processes that relay: ``pid``, ``started``, ``restarts``..."""
+
+    def add_server(self, server: Server) -> Deferred[None] | None:
         """Add ``server``; see :meth:`ocsbal.PoolService.add_server`."""
 
-    def remove_server(self, name: str, force: bool = False) -> None:
+    def remove_server(self, name: str, force: bool = False) -> Deferred[None] | None:
         """Remove a server; see :meth:`ocsbal.PoolService.remove_server`."""
 
-    def reweight(self, name: str, weight: int) -> None:
+    def reweight(self, name: str, weight: int) -> Deferred[None] | None:
         """Re-weight a server; see :meth:`ocsbal.PoolService.reweight`."""
 
-    def set_state(self, name: str, state: AdminState) -> None:
+    def set_state(self, name: str, state: AdminState) -> Deferred[None] | None:
         """Drain a server, or the like; see :meth:`ocsbal.PoolService.set_state`."""
 
+    def restart_workers(self) -> Deferred[None]:
+        """Start a new generation of workers; see ``docs/operations.md``."""
 
-__all__ = ["AdminService", "AdminTokenError", "PoolControl", "admin_site"]
+
+__all__ = [
+    "AdminService",
+    "AdminTokenError",
+    "NoWorkersError",
+    "PoolControl",
+    "admin_site",
+]
+
+
+class NoWorkersError(Exception):
+    """The pool runs in one process: it has no workers to restart."""
+
 
 #: The largest request body accepted; the API's bodies are a few fields.
 MAX_BODY = 64 * 1024
@@ -131,17 +149,11 @@ def _refuse(status: int, message: str) -> NoReturn:
     raise _RequestError(status, message)
 
 
-def _json(request: Request, status: int, body: object) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(body, indent=2).encode() + b"\n"
-
-
 class _NotFound(Resource):
     isLeaf = True
 
     def render(self, request: Request) -> bytes:
-        return _json(request, 404, {"error": "no such resource"})
+        return json_answer(request, 404, {"error": "no such resource"})
 
 
 class _Exact(Resource):
@@ -155,8 +167,9 @@ class _Endpoint(_Exact):
     """A resource answering JSON, by method, with JSON errors.
 
     Subclasses define ``do_GET``, ``do_POST``... returning the body to send
-    (status 200 unless they set another) or raising :class:`_RequestError`.
-    ``HEAD`` is answered as ``GET``, without the body.
+    (status 200 unless they set another), or a coroutine giving it, or
+    raising :class:`_RequestError`.  ``HEAD`` is answered as ``GET``,
+    without the body.
     """
 
     def __init__(self, control: PoolControl) -> None:
@@ -165,9 +178,15 @@ class _Endpoint(_Exact):
 
     def backend(self, name: str) -> Backend:
         """The server called ``name``; unknown, a 404."""
-        return self.control.relay.servers.backend(name)
+        return self.control.servers.backend(name)
 
-    def render(self, request: Request) -> bytes:
+    async def report(self, backend: Backend) -> dict[str, Any]:
+        """``backend``'s report, with the figures of its connections."""
+        counted = await self.control.figures()
+        kind = "leaving" if backend.removed else "servers"
+        return server_report(backend, counted[kind].get(backend.name))
+
+    def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
         if method == "HEAD":
             method = "GET"  # twisted.web drops the body
@@ -177,15 +196,38 @@ class _Endpoint(_Exact):
         if handler is None:
             allowed = sorted(n[3:] for n in dir(self) if n.startswith("do_"))
             request.setHeader(b"allow", ", ".join(allowed).encode())
-            return _json(request, 405, {"error": f"method {method} not allowed"})
-        try:
-            body = handler(request)
-            # A handler may have set its own success status, such as 201.
-            return _json(request, request.code, body)
-        except _RequestError as e:
-            return _json(request, e.status, {"error": str(e)})
-        except UnknownServerError as e:
-            return _json(request, 404, {"error": str(e)})
+            return json_answer(request, 405, {"error": f"method {method} not allowed"})
+        _answer(request, Deferred.fromCoroutine(_body_of(handler, request)))
+        return NOT_DONE_YET
+
+
+async def _body_of(handler: Callable[[Request], object], request: Request) -> bytes:
+    try:
+        body = handler(request)
+        if inspect.isawaitable(body):
+            body = await body
+        # A handler may have set its own success status, such as 201.
+        return json_answer(request, request.code, body)
+    except _RequestError as e:
+        return json_answer(request, e.status, {"error": str(e)})
+    except UnknownServerError as e:
+        return json_answer(request, 404, {"error": str(e)})
+
+
+def _answer(request: Request, body: Deferred[bytes]) -> None:
+    """Send ``body`` when it comes, unless the client has gone by then."""
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def send(data: bytes) -> None:
+        if not gone:
+            request.setHeader(b"content-length", str(len(data)).encode())
+            request.write(data)
+            request.finish()
+
+    body.addCallback(send).addErrback(
+        lambda f: log.failure("the admin request failed", f)
+    )
 
 
 #: A JSON field's Python type, and how to name it to a person.
@@ -216,13 +258,35 @@ def _body(request: Request, allowed: dict[str, tuple[type, str]]) -> dict[str, A
 
 
 class _PoolEndpoint(_Endpoint):
-    def do_GET(self, _request: Request) -> object:
-        return pool_report(self.control.relay)
+    async def do_GET(self, _request: Request) -> object:
+        return pool_report(self.control.servers, await self.control.figures())
 
 
 class _ConnectionsEndpoint(_Endpoint):
+    async def do_GET(self, _request: Request) -> object:
+        counted = await self.control.figures(connections=True)
+        return counted["connections"]
+
+
+class _WorkersEndpoint(_Endpoint):
+    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
+        if not path:
+            return self
+        if path == b"restart":
+            return _RestartEndpoint(self.control)
+        return _NotFound()
+
     def do_GET(self, _request: Request) -> object:
-        return connections_report(self.control.relay)
+        return self.control.workers()
+
+
+class _RestartEndpoint(_Endpoint):
+    async def do_POST(self, _request: Request) -> object:
+        try:
+            await self.control.restart_workers()
+        except NoWorkersError as e:
+            _refuse(409, str(e))
+        return self.control.workers()
 
 
 class _ServersEndpoint(_Endpoint):
@@ -231,24 +295,24 @@ class _ServersEndpoint(_Endpoint):
             return self
         return _ServerEndpoint(self.control, path.decode("utf-8", "replace"))
 
-    def do_GET(self, _request: Request) -> object:
-        return servers_report(self.control.relay)
+    async def do_GET(self, _request: Request) -> object:
+        return servers_report(self.control.servers, await self.control.figures())
 
-    def do_POST(self, request: Request) -> object:
+    async def do_POST(self, request: Request) -> object:
         fields = _body(request, {"name": _STRING, "address": _STRING, "weight": _WHOLE})
         missing = [key for key in ("name", "address") if key not in fields]
         if missing:
             _refuse(400, f"missing field {missing[0]!r}")
         try:
             server = Server(**fields)
-            self.control.add_server(server)
+            await _done(self.control.add_server(server))
         except ConfigError as e:
             _refuse(409, "; ".join(map(str, e.problems)))
         except ValueError as e:
             _refuse(400, str(e))
         request.setResponseCode(201)
         request.setHeader(b"location", f"/api/servers/{server.name}".encode())
-        return server_report(self.backend(server.name))
+        return await self.report(self.backend(server.name))
 
 
 class _ServerEndpoint(_Endpoint):
@@ -256,10 +320,10 @@ class _ServerEndpoint(_Endpoint):
         super().__init__(control)
         self.name = name
 
-    def do_GET(self, _request: Request) -> object:
-        return server_report(self.backend(self.name))
+    async def do_GET(self, _request: Request) -> object:
+        return await self.report(self.backend(self.name))
 
-    def do_PATCH(self, request: Request) -> object:
+    async def do_PATCH(self, request: Request) -> object:
         fields = _body(request, {"weight": _WHOLE, "state": _STRING})
         backend = self.backend(self.name)
         # Check everything before changing anything.
@@ -275,28 +339,45 @@ class _ServerEndpoint(_Endpoint):
         except ValueError as e:
             _refuse(400, str(e))
         if weight != backend.weight:
-            self.control.reweight(self.name, weight)
-        self.control.set_state(self.name, new_state)
-        return server_report(backend)
+            await _done(self.control.reweight(self.name, weight))
+        await _done(self.control.set_state(self.name, new_state))
+        return await self.report(backend)
 
-    def do_DELETE(self, request: Request) -> object:
+    async def do_DELETE(self, request: Request) -> object:
         force = request.args.get(b"force", [b"0"])[-1] in (b"1", b"yes", b"true")
         backend = self.backend(self.name)
         try:
-            self.control.remove_server(self.name, force=force)
+            await _done(self.control.remove_server(self.name, force=force))
         except LastServerError as e:
             _refuse(409, str(e))
-        return server_report(backend)
+        return await self.report(backend)
+
+
+async def _done(change: Deferred[None] | None) -> None:
+    """Wait for a change that may be in force at once (``None``) or later."""
+    if change is not None:
+        await change
 
 
 class _Metrics(_Exact):
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, control: PoolControl, collectors: tuple[Collector, ...]) -> None:
         super().__init__()
-        self.registry = registry
+        self.control = control
+        self.collectors = collectors
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> int:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return bytes(generate_latest(self.registry))
+        _answer(request, Deferred.fromCoroutine(self._text()))
+        return NOT_DONE_YET
+
+    async def _text(self) -> bytes:
+        registry = CollectorRegistry(auto_describe=True)
+        counted = await self.control.figures()
+        registry.register(PoolCollector(self.control.servers, counted))
+        registry.register(WorkersCollector(self.control.workers()))
+        for collector in self.collectors:
+            registry.register(collector)
+        return bytes(generate_latest(registry))
 
 
 class _StatusPage(_Exact):
@@ -304,123 +385,23 @@ class _StatusPage(_Exact):
         super().__init__()
         self.control = control
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> int:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        relay = self.control.relay
-        return render_status_page(pool_report(relay), servers_report(relay))
+        _answer(request, Deferred.fromCoroutine(self._page()))
+        return NOT_DONE_YET
+
+    async def _page(self) -> bytes:
+        servers, counted = self.control.servers, await self.control.figures()
+        return render_status_page(
+            pool_report(servers, counted), servers_report(servers, counted)
+        )
 
 
 class _Directory(_Exact):
     """A resource with fixed children; any other path, or its own, is a 404."""
 
     def render(self, request: Request) -> bytes:
-        return _json(request, 404, {"error": "no such resource"})
-
-
-class _Guard(Resource):
-    """Lets a request through to ``root`` only if nothing about it is refused.
-
-    First what keeps web pages out (see the module docstring), then the
-    token.
-    """
-
-    def __init__(
-        self,
-        root: Resource,
-        token: Callable[[], bytes | None],
-        admin: Callable[[], Admin],
-    ) -> None:
-        super().__init__()
-        self.root = root
-        self.token = token
-        self.admin = admin
-
-    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
-        refused = self._from_a_page(request)
-        if refused is not None:
-            return _Refused(403, refused)
-        if not self._authorized(request):
-            return _Unauthorized()
-        child: IResource = self.root.getChildWithDefault(path, request)
-        return child
-
-    def _from_a_page(self, request: Request) -> str | None:
-        """Why a browser may have sent ``request`` for a web page, if it may."""
-        host = (request.getHeader(b"host") or b"").decode("latin-1")
-        if host and not self._ours(host, request):
-            return (
-                f"Host {host} is not a name of this admin interface: use its "
-                "address or localhost, or list the name in [admin] hosts"
-            )
-        origin = request.getHeader(b"origin")
-        if origin is not None and origin.lower() != f"http://{host}".lower().encode():
-            return (
-                f"requests from the web page at {origin.decode('latin-1')} are "
-                "refused: only this interface's own pages may call it"
-            )
-        if request.method not in (b"GET", b"HEAD"):
-            kind = (request.getHeader(b"content-type") or b"").partition(b";")[0]
-            if kind.strip().lower() != b"application/json":
-                return (
-                    "a request that changes anything must be sent as "
-                    "Content-Type: application/json"
-                )
-        return None
-
-    def _ours(self, host: str, request: Request) -> bool:
-        """Whether ``host`` (a Host header) names this interface."""
-        try:
-            name = urlsplit(f"//{host}").hostname or ""
-        except ValueError:  # a port that is no number
-            return False
-        if name == "localhost" or name in self.admin().hosts:
-            return True
-        here = request.getHost()
-        if not isinstance(here, IPv4Address | IPv6Address):
-            return True  # a Unix socket, which no browser reaches
-        try:
-            return ipaddress.ip_address(name) == ipaddress.ip_address(here.host)
-        except ValueError:  # a name, not an address
-            return False
-
-    def _authorized(self, request: Request) -> bool:
-        token = self.token()
-        if token is None:
-            return True
-        scheme, _, credentials = (
-            (request.getHeader(b"authorization") or b"").strip().partition(b" ")
-        )
-        if scheme.lower() == b"basic":
-            try:
-                credentials = base64.b64decode(credentials, validate=True)
-            except binascii.Error:
-                return False
-            credentials = credentials.partition(b":")[2]
-        elif scheme.lower() != b"bearer":
-            return False
-        return hmac.compare_digest(credentials.strip(), token)
-
-
-class _Refused(Resource):
-    isLeaf = True
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__()
-        self.status = status
-        self.message = message
-
-    def render(self, request: Request) -> bytes:
-        return _json(request, self.status, {"error": self.message})
-
-
-class _Unauthorized(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> bytes:
-        request.setHeader(
-            b"www-authenticate", b'Bearer realm="ocsbal", Basic realm="ocsbal"'
-        )
-        return _json(request, 401, {"error": "a valid admin token is required"})
+        return json_answer(request, 404, {"error": "no such resource"})
 
 
 def admin_site(
@@ -438,19 +419,16 @@ def admin_site(
     :param admin: returns the ``[admin]`` settings in force (the names
         requests may give as their ``Host``); called for each request.
     """
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(PoolCollector(control.relay))
-    for collector in collectors:
-        registry.register(collector)
     root = _Directory()
     api = _Directory()
     root.putChild(b"", _StatusPage(control))
     root.putChild(b"api", api)
-    root.putChild(b"metrics", _Metrics(registry))
+    root.putChild(b"metrics", _Metrics(control, collectors))
     api.putChild(b"pool", _PoolEndpoint(control))
     api.putChild(b"servers", _ServersEndpoint(control))
     api.putChild(b"connections", _ConnectionsEndpoint(control))
-    site = Site(_Guard(root, token, admin), requestFactory=_BoundedRequest)
+    api.putChild(b"workers", _WorkersEndpoint(control))
+    site = Site(Guard(root, token, admin), requestFactory=_BoundedRequest)
     site.noisy = False
     site.displayTracebacks = False
     return site

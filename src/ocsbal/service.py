@@ -6,8 +6,10 @@ or let ``twistd ocsbal`` do so.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
@@ -15,7 +17,14 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    fail,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -23,6 +32,7 @@ from twisted.internet.interfaces import (
     IReactorSocket,
     IReactorThreads,
 )
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from ocsbal._endpoints import ReactorTCPTime
@@ -30,10 +40,11 @@ from ocsbal._idle import IdleTimeout, too_short_for_ocs
 from ocsbal._network import NetworkSetupError, check_network, listen_freebind
 from ocsbal._pool import AdminState, LastServerError, RunningPool, UnknownServerError
 from ocsbal._relay import Listener, Relay
+from ocsbal._report import figures
 from ocsbal._sweep import sweep as sweep_idle
 from ocsbal._tls import TLSSetupError
 from ocsbal._token import AdminTokenError, read_token
-from ocsbal.admin import AdminService
+from ocsbal.admin import AdminService, NoWorkersError
 from ocsbal.config import ConfigError, load
 from ocsbal.monitors import HealthChecks, monitor_for
 from ocsbal.sip import COMPILED
@@ -114,8 +125,9 @@ class PoolService(MultiService):
             reactor = cast(ReactorTCPTime, _reactor)
         self.grace_period = grace_period
         self._reactor = reactor
-        self.servers = RunningPool(pool)
+        self.servers = self._running(pool)
         self.relay = Relay(self.servers, reactor)
+        self._started = time.time()
         self._listening: dict[int, IListeningPort] = {}
         self._listeners: dict[int, Listener] = {}
         self.sweeper = self._sweeping()
@@ -129,6 +141,37 @@ class PoolService(MultiService):
     def pool(self) -> Pool:
         """The configuration in force, with the run-time changes made to it."""
         return self.servers.pool
+
+    def _running(self, pool: Pool) -> RunningPool:
+        """The pool at run time (a worker's reports to its control process)."""
+        return RunningPool(pool)
+
+    def figures(self, connections: bool = False) -> Deferred[dict[str, Any]]:
+        """What the pool's connections count: see :func:`ocsbal._report.figures`."""
+        return succeed(figures(self.relay, connections))
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The one process that relays, as ``/api/workers`` lists it."""
+        return [
+            {
+                "worker": 0,
+                "pid": os.getpid(),
+                "generation": 1,
+                "state": "running",
+                "connections": len(self.relay.splices),
+                "started": self._started,
+                "restarts": 0,
+            }
+        ]
+
+    def restart_workers(self) -> Deferred[None]:
+        """Fail: one process relays, and has no workers to restart."""
+        return fail(
+            NoWorkersError(
+                "this pool runs in one process ([pool] workers = 1, or "
+                "embedded): there are no workers to restart"
+            )
+        )
 
     def _sweeping(self) -> TimerService:
         interval = IdleTimeout(self.pool.idle_timeout).sweep_interval
@@ -145,8 +188,13 @@ class PoolService(MultiService):
             pool.monitor.interval,
             self._reactor,
         )
-        checks.setServiceParent(self)
+        if self._checks_here:
+            checks.setServiceParent(self)
         return checks
+
+    #: Whether this process runs the health checks; a worker's never start:
+    #: its control process checks and tells it.
+    _checks_here = True
 
     def privilegedStartService(self) -> None:
         """Bind every VIP port, and the admin interface's."""
@@ -158,6 +206,10 @@ class PoolService(MultiService):
         if not self._listening:
             self._bind()
         self._unless_it_fails(super().startService)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Say what the pool does, once started; warn of what it should not."""
         ports, servers = len(self._listening), len(self.pool.servers)
         log.info(
             "pool {pool} ({fqdn}) balancing {ports} port{s_ports} on {vip} over "
@@ -200,25 +252,27 @@ class PoolService(MultiService):
         listeners = {port.number: self.relay.listener(port) for port in ports}
         try:
             for number, listener in listeners.items():
-                factory = self.relay.factory_for(listener)
-                if self.pool.freebind:
-                    bound[number] = listen_freebind(
-                        cast(IReactorSocket, self._reactor),
-                        number,
-                        factory,
-                        self.pool.vip,
-                        LISTEN_BACKLOG,
-                    )
-                else:
-                    bound[number] = self._reactor.listenTCP(
-                        number, factory, LISTEN_BACKLOG, self.pool.vip
-                    )
+                bound[number] = self._bind_port(
+                    number, self.relay.factory_for(listener)
+                )
         except Exception:
             for port in bound.values():
                 port.stopListening()
             raise
         self._listening.update(bound)
         self._listeners.update(listeners)
+
+    def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:
+        """Listen on VIP port ``number`` with ``factory``."""
+        if self.pool.freebind:
+            return listen_freebind(
+                cast(IReactorSocket, self._reactor),
+                number,
+                factory,
+                self.pool.vip,
+                LISTEN_BACKLOG,
+            )
+        return self._reactor.listenTCP(number, factory, LISTEN_BACKLOG, self.pool.vip)
 
     def add_server(self, server: Server) -> None:
         """Add ``server``; it takes connections once its health checks pass.
