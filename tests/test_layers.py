@@ -68,7 +68,14 @@ LAYERS: dict[str, set[str]] = {
         "monitors",
         "sip",  # to say at start whether it runs compiled
     },
-    "tap": {"_network", "_tls", "config", "service"},
+    # The processes: a control process and its workers, which relay.
+    "_amp": set(),
+    "_worker": {"_amp", "_endpoints", "_pool", "_report", "config", "service"},
+    "_control": {
+        *("_amp", "_endpoints", "_network", "_pool", "_report", "config"),
+        "service",
+    },
+    "tap": {"_control", "_network", "_tls", "config", "service"},
     "_ctl": {"_token", "config"},
     "_cli": {"_ctl", "_idle", "_tls", "config"},
     "demo": {"_ctl", "config", "service", "sip"},

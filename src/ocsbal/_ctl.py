@@ -12,6 +12,7 @@ import functools
 import json
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -239,6 +240,34 @@ def show_connections(connections: list[dict[str, Any]]) -> str:
     return _table(rows, head)
 
 
+def show_workers(workers: list[dict[str, Any]]) -> str:
+    """The processes that relay, as a table."""
+    rows: list[list[object]] = [
+        [
+            w["worker"],
+            w["pid"],
+            w["generation"],
+            w["state"],
+            w["connections"],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["started"])),
+            w["restarts"],
+        ]
+        for w in workers
+    ]
+    head = ["WORKER", "PID", "GENERATION", "STATE", "CONNECTIONS", "STARTED"]
+    return _table(rows, [*head, "RESTARTS"])
+
+
+def _restarted(workers: list[dict[str, Any]]) -> str:
+    new = max(w["generation"] for w in workers)
+    old = [w for w in workers if w["generation"] != new]
+    held = sum(w["connections"] for w in old)
+    return (
+        f"generation {new} of the workers serves; {len(old)} old workers "
+        f"finish their {held} connections"
+    )
+
+
 def _changed(what: str) -> Callable[[dict[str, Any]], str]:
     def show(server: dict[str, Any]) -> str:
         return what.format(**server)
@@ -257,6 +286,8 @@ _COMMANDS: dict[
     "servers": (lambda _: ("GET", "/api/servers", None), show_servers),
     "pool": (lambda _: ("GET", "/api/pool", None), show_pool),
     "connections": (lambda _: ("GET", "/api/connections", None), show_connections),
+    "workers": (lambda _: ("GET", "/api/workers", None), show_workers),
+    "restart-workers": (lambda _: ("POST", "/api/workers/restart", {}), _restarted),
     "add": (
         lambda a: (
             "POST",
@@ -327,6 +358,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     command("servers", help="list the servers")
     command("pool", help="show the pool and its listeners")
     command("connections", help="list the open connections")
+    command("workers", help="list the worker processes")
+    command(
+        "restart-workers",
+        help="start new workers; the old ones finish their connections",
+    )
     add = command("add", help="add a server")
     add.add_argument("name")
     add.add_argument("address")

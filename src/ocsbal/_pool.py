@@ -10,7 +10,7 @@ when a connection ends, and reports failed connections as failed checks.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Protocol, cast
 
 import attrs
@@ -245,6 +245,20 @@ class RunningPool:
         backend = cast(Backend, self.scheduler.pick(candidates))
         backend.here += 1
         return backend
+
+    def count_elsewhere(
+        self, servers: Mapping[str, int], leaving: Mapping[str, int]
+    ) -> None:
+        """Take the other processes' connections, per server name.
+
+        ``servers`` counts those to the servers of the pool, ``leaving``
+        those to servers removed; a name not given has none.
+        """
+        for backend in self.backends.values():
+            backend.elsewhere = servers.get(backend.name, 0)
+        for backend in list(self.leaving):
+            backend.elsewhere = leaving.get(backend.name, 0)
+            self._forget_if_done(backend)
 
     def release(self, backend: Backend) -> None:
         """Count a connection to ``backend`` closed or never made."""

@@ -71,7 +71,7 @@ class PoolControl(Protocol):
     """What the admin interface needs of a running pool.
 
     Its servers and the figures of their connections, to report; and the
-    changes an operator makes, each of which may return a Deferred that
+    changes an operator makes, each of which returns a Deferred that
     fires once it is in force everywhere (in every worker process).
     :class:`ocsbal.PoolService` is one.
     """
@@ -86,16 +86,16 @@ class PoolControl(Protocol):
     def workers(self) -> list[dict[str, Any]]:
         """The processes that relay: ``pid``, ``started``, ``restarts``..."""
 
-    def add_server(self, server: Server) -> Deferred[None] | None:
+    def add_server(self, server: Server) -> Deferred[None]:
         """Add ``server``; see :meth:`ocsbal.PoolService.add_server`."""
 
-    def remove_server(self, name: str, force: bool = False) -> Deferred[None] | None:
+    def remove_server(self, name: str, force: bool = False) -> Deferred[None]:
         """Remove a server; see :meth:`ocsbal.PoolService.remove_server`."""
 
-    def reweight(self, name: str, weight: int) -> Deferred[None] | None:
+    def reweight(self, name: str, weight: int) -> Deferred[None]:
         """Re-weight a server; see :meth:`ocsbal.PoolService.reweight`."""
 
-    def set_state(self, name: str, state: AdminState) -> Deferred[None] | None:
+    def set_state(self, name: str, state: AdminState) -> Deferred[None]:
         """Drain a server, or the like; see :meth:`ocsbal.PoolService.set_state`."""
 
     def restart_workers(self) -> Deferred[None]:
@@ -305,7 +305,7 @@ class _ServersEndpoint(_Endpoint):
             _refuse(400, f"missing field {missing[0]!r}")
         try:
             server = Server(**fields)
-            await _done(self.control.add_server(server))
+            await self.control.add_server(server)
         except ConfigError as e:
             _refuse(409, "; ".join(map(str, e.problems)))
         except ValueError as e:
@@ -339,24 +339,18 @@ class _ServerEndpoint(_Endpoint):
         except ValueError as e:
             _refuse(400, str(e))
         if weight != backend.weight:
-            await _done(self.control.reweight(self.name, weight))
-        await _done(self.control.set_state(self.name, new_state))
+            await self.control.reweight(self.name, weight)
+        await self.control.set_state(self.name, new_state)
         return await self.report(backend)
 
     async def do_DELETE(self, request: Request) -> object:
         force = request.args.get(b"force", [b"0"])[-1] in (b"1", b"yes", b"true")
         backend = self.backend(self.name)
         try:
-            await _done(self.control.remove_server(self.name, force=force))
+            await self.control.remove_server(self.name, force=force)
         except LastServerError as e:
             _refuse(409, str(e))
         return await self.report(backend)
-
-
-async def _done(change: Deferred[None] | None) -> None:
-    """Wait for a change that may be in force at once (``None``) or later."""
-    if change is not None:
-        await change
 
 
 class _Metrics(_Exact):

@@ -274,16 +274,20 @@ class PoolService(MultiService):
             )
         return self._reactor.listenTCP(number, factory, LISTEN_BACKLOG, self.pool.vip)
 
-    def add_server(self, server: Server) -> None:
+    def add_server(self, server: Server) -> Deferred[None]:
         """Add ``server``; it takes connections once its health checks pass.
+
+        The change is made at once; the Deferred returned fires once it is
+        in force in every process that relays (here: already).
 
         :raises ConfigError: if the pool would break a rule with it (its name
             or address already in use, its address the VIP's); nothing
             changes then.
         """
         self._apply(attrs.evolve(self.pool, servers=(*self.pool.servers, server)))
+        return succeed(None)
 
-    def remove_server(self, name: str, force: bool = False) -> None:
+    def remove_server(self, name: str, force: bool = False) -> Deferred[None]:
         """Remove server ``name``: no new connection goes to it from now on.
 
         Its open connections run to their end, or are closed now with
@@ -302,8 +306,9 @@ class PoolService(MultiService):
         if force:
             for connection in list(backend.relayed):
                 connection.close()
+        return succeed(None)
 
-    def reweight(self, name: str, weight: int) -> None:
+    def reweight(self, name: str, weight: int) -> Deferred[None]:
         """Give server ``name`` a new weight, for new connections.
 
         :raises UnknownServerError: if there is no such server.
@@ -313,15 +318,16 @@ class PoolService(MultiService):
         servers = [server if s.name == name else s for s in self.pool.servers]
         self._apply(attrs.evolve(self.pool, servers=servers))
         log.info("server {server} weight is now {weight}", server=name, weight=weight)
+        return succeed(None)
 
-    def set_state(self, name: str, state: AdminState) -> None:
+    def set_state(self, name: str, state: AdminState) -> Deferred[None]:
         """Set what server ``name`` may do: ready, drain or maint.
 
         :raises UnknownServerError: if there is no such server.
         """
         backend = self.servers.backend(name)
         if state is backend.state:
-            return
+            return succeed(None)
         self.servers.set_state(name, state)
         log.info(
             "server {server} is now in state {state}: {meaning}",
@@ -329,6 +335,7 @@ class PoolService(MultiService):
             state=state.value,
             meaning=_STATE_MEANINGS[state],
         )
+        return succeed(None)
 
     def _apply(self, pool: Pool) -> None:
         added, removed = self.servers.reconfigure(pool)
@@ -405,6 +412,9 @@ class PoolService(MultiService):
             "nat": (old.nat.value, pool.nat.value),
             "freebind": tuple(
                 "yes" if f else "no" for f in (old.freebind, pool.freebind)
+            ),
+            "workers": tuple(
+                "auto" if w is None else str(w) for w in (old.workers, pool.workers)
             ),
         }
         for key, (before, after) in fixed.items():

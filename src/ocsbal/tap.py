@@ -9,12 +9,14 @@ sockets), so a bad file or host stops ``twistd`` with its problems listed
 from __future__ import annotations
 
 import gc
+import os
 from typing import cast
 
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorThreads
 from twisted.python import usage
 
+from ocsbal._control import ControlService
 from ocsbal._network import NetworkSetupError, check_network
 from ocsbal._tls import TLSSetupError, tls_contexts
 from ocsbal.config import ConfigError, Pool, load
@@ -59,15 +61,30 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from e
 
 
+def worker_count(pool: Pool) -> int:
+    """How many processes relay ``pool``: ``[pool] workers``, or one a core."""
+    if pool.workers is not None:
+        return pool.workers
+    return len(os.sched_getaffinity(0))
+
+
 def makeService(options: Options) -> IService:
     """Build the pool service described by the parsed options.
 
-    It reloads the configuration file on SIGHUP.  The objects loaded until
-    then are frozen out of the garbage collector's passes (:func:`gc.freeze`).
+    With more than one worker (:func:`worker_count`), a control process
+    (:class:`~ocsbal._control.ControlService`) that spawns them; with one,
+    a :class:`PoolService` that relays.  It reloads the configuration file
+    on SIGHUP.  The objects loaded until then are frozen out of the garbage
+    collector's passes (:func:`gc.freeze`).
     """
     from twisted.internet import reactor
 
-    service = PoolService(options.pool, grace_period=options["grace"])
+    workers = worker_count(options.pool)
+    service: PoolService
+    if workers > 1:
+        service = ControlService(options.pool, workers, grace_period=options["grace"])
+    else:
+        service = PoolService(options.pool, grace_period=options["grace"])
     reloader = ConfigReloader(
         options["config"], service, cast(IReactorThreads, reactor)
     )

@@ -1,0 +1,154 @@
+"""What the control process and its workers say to each other, over AMP.
+
+Each worker is spawned with one end of a Unix socket pair; Twisted's AMP
+runs over it.  The control process owns the pool (its configuration, the
+servers' admin state and health) and the VIP's sockets; a worker relays the
+connections of the sockets it was handed, and reports what it counts.
+
+Control to worker:
+
+- :class:`AdoptPort` hands over a listening socket (``SCM_RIGHTS``);
+- :class:`Configure` sets the whole pool: its configuration as the INI
+  text :func:`ocsbal.config.render` writes, and each server's admin state
+  and health; the answer says it is in force;
+- :class:`Health` says a server went up or down, as soon as it does;
+- :class:`Elsewhere` gives each server's connections in the other
+  processes, so that every worker ranks the servers by the host's counts;
+- :class:`Figures` asks for what the worker counts (``/api``, ``/metrics``);
+- :class:`Retire` tells an old worker to stop accepting and to leave once
+  its connections have closed.
+
+Worker to control: :class:`Counts` (its connections per server, on each
+change), :class:`ConnectFailed` (a server refused a connection: a failed
+check) and :class:`Log` (its log events, which the control process writes).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.protocols import amp
+
+__all__ = [
+    "JSON",
+    "AdoptPort",
+    "Configure",
+    "ConnectFailed",
+    "Counts",
+    "Elsewhere",
+    "Figures",
+    "Health",
+    "Log",
+    "Retire",
+]
+
+
+class JSON(amp.Argument):
+    """Any JSON value, however long: AMP values hold at most 65,535 bytes.
+
+    The encoded text is split over as many keys as it needs, ``name``,
+    ``name.1``, ``name.2``..., so that the connections of a worker holding
+    thousands fit in one answer.
+    """
+
+    def toBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, bytes],
+        objects: dict[str, Any],
+        proto: amp.BinaryBoxProtocol,  # noqa: ARG002
+    ) -> None:
+        """Put ``objects[name]`` into ``strings`` as JSON, in pieces."""
+        data = json.dumps(objects[name.decode()], separators=(",", ":")).encode()
+        step = amp.MAX_VALUE_LENGTH
+        pieces = [data[i : i + step] for i in range(0, len(data), step)] or [b""]
+        strings[name] = pieces[0]
+        for i, piece in enumerate(pieces[1:], 1):
+            strings[name + b".%d" % i] = piece
+
+    def fromBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, bytes],
+        objects: dict[str, Any],
+        proto: amp.BinaryBoxProtocol,  # noqa: ARG002
+    ) -> None:
+        """Read the JSON under ``name`` and its pieces into ``objects``."""
+        pieces, i = [strings[name]], 1
+        while name + b".%d" % i in strings:
+            pieces.append(strings[name + b".%d" % i])
+            i += 1
+        objects[name.decode()] = json.loads(b"".join(pieces))
+
+
+class AdoptPort(amp.Command):
+    """Take this listening socket for VIP port ``number``."""
+
+    arguments = [(b"number", amp.Integer()), (b"socket", amp.Descriptor())]
+
+
+class Configure(amp.Command):
+    """Make this the pool: its INI text and its servers' state and health.
+
+    ``servers`` maps each name to ``{"state": "ready", "up": true}``;
+    ``close`` names removed servers whose connections close now.
+    """
+
+    arguments = [(b"pool", JSON()), (b"servers", JSON()), (b"close", JSON())]
+
+
+class Health(amp.Command):
+    """Server ``server`` is up, or down, from now on."""
+
+    arguments = [(b"server", amp.Unicode()), (b"up", amp.Boolean())]
+    requiresAnswer = False
+
+
+class Elsewhere(amp.Command):
+    """The connections the other processes hold, per server.
+
+    ``counts`` is ``{"servers": {NAME: N}, "leaving": {NAME: N}}``, as
+    :class:`Counts` reports them.
+    """
+
+    arguments = [(b"counts", JSON())]
+    requiresAnswer = False
+
+
+class Figures(amp.Command):
+    """What the worker counts: :func:`ocsbal._report.figures`."""
+
+    arguments = [(b"connections", amp.Boolean())]
+    response = [(b"figures", JSON())]
+
+
+class Retire(amp.Command):
+    """Stop accepting; close what is left after ``timeout`` seconds; exit."""
+
+    arguments = [(b"timeout", amp.Float())]
+
+
+class Counts(amp.Command):
+    """The worker's connections per server, open or being opened."""
+
+    arguments = [(b"counts", JSON())]
+    requiresAnswer = False
+
+
+class ConnectFailed(amp.Command):
+    """A connection to the server at ``address`` failed: count a failed check."""
+
+    arguments = [
+        (b"server", amp.Unicode()),
+        (b"address", amp.Unicode()),
+        (b"reason", amp.Unicode()),
+    ]
+    requiresAnswer = False
+
+
+class Log(amp.Command):
+    """One of the worker's log events, as text, at its level."""
+
+    arguments = [(b"level", amp.Unicode()), (b"text", amp.Unicode())]
+    requiresAnswer = False

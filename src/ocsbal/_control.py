@@ -1,0 +1,533 @@
+"""The control process of a pool relayed by several worker processes.
+
+``[pool] workers`` above 1 makes ``twistd ocsbal`` run a
+:class:`ControlService`: a :class:`~ocsbal.PoolService` that relays nothing
+itself.  It binds every VIP port as one ``SO_REUSEPORT`` socket per worker,
+so the kernel spreads new connections evenly, before privileges drop; it
+spawns the workers (:mod:`ocsbal._worker`), hands each its sockets over AMP
+(:mod:`ocsbal._amp`) and sends each the pool.  It runs the health checks,
+the admin interface and the configuration reloads, and passes their results
+to every worker; it adds up what the workers count for the API and
+``/metrics``, and passes each worker the others' connection counts, so that
+weighted least connections ranks the servers as one process would.
+
+A worker that dies is replaced on the same sockets (connections waiting in
+its accept queue are served by the next); a restart of the workers starts
+a new generation on the same sockets and retires the old one, which stops
+accepting and leaves once its connections have closed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProcessTransport,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorThreads,
+)
+from twisted.internet.protocol import ProcessProtocol, ServerFactory
+from twisted.logger import Logger, LogLevel
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ocsbal._amp import (
+    AdoptPort,
+    Configure,
+    ConnectFailed,
+    Counts,
+    Elsewhere,
+    Figures,
+    Health,
+    Log,
+    Retire,
+)
+from ocsbal._endpoints import ReactorTCPTime, is_ipv6
+from ocsbal._network import IP_FREEBIND, IPV6_FREEBIND
+from ocsbal._pool import AdminState, Backend, RunningPool
+from ocsbal._report import add_figures, figures
+from ocsbal.config import render
+from ocsbal.service import CLOSE_TIMEOUT, LISTEN_BACKLOG, PoolService
+
+if TYPE_CHECKING:
+    from ocsbal._model import Pool, Server
+
+__all__ = ["ControlService", "SharedPort"]
+
+log = Logger(namespace="ocsbal")
+
+#: Seconds before a dead worker is replaced; longer if it died young, so
+#: that a worker that cannot start does not spin.
+RESPAWN_DELAY = 0.5
+RESPAWN_DELAY_YOUNG = 2.0
+#: A worker that dies within this many seconds of its start died young.
+YOUNG = 10.0
+
+
+@implementer(IListeningPort)
+class SharedPort:
+    """One VIP port bound as one ``SO_REUSEPORT`` socket per worker.
+
+    The control process holds the sockets for as long as the port is in
+    the configuration, so a worker replaced, or a new generation, takes
+    over the very socket (and the connections waiting on it) the one before
+    listened on.
+
+    :raises CannotListenError: if a socket cannot be bound; none stays then.
+    """
+
+    def __init__(self, vip: str, number: int, count: int, freebind: bool) -> None:
+        self.vip, self.number = vip, number
+        family = socket.AF_INET6 if is_ipv6(vip) else socket.AF_INET
+        self.sockets: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                self.sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if freebind:
+                    ipv6 = family == socket.AF_INET6
+                    sock.setsockopt(
+                        socket.IPPROTO_IPV6 if ipv6 else socket.IPPROTO_IP,
+                        IPV6_FREEBIND if ipv6 else IP_FREEBIND,
+                        1,
+                    )
+                sock.bind((vip, number))
+                sock.listen(LISTEN_BACKLOG)
+                sock.setblocking(False)
+        except OSError as e:
+            self.stopListening()
+            raise CannotListenError(vip, number, e) from None
+
+    def startListening(self) -> None:
+        """Nothing: the sockets listen from the start, for the workers."""
+
+    def stopListening(self) -> None:
+        """Close this process's sockets; a worker closes its own copies."""
+        for sock in self.sockets:
+            sock.close()
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        """The VIP and port."""
+        if is_ipv6(self.vip):
+            return IPv6Address("TCP", self.vip, self.number)
+        return IPv4Address("TCP", self.vip, self.number)
+
+
+class _CheckedPool(RunningPool):
+    """The control's servers: a change of health goes to every worker."""
+
+    def __init__(self, pool: Pool, control: ControlService) -> None:
+        super().__init__(pool)
+        self.control = control
+
+    def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:
+        was = backend.health.up
+        super().record(backend, ok, reason)
+        if backend.health.up != was:
+            self.control.tell_health(backend)
+
+
+class WorkerLink(amp.AMP):
+    """The control's side of one worker's AMP connection.
+
+    :ivar slot: which worker it is, from 0: which socket of each port it has.
+    :ivar generation: which start of the workers it belongs to.
+    :ivar stage: ``starting``, ``running`` or ``old`` (retired, finishing).
+    :ivar counts: its connections per server, as it last reported them.
+    """
+
+    def __init__(self, control: ControlService, slot: int, generation: int) -> None:
+        super().__init__()
+        self.control = control
+        self.slot, self.generation = slot, generation
+        self.stage = "starting"
+        self.pid = 0
+        self.started = time.time()
+        self.counts: dict[str, dict[str, int]] = {"servers": {}, "leaving": {}}
+        self.told: dict[str, dict[str, int]] | None = None
+        self.ports: set[int] = set()
+        self.process: IProcessTransport | None = None
+        self.ended: Deferred[None] = Deferred()
+
+    @property
+    def name(self) -> str:
+        """How the log names it."""
+        return f"worker {self.slot + 1} (pid {self.pid})"
+
+    @Counts.responder
+    def counted(self, counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+        """Take the worker's new counts."""
+        self.counts = counts
+        self.control.counts_changed()
+        return {}
+
+    @ConnectFailed.responder
+    def connect_failed(self, server: str, address: str, reason: str) -> dict[str, Any]:
+        """Count a failed connection as a failed check of the server."""
+        servers = self.control.servers
+        backend = servers.backends.get(server)
+        if backend is not None and backend.server.address == address:
+            servers.record(backend, False, reason)
+        return {}
+
+    @Log.responder
+    def logged(self, level: str, text: str) -> dict[str, Any]:
+        """Write one of the worker's log events to the log."""
+        log.emit(
+            LogLevel.levelWithName(level),
+            "worker {worker}: {text}",
+            worker=self.slot + 1,
+            text=text,
+        )
+        return {}
+
+
+class _WorkerProcess(ProcessProtocol):
+    """A worker's process: its output is logged, its end handled."""
+
+    def __init__(self, link: WorkerLink) -> None:
+        self.link = link
+        self._pending = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.errReceived(data)
+
+    def errReceived(self, data: bytes) -> None:
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        for line in lines:
+            log.warn(
+                "worker {worker}: {line}",
+                worker=self.link.slot + 1,
+                line=line.decode("utf-8", "replace"),
+            )
+
+    def processEnded(self, reason: Failure) -> None:
+        self.link.control.worker_ended(self.link, reason)
+
+
+class ControlService(PoolService):
+    """The pool's control process: binds, checks, reports; workers relay.
+
+    :param pool: the pool to balance.
+    :param workers: how many worker processes relay it.
+    :param reactor: the global reactor by default; it must spawn processes.
+    :param grace_period: seconds the workers let open connections run to
+        completion at shutdown.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        workers: int,
+        reactor: ReactorTCPTime | None = None,
+        grace_period: float = 0.0,
+    ) -> None:
+        self.count = workers
+        self._links: dict[int, WorkerLink] = {}
+        self._old: set[WorkerLink] = set()
+        self._restarts: Counter[int] = Counter()
+        self._generation = 1
+        self._recount_due = False
+        self._stopping = False
+        #: Who waits for the restart in progress, if one is.
+        self._restarting: list[Deferred[None]] | None = None
+        super().__init__(pool, reactor, grace_period)
+
+    def _running(self, pool: Pool) -> RunningPool:
+        return _CheckedPool(pool, self)
+
+    def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:  # noqa: ARG002
+        return SharedPort(self.pool.vip, number, self.count, self.pool.freebind)
+
+    def startService(self) -> None:
+        """Start the checks and the admin interface, then the workers."""
+        super().startService()
+        Deferred.fromCoroutine(self._start_all())
+        signal.signal(signal.SIGUSR2, self._usr2)
+
+    async def _start_all(self) -> None:
+        await gatherResults([self._spawn(slot) for slot in range(self.count)])
+        log.info(
+            "pool {pool} relays in {count} worker processes: pids {pids}",
+            pool=self.pool.name,
+            count=self.count,
+            pids=", ".join(str(link.pid) for link in self._links.values()),
+        )
+
+    def _usr2(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        # A signal handler may interrupt anything: hand over to the reactor.
+        cast(IReactorThreads, self._reactor).callFromThread(self._restart_logged)
+
+    def _restart_logged(self) -> None:
+        self.restart_workers().addErrback(
+            lambda f: log.failure("restarting the workers failed", f)
+        )
+
+    def _spawn(self, slot: int) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._start_worker(slot, self._generation))
+
+    async def _start_worker(self, slot: int, generation: int) -> None:
+        link = WorkerLink(self, slot, generation)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with ours, theirs:
+            process = cast(IReactorProcess, self._reactor).spawnProcess(
+                _WorkerProcess(link),
+                sys.executable,
+                [
+                    sys.executable,
+                    "-m",
+                    "ocsbal._worker",
+                    "--grace",
+                    repr(self.grace_period),
+                ],
+                env=os.environ.copy(),
+                childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno()},
+            )
+            link.process, link.pid = process, cast(int, process.pid)
+            # The reactor takes a duplicate of our end.
+            cast(IReactorSocket, self._reactor).adoptStreamConnection(
+                ours.fileno(),
+                socket.AF_UNIX,
+                cast(ServerFactory[Any], ServerFactory.forProtocol(lambda: link)),
+            )
+        if generation == self._generation:
+            self._links[slot] = link
+        else:
+            self._old.add(link)
+        await self._configure(link)
+        link.stage = "running"
+
+    async def _configure(self, link: WorkerLink, close: Iterable[str] = ()) -> None:
+        """Hand ``link`` the sockets it lacks, then the whole pool."""
+        if link.stage != "old":
+            for number, port in list(self._listening.items()):
+                if number not in link.ports:
+                    shared = cast(SharedPort, port)
+                    link.ports.add(number)
+                    await link.callRemote(
+                        AdoptPort,
+                        number=number,
+                        socket=shared.sockets[link.slot].fileno(),
+                    )
+        await link.callRemote(
+            Configure,
+            pool=render(self.pool),
+            servers={
+                name: {"state": b.state.value, "up": b.health.up}
+                for name, b in self.servers.backends.items()
+            },
+            close=list(close),
+        )
+
+    def _all(self) -> list[WorkerLink]:
+        return [*self._links.values(), *self._old]
+
+    def _tell_all(self, close: Iterable[str] = ()) -> Deferred[None]:
+        """Configure every worker; fires once all of them have applied it."""
+        close = list(close)
+        links = [link for link in self._all() if link.stage != "starting"]
+        done = [Deferred.fromCoroutine(self._configure(link, close)) for link in links]
+        return DeferredList(done, consumeErrors=True).addCallback(lambda _: None)
+
+    def add_server(self, server: Server) -> Deferred[None]:
+        """Add ``server`` in every worker; see :meth:`PoolService.add_server`."""
+        super().add_server(server)
+        return self._tell_all()
+
+    def remove_server(self, name: str, force: bool = False) -> Deferred[None]:
+        """Remove a server in every worker; see :meth:`PoolService.remove_server`."""
+        super().remove_server(name, force)
+        return self._tell_all([name] if force else [])
+
+    def reweight(self, name: str, weight: int) -> Deferred[None]:
+        """Re-weight a server in every worker; see :meth:`PoolService.reweight`."""
+        super().reweight(name, weight)
+        return self._tell_all()
+
+    def set_state(self, name: str, state: AdminState) -> Deferred[None]:
+        """Set a server's state in every worker; see :meth:`PoolService.set_state`."""
+        super().set_state(name, state)
+        return self._tell_all()
+
+    async def _reload(self, pool: Pool) -> None:
+        await super()._reload(pool)
+        await self._tell_all()
+
+    def tell_health(self, backend: Backend) -> None:
+        """Tell every worker that ``backend`` went up or down."""
+        for link in self._all():
+            if link.stage != "starting":
+                link.callRemote(Health, server=backend.name, up=backend.health.up)
+
+    def counts_changed(self) -> None:
+        """Add up the workers' counts, and pass them on, at this turn's end."""
+        if not self._recount_due:
+            self._recount_due = True
+            self._reactor.callLater(0, self._recount)
+
+    def _recount(self) -> None:
+        self._recount_due = False
+        links = self._all()
+        total = {kind: Counter[str]() for kind in ("servers", "leaving")}
+        for link in links:
+            for kind, counter in total.items():
+                counter.update(link.counts[kind])
+        self.servers.count_elsewhere(total["servers"], total["leaving"])
+        for link in links:
+            if link.stage == "starting":
+                continue
+            others = {
+                kind: dict(counter - Counter(link.counts[kind]))
+                for kind, counter in total.items()
+            }
+            if others != link.told:
+                link.told = others
+                link.callRemote(Elsewhere, counts=others)
+
+    def figures(self, connections: bool = False) -> Deferred[dict[str, Any]]:
+        """What every worker counts, added up."""
+        asked = [
+            link.callRemote(Figures, connections=connections)
+            for link in self._all()
+            if link.stage != "starting"
+        ]
+
+        def add(answers: list[tuple[bool, Any]]) -> dict[str, Any]:
+            parts = [figures(self.relay, connections)]  # every key, at 0
+            parts += [answer["figures"] for ok, answer in answers if ok]
+            return add_figures(parts)
+
+        return DeferredList(asked, consumeErrors=True).addCallback(add)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every worker process, current and old."""
+        return [
+            {
+                "worker": link.slot + 1,
+                "pid": link.pid,
+                "generation": link.generation,
+                "state": link.stage,
+                "connections": sum(sum(c.values()) for c in link.counts.values()),
+                "started": link.started,
+                "restarts": self._restarts[link.slot],
+            }
+            for link in sorted(self._all(), key=lambda k: (k.generation, k.slot))
+        ]
+
+    def restart_workers(self) -> Deferred[None]:
+        """Start a new generation of workers; retire the old one once it serves.
+
+        Fires once the new workers accept and the old ones have stopped
+        accepting; the old ones leave when their connections have closed,
+        or after ``[pool] old_workers_timeout``.
+        """
+        if self._restarting is None:
+            self._restarting = []
+            Deferred.fromCoroutine(self._restart()).addBoth(self._restarted)
+        d: Deferred[None] = Deferred()
+        self._restarting.append(d)
+        return d
+
+    def _restarted(self, result: object) -> None:
+        waiting, self._restarting = self._restarting or [], None
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+    async def _restart(self) -> None:
+        old = list(self._links.values())
+        self._generation += 1
+        log.info(
+            "starting generation {generation} of the workers",
+            generation=self._generation,
+        )
+        await gatherResults([self._spawn(slot) for slot in range(self.count)])
+        timeout = self.pool.old_workers_timeout
+        for link in old:
+            link.stage = "old"
+            self._old.add(link)
+            await link.callRemote(Retire, timeout=timeout)
+        log.info(
+            "generation {generation} of the workers serves; the {count} old "
+            "workers finish their connections (for {timeout} s at most)",
+            generation=self._generation,
+            count=len(old),
+            timeout=timeout,
+        )
+
+    def worker_ended(self, link: WorkerLink, reason: Failure) -> None:
+        """Forget a worker that has exited; replace it if it should not have."""
+        link.stage = "ended"
+        self._old.discard(link)
+        if self._links.get(link.slot) is link:
+            del self._links[link.slot]
+        link.ended.callback(None)
+        self.counts_changed()
+        why = _why(reason)
+        if self._stopping:
+            log.info("{name} has stopped: {why}", name=link.name, why=why)
+        elif link.generation != self._generation:
+            log.info("old {name} has finished: {why}", name=link.name, why=why)
+        else:
+            young = time.time() - link.started < YOUNG
+            delay = RESPAWN_DELAY_YOUNG if young else RESPAWN_DELAY
+            self._restarts[link.slot] += 1
+            log.warn(
+                "{name} died ({why}); its connections are lost; another "
+                "takes its place in {delay} s",
+                name=link.name,
+                why=why,
+                delay=delay,
+            )
+            self._reactor.callLater(delay, self._replace, link.slot)
+
+    def _replace(self, slot: int) -> None:
+        if self._stopping or slot in self._links:
+            return
+        self._spawn(slot).addErrback(
+            lambda f: log.failure("starting worker {worker} failed", f, worker=slot + 1)
+        )
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        links = self._all()
+        for link in links:
+            _signal(link, "TERM")
+        ended = DeferredList([link.ended for link in links])
+        await self._within(
+            ended.addCallback(lambda _: None), self.grace_period + CLOSE_TIMEOUT + 5
+        )
+        for link in self._all():
+            _signal(link, "KILL")
+        await super()._stop()
+
+
+def _signal(link: WorkerLink, name: str) -> None:
+    if link.process is not None:
+        with suppress(ProcessExitedAlready):
+            link.process.signalProcess(name)
+
+
+def _why(reason: Failure) -> str:
+    signal_number = getattr(reason.value, "signal", None)
+    if signal_number is not None:
+        return f"signal {signal.Signals(signal_number).name}"
+    return f"exit status {getattr(reason.value, 'exitCode', '?')}"
