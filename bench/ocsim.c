@@ -472,8 +472,9 @@ static int serve_peer(Peer *p, uint32_t events) {
             return -1;
         if (p->out.size && flush_peer(p) < 0)
             return -1;
-        if ((size_t)got < sizeof read_buffer)
-            return 0; /* drained; edge-triggered epoll says when there is more */
+        if ((size_t)got < sizeof read_buffer && !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+            return 0; /* drained: edge-triggered epoll says when there is more */
+        /* else read on: the end may have come with the data, and no edge follows it */
     }
 }
 

@@ -17,7 +17,11 @@ the other, for HAProxy and ocsbal:
   relayed connections in 20,000 files, so several bind the VIP with
   SO_REUSEPORT, which HAProxy sets by default, and the kernel spreads the
   connections over them), or ``twistd ocsbal`` on a pool of those eight
-  servers, ``5060 = sip`` (with ``[pool] workers = N`` when N > 1);
+  servers, ``5060 = sip``, with ``[pool] workers = N``: N is ``--workers``
+  if given (``workers = 1`` too), else the clients / 8,000 rounded up, and
+  the key is left out when that is 1 (ocsbal's own default then); the
+  same N is the number of HAProxy processes (one of two threads when N is
+  1, else one thread each);
 - the clients, ``bench/ocsim.c clients``, up to 12,000 a process (20,000
   files a process is the hard limit here), from 127.0.201.1-127.0.209.254,
   at most 2,000 connections an address.  Each client connects, REGISTERs
@@ -64,9 +68,11 @@ connections come from .20 onwards, one address a HAProxy process, so that
 they use no ports of 127.0.0.1), 127.0.201.0/24-127.0.209.0/24 (clients)
 and 127.0.210.0/24 (front ends), which nothing else on this machine uses;
 the run refuses to start if anything listens there.  ocsbal's ``source``
-binds before it connects, so one address gives it at most about 28,000
-server connections (the ephemeral port range): over 24,000 clients the
-pool has no ``source`` and its server connections come from 127.0.0.1.
+binds before it connects (port 0, without ``IP_BIND_ADDRESS_NO_PORT``), so
+one address gives all its workers at most about 28,000 server connections
+(the ephemeral port range here), those left in TIME_WAIT by a storm
+included: over 12,000 clients the pool has no ``source`` and its server
+connections come from 127.0.0.1.
 
 Kernel limits: ``net.core.somaxconn`` and ``net.ipv4.tcp_max_syn_backlog``
 are raised to 65535 for the run if they are lower and writable, and put
@@ -127,7 +133,7 @@ CLIENT_SOURCES = [
 ]
 OUR_BLOCKS = ("127.0.200.", *(f"127.0.{b}." for b in range(201, 211)))
 #: Over this many clients, ocsbal's pool has no ``source`` (see the docstring).
-OCSBAL_SOURCE_MAX = 24000
+OCSBAL_SOURCE_MAX = 12000
 WARMUP_CLIENTS = 200
 SYSCTL_RAISE = {"net.core.somaxconn": 65535, "net.ipv4.tcp_max_syn_backlog": 65535}
 SYSCTL_RECORD = (
@@ -263,17 +269,20 @@ class Group:
         rss = pss = 0
         cpu = 0.0
         pids = self.pids()
+        files = {}
         for pid in pids:
             with contextlib.suppress(OSError, BenchError):
                 rss += rss_kib(pid)
                 pss += pss_kib(pid)
                 cpu += cpu_seconds(pid)
+                files[pid] = len(os.listdir(f"/proc/{pid}/fd"))
         return {
             "t": time.monotonic(),
             "rss_kib": rss,
             "pss_kib": pss,
             "cpu_s": cpu,
             "processes": len(pids),
+            "open_files": files,
         }
 
 
@@ -371,8 +380,13 @@ class Clients:
         except OSError:
             return ""
 
-    def next_report(self, event: str, deadline: float) -> dict[str, Any]:
-        """The next report of kind ``event``; raise past ``deadline``."""
+    def next_report(
+        self, event: str, deadline: float, watch: Any = None
+    ) -> dict[str, Any]:
+        """The next report of kind ``event``; raise past ``deadline``.
+
+        ``watch()``, if given, is called every second or so meanwhile.
+        """
         assert self.popen.stdout is not None
         fd = self.popen.stdout.fileno()
         while True:
@@ -388,6 +402,8 @@ class Clients:
             if left <= 0:
                 raise BenchError(f"{self.name}: no {event} report in time")
             ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if watch is not None:
+                watch()
             if ready:
                 chunk = os.read(fd, 65536)
                 if not chunk:
@@ -411,14 +427,44 @@ class Clients:
 class Fleet:
     """Every client process of one balancer's run, commanded together."""
 
-    def __init__(self, members: list[Clients]) -> None:
-        self.members = members
+    def __init__(self, members: list[Clients], watch: Any = None) -> None:
+        self.members, self.watch = members, watch
 
     def command(self, line: str, event: str, timeout: float) -> list[dict[str, Any]]:
         for member in self.members:
             member.send(line)
         deadline = time.monotonic() + timeout
-        return [member.next_report(event, deadline) for member in self.members]
+        return [m.next_report(event, deadline, self.watch) for m in self.members]
+
+
+class Watchdog:
+    """Stops a run whose balancer grows past ``--max-rss`` or whose processes die.
+
+    The machine is shared: a balancer that runs away with its memory must
+    not bring the kernel's OOM killer to other people's processes.
+    """
+
+    def __init__(self, limit_mib: float, group: Group, services: list[Any]) -> None:
+        self.limit_kib, self.group, self.services = limit_mib * 1024, group, services
+        self.last = 0.0
+        self.peak_kib = 0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last < 1.0:
+            return
+        self.last = now
+        check_alive(self.services)
+        rss = 0
+        for pid in self.group.pids():
+            with contextlib.suppress(OSError, BenchError):
+                rss += rss_kib(pid)
+        self.peak_kib = max(self.peak_kib, rss)
+        if rss > self.limit_kib:
+            raise BenchError(
+                f"the balancer's processes hold {rss / 1024:.0f} MiB, over "
+                f"--max-rss {self.limit_kib / 1024:.0f} MiB: stopped"
+            )
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -437,6 +483,10 @@ class Run:
         self.procs = args.workers or math.ceil(args.clients / 8000)
         #: ``workers = N`` is written when asked for, or when N > 1.
         self.write_workers = args.workers is not None or self.procs > 1
+        source = args.ocsbal_source
+        if source == "auto":
+            source = str(BALANCER_SOURCE) if args.clients <= OCSBAL_SOURCE_MAX else ""
+        self.ocsbal_source = "" if source == "none" else source
 
     def build(self) -> None:
         source = HERE / "ocsim.c"
@@ -492,8 +542,8 @@ listen sip
             "scheduler = least-connections",
             "idle_timeout = 1800",
         ]
-        if self.args.clients <= OCSBAL_SOURCE_MAX:
-            lines.append(f"source = {BALANCER_SOURCE}")
+        if self.ocsbal_source:
+            lines.append(f"source = {self.ocsbal_source}")
         if self.write_workers:
             lines.append(f"workers = {self.procs}")
         lines += ["", "[ports]", f"{PORT} = sip", ""]
@@ -541,9 +591,7 @@ listen sip
             }
         return {
             "workers": self.procs if self.write_workers else None,
-            "source": str(BALANCER_SOURCE)
-            if self.args.clients <= OCSBAL_SOURCE_MAX
-            else None,
+            "source": self.ocsbal_source,
         }
 
     # --- clients
@@ -643,137 +691,190 @@ def window_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def measure(  # noqa: PLR0915 (one balancer's run, phase by phase)
-    run: Run,
-    supervisor: Supervisor,
-    kind: str,
-    index: int,
-    front_ends: list[Service],
-) -> dict[str, Any]:
-    """One balancer's run: warm-up, ramp, steady state, storm."""
-    args = run.args
-    result: dict[str, Any] = {"balancer": kind, "shape": run.balancer_shape(kind)}
-    left = wait_front_ends_idle(front_ends)
-    if left:
-        raise BenchError(f"the front ends still hold {left} connections")
-    balancer = run.start_balancer(supervisor, kind)
-    group, sims, servers = Group(balancer), Group([]), Group(front_ends)
-    everything = [*balancer, *front_ends]
-    print(f"[{kind}] started: {len(balancer)} process(es)", flush=True)
-    # Warm-up, from the last client addresses (one a balancer).
-    warm_source = len(CLIENT_SOURCES) - 1 - index
-    warm = run.start_clients(supervisor, f"{kind}-warmup", WARMUP_CLIENTS, warm_source)
-    warm_up = phase_summary(warm.command("connect 0 30", "connect", 45))
-    for member in warm.members:
-        supervisor.services.remove(member)  # type: ignore[arg-type]
-        member.stop()
-    time.sleep(2)
-    idle = group.sample()
-    result["warm_up"] = warm_up
-    result["idle"] = idle
-    # The clients; each balancer's from addresses of its own.
-    per_run = sum(
-        math.ceil(n / args.per_source)
-        for n in split(args.clients, math.ceil(args.clients / args.per_process))
-    )
-    fleet = run.start_clients(
-        supervisor, f"{kind}-clients", args.clients, index * per_run
-    )
-    sims.services = fleet.members
-    everything += fleet.members
-    rate = args.rate / len(fleet.members)
-    ramp_timeout = args.clients / args.rate * 2 + 60
-    print(
-        f"[{kind}] connecting {args.clients} clients at {args.rate:g}/s "
-        f"({len(fleet.members)} client processes)",
-        flush=True,
-    )
-    before = group.sample(), sims.sample(), servers.sample()
-    ramp = phase_summary(
-        fleet.command(
-            f"connect {rate:g} {ramp_timeout:g}", "connect", ramp_timeout + 30
-        )
-    )
-    after = group.sample(), sims.sample(), servers.sample()
-    ramp.update(cpu_figures(before, after))
-    result["ramp"] = ramp
-    print(
-        f"[{kind}] ramp: {ramp['registered']}/{ramp['clients']} registered in "
-        f"{ramp['seconds']:.1f} s, {ramp['failures']} failures",
-        flush=True,
-    )
-    # Steady state.
-    time.sleep(2)
-    fleet.command("stats", "stats", 30)
-    before = group.sample(), sims.sample(), servers.sample()
-    samples = []
-    end = time.monotonic() + args.steady
-    while time.monotonic() < end:
-        time.sleep(min(5.0, max(0.0, end - time.monotonic())))
-        check_alive(everything)
-        samples.append(group.sample())
-    after = group.sample(), sims.sample(), servers.sample()
-    steady = window_summary(fleet.command("stats", "stats", 30))
-    fe = front_end_stats(front_ends)
-    held = steady["registered_min"]
-    steady.update(
-        {
-            **cpu_figures(before, after),
-            "balancer": after[0],
-            "rss_kib_max": max(s["rss_kib"] for s in [*samples, after[0]]),
-            "front_ends_open": {name: s.get("open") for name, s in fe.items()},
-            "rss_kib_per_connection": (after[0]["rss_kib"] - idle["rss_kib"]) / held
-            if held
-            else None,
-            "pss_kib_per_connection": (after[0]["pss_kib"] - idle["pss_kib"]) / held
-            if held
-            else None,
+class BalancerRun:
+    """One balancer's run: warm-up, ramp, steady state, storm.
+
+    Its figures go to ``result`` as they come; whatever goes wrong is
+    recorded there as ``error`` and ends this balancer's run only.  Its
+    processes (balancer and clients) are stopped in any case.
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        supervisor: Supervisor,
+        kind: str,
+        index: int,
+        front_ends: list[Service],
+    ) -> None:
+        self.run, self.args, self.supervisor = run, run.args, supervisor
+        self.kind, self.index, self.front_ends = kind, index, front_ends
+        self.result: dict[str, Any] = {
+            "balancer": kind,
+            "shape": run.balancer_shape(kind),
         }
-    )
-    result["steady"] = steady
-    print(
-        f"[{kind}] steady {steady['seconds']:.0f} s: held {held}, lost "
-        f"{steady['lost']}, keep-alive p50 {steady['keepalive_rtt']['p50_us']:.0f} us "
-        f"p99 {steady['keepalive_rtt']['p99_us']:.0f} us",
-        flush=True,
-    )
-    if args.storm:
-        result["storm"], result["after_storm"] = storm(
-            args, fleet, (group, sims, servers), everything
+        self.balancer: list[Service] = []
+        self.fleets: list[Fleet] = []
+        self.group, self.sims = Group([]), Group([])
+        self.servers = Group(front_ends)
+        self.watchdog = Watchdog(self.args.max_rss, self.group, front_ends)
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            self.start()
+            self.warm_up()
+            fleet = self.ramp()
+            self.steady(fleet)
+            if self.args.storm:
+                self.storm(fleet)
+        except BenchError as e:
+            self.result["error"] = str(e)
+            print(f"[{self.kind}] FAILED: {e}", flush=True)
+        finally:
+            self.result["rss_kib_peak_watched"] = self.watchdog.peak_kib
+            self.result["logs"] = {s.name: s.output(1500) for s in self.balancer}
+            for fleet in self.fleets:
+                self.stop_fleet(fleet)
+            for service in self.balancer:
+                self.supervisor.stop(service)
+        return self.result
+
+    def samples(self) -> tuple[dict[str, Any], ...]:
+        return self.group.sample(), self.sims.sample(), self.servers.sample()
+
+    def stop_fleet(self, fleet: Fleet) -> None:
+        for member in fleet.members:
+            if member in self.supervisor.services:
+                self.supervisor.services.remove(member)  # type: ignore[arg-type]
+            member.stop()
+
+    def clients(self, label: str, count: int, first_source: int) -> Fleet:
+        fleet = self.run.start_clients(self.supervisor, label, count, first_source)
+        fleet.watch = self.watchdog
+        self.fleets.append(fleet)
+        return fleet
+
+    def start(self) -> None:
+        left = wait_front_ends_idle(self.front_ends)
+        if left:
+            raise BenchError(f"the front ends still hold {left} connections")
+        self.balancer = self.run.start_balancer(self.supervisor, self.kind)
+        self.group.services = self.balancer
+        self.watchdog.services = [*self.balancer, *self.front_ends]
+        print(f"[{self.kind}] started: {len(self.balancer)} process(es)", flush=True)
+
+    def warm_up(self) -> None:
+        """200 clients, from the last client addresses (one a balancer)."""
+        source = len(CLIENT_SOURCES) - 1 - self.index
+        warm = self.clients(f"{self.kind}-warmup", WARMUP_CLIENTS, source)
+        summary = phase_summary(warm.command("connect 0 30", "connect", 45))
+        self.result["warm_up"] = summary
+        self.stop_fleet(warm)
+        self.fleets.remove(warm)
+        if not summary["complete"]:
+            raise BenchError(
+                f"warm-up: {summary['registered']} of {WARMUP_CLIENTS} clients "
+                f"registered in 30 s ({summary['failures']} failures)"
+            )
+        time.sleep(2)
+        self.result["idle"] = self.group.sample()
+
+    def ramp(self) -> Fleet:
+        """Every client, at --rate; each balancer's from addresses of its own."""
+        args = self.args
+        per_run = sum(
+            math.ceil(n / args.per_source)
+            for n in split(args.clients, math.ceil(args.clients / args.per_process))
         )
-    for member in fleet.members:
-        supervisor.services.remove(member)  # type: ignore[arg-type]
-        member.stop()
-    result["logs"] = {s.name: s.output(600) for s in balancer}
-    for service in balancer:
-        supervisor.stop(service)
-    return result
+        label = f"{self.kind}-clients"
+        fleet = self.clients(label, args.clients, self.index * per_run)
+        self.sims.services = fleet.members
+        self.watchdog.services += fleet.members
+        rate = args.rate / len(fleet.members)
+        timeout = args.clients / args.rate * 2 + 60
+        print(
+            f"[{self.kind}] connecting {args.clients} clients at {args.rate:g}/s "
+            f"({len(fleet.members)} client processes)",
+            flush=True,
+        )
+        before = self.samples()
+        reports = fleet.command(
+            f"connect {rate:g} {timeout:g}", "connect", timeout + 30
+        )
+        ramp = phase_summary(reports)
+        ramp.update(cpu_figures(before, self.samples()))
+        self.result["ramp"] = ramp
+        print(
+            f"[{self.kind}] ramp: {ramp['registered']}/{ramp['clients']} registered "
+            f"in {ramp['seconds']:.1f} s, {ramp['failures']} failures",
+            flush=True,
+        )
+        if not ramp["registered"]:
+            raise BenchError("no client registered")
+        return fleet
 
+    def steady(self, fleet: Fleet) -> None:
+        time.sleep(2)
+        fleet.command("stats", "stats", 30)
+        before = self.samples()
+        samples = []
+        end = time.monotonic() + self.args.steady
+        while time.monotonic() < end:
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+            self.watchdog()
+            if len(samples) < (time.monotonic() - before[0]["t"]) / 5:
+                samples.append(self.group.sample())
+        after = self.samples()
+        steady = window_summary(fleet.command("stats", "stats", 30))
+        fe = front_end_stats(self.front_ends)
+        held = steady["registered_min"]
+        idle = self.result["idle"]
+        steady.update(
+            {
+                **cpu_figures(before, after),
+                "balancer": after[0],
+                "rss_kib_max": max(s["rss_kib"] for s in [*samples, after[0]]),
+                "front_ends_open": {name: s.get("open") for name, s in fe.items()},
+                "rss_kib_per_connection": (after[0]["rss_kib"] - idle["rss_kib"]) / held
+                if held
+                else None,
+                "pss_kib_per_connection": (after[0]["pss_kib"] - idle["pss_kib"]) / held
+                if held
+                else None,
+            }
+        )
+        self.result["steady"] = steady
+        rtt = steady["keepalive_rtt"]
+        print(
+            f"[{self.kind}] steady {steady['seconds']:.0f} s: held {held}, lost "
+            f"{steady['lost']}, keep-alive p50 {rtt['p50_us']:.0f} us "
+            f"p99 {rtt['p99_us']:.0f} us",
+            flush=True,
+        )
 
-def storm(
-    args: argparse.Namespace,
-    fleet: Fleet,
-    groups: tuple[Group, Group, Group],
-    everything: list[Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every client reconnects at once; then a short check that all stay."""
-    before = [g.sample() for g in groups]
-    summary = phase_summary(
-        fleet.command(f"storm {args.storm_timeout:g}", "storm", args.storm_timeout + 30)
-    )
-    after = [g.sample() for g in groups]
-    summary.update(cpu_figures(before, after))
-    summary["rss_kib_after"] = after[0]["rss_kib"]
-    print(
-        f"[storm] {summary['registered']}/{summary['clients']} registered again in "
-        f"{summary['seconds']:.2f} s, {summary['failures']} failures, "
-        f"{summary['retries']} retries",
-        flush=True,
-    )
-    fleet.command("stats", "stats", 30)
-    time.sleep(min(10.0, args.steady))
-    check_alive(everything)
-    return summary, window_summary(fleet.command("stats", "stats", 30))
+    def storm(self, fleet: Fleet) -> None:
+        """Every client reconnects at once; then a short check that all stay."""
+        timeout = self.args.storm_timeout
+        before = self.samples()
+        summary = phase_summary(
+            fleet.command(f"storm {timeout:g}", "storm", timeout + 30)
+        )
+        after = self.samples()
+        summary.update(cpu_figures(before, after))
+        summary["rss_kib_after"] = after[0]["rss_kib"]
+        self.result["storm"] = summary
+        print(
+            f"[{self.kind}] storm: {summary['registered']}/{summary['clients']} "
+            f"registered again in {summary['seconds']:.2f} s, "
+            f"{summary['failures']} failures, {summary['retries']} retries",
+            flush=True,
+        )
+        fleet.command("stats", "stats", 30)
+        end = time.monotonic() + min(10.0, self.args.steady)
+        while time.monotonic() < end:
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+            self.watchdog()
+        self.result["after_storm"] = window_summary(fleet.command("stats", "stats", 30))
 
 
 # ------------------------------------------------------------------- report
@@ -813,6 +914,7 @@ def table(results: list[dict[str, Any]]) -> str:
     rtt = "keepalive_rtt"
     lines = [
         row("", results, lambda r: r["balancer"]),
+        row("error", results, lambda r: r.get("error", "none")[:24]),
         row("balancer processes", results, shape),
         row("clients", results, lambda r: r["ramp"]["clients"]),
         row(
@@ -904,8 +1006,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workers",
         type=int,
-        help="ocsbal's [pool] workers and the HAProxy processes "
-        "(default: clients / 8000, rounded up; 1 writes no workers key)",
+        help="ocsbal's [pool] workers (written whenever given) and the HAProxy "
+        "processes (default: clients / 8000, rounded up; no workers key if 1)",
     )
     p.add_argument("--steady", type=float, help="seconds (default 30; 600 at 100,000)")
     p.add_argument("--keepalive", type=float, default=30, help="seconds between pings")
@@ -929,6 +1031,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="raise somaxconn and tcp_max_syn_backlog for the run",
     )
+    p.add_argument(
+        "--ocsbal-source",
+        default="auto",
+        help=f"ocsbal's [pool] source: an address, none, or auto "
+        f"({BALANCER_SOURCE} up to {OCSBAL_SOURCE_MAX:,} clients, none above)",
+    )
+    p.add_argument(
+        "--max-rss",
+        type=float,
+        default=4096,
+        help="MiB: a balancer whose processes hold more is stopped",
+    )
     p.add_argument("--output", type=Path, default=Path("/tmp/ocsbal-pool-scale"))
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
@@ -943,6 +1057,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if args.per_process > 19000:
         p.error("--per-process: at most 19,000 (20,000 files a process)")
     return args
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured, and whether src/ differs from it."""
+
+    def git(*words: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(HERE.parent), *words],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "src")
+    return {"commit": git("rev-parse", "HEAD"), "src_changed": changed.splitlines()}
 
 
 def machine() -> dict[str, Any]:
@@ -967,6 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
         raise BenchError("no haproxy: apt-get install haproxy")
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     report["machine"] = machine()
+    report["git"] = git_state()
     report["options"] = {k: str(v) for k, v in vars(args).items()}
     restore, notes = raise_sysctls(args.sysctl)
     report["sysctl"] = {name: read_sysctl(name) for name in SYSCTL_RECORD}
@@ -979,7 +1110,8 @@ def main(argv: list[str] | None = None) -> int:
         with Supervisor(work) as supervisor:
             front_ends = run.start_front_ends(supervisor)
             for index, kind in enumerate(args.balancers):
-                results.append(measure(run, supervisor, kind, index, front_ends))
+                result = BalancerRun(run, supervisor, kind, index, front_ends)()
+                results.append(result)
             report["front_ends"] = front_end_stats(front_ends)
     finally:
         restore_sysctls(restore)
@@ -994,7 +1126,10 @@ def main(argv: list[str] | None = None) -> int:
     name = f"pool_scale-{args.clients}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     (args.output / name).write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwritten: {args.output / name}")
-    return 0
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"{r['balancer']} failed: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

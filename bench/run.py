@@ -37,6 +37,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -56,6 +57,8 @@ from setups import (
     REGISTRAR,
     SIP,
     SIPS,
+    WORKERS,
+    WORKERS_ADMIN,
     Address,
     Work,
     balancer,
@@ -66,6 +69,7 @@ from supervise import (
     cpu_seconds,
     raise_fd_limit,
     stop_on_signals,
+    tree_cpu_seconds,
 )
 
 HERE = Path(__file__).parent
@@ -161,6 +165,60 @@ class Bench:
             self.supervisor.stop(balancer)
         self.results.add("idle_tls_memory", path, per)
         return f"{per:,.1f} KiB a connection"
+
+    def workers(self, path: str) -> str:  # noqa: ARG002 -- ocsbal's test only
+        """ocsbal with one worker, then two, at a fixed rate below capacity.
+
+        Records the CPU seconds (all processes) per 10,000 requests of each,
+        their ratio, and how the kernel shared the connections between the
+        two workers.
+        """
+        rate = self.latency_rate() / 2
+        cpu, shares = {}, []
+        for count in WORKERS:
+            balancer = self.work.start_workers_balancer(self.supervisor, count)
+            try:
+                with ThreadPoolExecutor(1) as pool:
+                    used = tree_cpu_seconds(balancer.pid)
+                    run = pool.submit(
+                        loads.loadgen,
+                        self.work.loadgen,
+                        WORKERS[count],
+                        self.work.dir / "http-request",
+                        self.options.seconds,
+                        rate=rate,
+                        connections=WORKERS_CONNECTIONS,
+                    )
+                    time.sleep(self.options.seconds / 2)
+                    if count > 1:
+                        shares = [w["connections"] for w in _workers_listed()]
+                    summary = run.result()
+                    cpu[count] = (
+                        (tree_cpu_seconds(balancer.pid) - used)
+                        / summary["responses"]
+                        * 10_000
+                    )
+            finally:
+                self.supervisor.stop(balancer)
+            if summary["errors"] or summary["unanswered"]:
+                raise BenchError(f"workers = {count}: {summary}")
+        ratio = cpu[2] / cpu[1]
+        even = WORKERS_CONNECTIONS / len(shares)
+        worst = max(abs(n - even) / even for n in shares)
+        self.results.extra.setdefault("workers", []).append(
+            {
+                "rate": rate,
+                "cpu_per_10k": cpu,
+                "cpu_ratio": ratio,
+                "connections_by_worker": shares,
+                "worst_share_off_even": worst,
+            }
+        )
+        return (
+            f"at {rate:,.0f} req/s: 1 worker {cpu[1]:.2f}, 2 workers {cpu[2]:.2f} "
+            f"CPU s per 10,000 (x{ratio:.2f}); connections by worker {shares} "
+            f"({worst:.0%} off even at worst)"
+        )
 
     def sip(self, path: str, conversation: str, tls: bool) -> str:
         """Play ``conversation`` over ``path``, SIP over TLS if ``tls``.
@@ -306,6 +364,13 @@ def _check_free() -> None:
                 )
 
 
+def _workers_listed() -> list[dict[str, Any]]:
+    """The workers test's ``/api/workers``."""
+    host, port = WORKERS_ADMIN
+    with urllib.request.urlopen(f"http://{host}:{port}/api/workers", timeout=10) as r:
+        return list(json.loads(r.read()))
+
+
 def _sip_metrics() -> dict[str, float]:
     """ocsbal's ``ocsbal_sip_*`` samples, from its admin interface."""
     url = f"http://{ADMIN[0]}:{ADMIN[1]}/metrics"
@@ -326,6 +391,8 @@ SIPS_PATHS = ("direct", "haproxy", "ocsbal-relay", "ocsbal")
 SIP_TOOLS = ("haproxy", "cc")
 #: Connections each SIP test keeps busy.
 SIP_CONNECTIONS = 50
+#: Connections of the workers test: enough for the kernel's spread to show.
+WORKERS_CONNECTIONS = 200
 
 
 def _sip_test(conversation: str, tls: bool) -> Test:
@@ -348,6 +415,7 @@ TESTS = [
     Test("tls_bulk", TLS, Bench.tls_bulk),
     Test("idle_memory", ("haproxy", "portforward", "ocsbal"), Bench.idle_memory),
     Test("idle_tls_memory", ("haproxy", "ocsbal"), Bench.idle_tls_memory),
+    Test("workers", ("ocsbal",), Bench.workers),
 ]
 
 

@@ -115,6 +115,10 @@ IDLE: dict[str, Address] = {
     "ocsbal": (VIP, 9080),
 }
 IDLE_BACKEND: Address = (BACKEND, 9080)
+#: The workers test: ocsbal with one worker, and with two, to nginx's HTTP;
+#: the second's admin interface, to see how the kernel shared the connections.
+WORKERS: dict[int, Address] = {1: (VIP, 9181), 2: (VIP, 9182)}
+WORKERS_ADMIN: Address = (CLIENT, 19961)
 #: The idle test over TLS, terminated by the balancer, to nginx's HTTPS.
 IDLE_TLS: dict[str, Address] = {"haproxy": (VIP, 19443), "ocsbal": (VIP, 9443)}
 IDLE_TLS_BACKEND: Address = (BACKEND, 9443)
@@ -160,6 +164,8 @@ class Work:
         self._write("pool-idle.ini", self._pool_idle())
         self._write("haproxy-idle-tls.cfg", self._haproxy_idle_tls())
         self._write("pool-idle-tls.ini", self._pool_idle_tls())
+        for count in WORKERS:
+            self._write(f"pool-workers-{count}.ini", self._pool_workers(count))
         self._build_loadgen()
 
     def _write(self, name: str, text: str) -> None:
@@ -322,6 +328,11 @@ http {{
     def _pool_idle(self) -> str:
         return _pool_ini({IDLE["ocsbal"][1]: "tcp"}, IDLE_BACKEND[1])
 
+    def _pool_workers(self, count: int) -> str:
+        ini = _pool_ini({WORKERS[count][1]: "tcp"}, HTTP["direct"][1], workers=count)
+        admin = WORKERS_ADMIN
+        return ini + f"\n[admin]\nlisten = tcp:{admin[1]}:interface={admin[0]}\n"
+
     def _pool_idle_tls(self) -> str:
         port = IDLE_TLS["ocsbal"][1]
         return _pool_ini({port: "sips"}, IDLE_TLS_BACKEND[1]) + TLS_TERMINATE
@@ -392,6 +403,14 @@ http {{
             [a for table in SIPS.values() for a in table.values()],
         )
 
+    def start_workers_balancer(self, supervisor: Supervisor, count: int) -> Service:
+        """A fresh ocsbal of ``count`` workers for the workers test."""
+        return supervisor.start(
+            f"ocsbal-workers-{count}",
+            ocsbal(self.dir / f"pool-workers-{count}.ini"),
+            [WORKERS[count]],
+        )
+
     def start_idle_balancer(
         self, supervisor: Supervisor, path: str, tls: bool = False
     ) -> Service:
@@ -452,13 +471,15 @@ def _listen(
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def _pool_ini(ports: dict[int, str], checked: int) -> str:
+def _pool_ini(ports: dict[int, str], checked: int, workers: int = 1) -> str:
+    """A pool of one server; one process (the figures per core) by default."""
     listed = "".join(f"{number} = {protocol}\n" for number, protocol in ports.items())
     return f"""[pool]
 name = bench
 fqdn = {FQDN}
 vip = {VIP}
 idle_timeout = 1800
+workers = {workers}
 
 [ports]
 {listed}

@@ -73,6 +73,31 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"process {pid} has no VmRSS")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """The CPU time of process ``pid`` and of its living children, in seconds.
+
+    A balancer with worker processes does its work in its children.
+    """
+    return sum(cpu_seconds(p) for p in [pid, *children(pid)])
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(stat[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def tree_rss_kib(pid: int) -> int:
+    """The resident set size of ``pid`` and of its living children, in KiB."""
+    return sum(rss_kib(p) for p in [pid, *children(pid)])
+
+
 def cpu_seconds(pid: int) -> float:
     """The CPU time process ``pid`` has used, user and system, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,24 @@ class ReadTests(AdminTests):
             'protocol="sip"} 1.0',
         ]:
             assert line in lines
+
+    def test_one_process_is_its_only_worker_and_cannot_restart_workers(
+        self,
+    ) -> None:
+        self.connect()
+        status, [worker] = self.call("GET", "/api/workers")
+        assert status == 200
+        assert worker["pid"] == os.getpid()
+        assert (worker["worker"], worker["state"], worker["connections"]) == (
+            1,
+            "running",
+            1,
+        )
+        status, refused = self.call("POST", "/api/workers/restart", {})
+        assert status == 409
+        assert refused["error"].startswith("this pool runs in one process")
+        status, text = self.call("GET", "/metrics")
+        assert 'ocsbal_worker_connections{generation="1",pid="' in text.decode()
 
     def test_sip_metrics_count_methods_classes_keepalives_and_give_ups(self) -> None:
         self.connect()

@@ -7,6 +7,7 @@ connections of the sockets it was handed, and reports what it counts.
 
 Control to worker:
 
+- :class:`BecomeUser` gives a worker the control process's identity;
 - :class:`AdoptPort` hands over a listening socket (``SCM_RIGHTS``);
 - :class:`Configure` sets the whole pool: its configuration as the INI
   text :func:`ocsbal.config.render` writes, and each server's admin state
@@ -82,6 +83,21 @@ class JSON(amp.Argument):
         objects[name.decode()] = json.loads(b"".join(pieces))
 
 
+class BecomeUser(amp.Command):
+    """Run as this user, group and supplementary groups from now on.
+
+    The control process's own, once ``twistd --uid`` has switched it; a
+    worker spawned as root switches too, and one spawned as the user
+    already is it.
+    """
+
+    arguments = [
+        (b"uid", amp.Integer()),
+        (b"gid", amp.Integer()),
+        (b"groups", amp.ListOf(amp.Integer())),
+    ]
+
+
 class AdoptPort(amp.Command):
     """Take this listening socket for VIP port ``number``."""
 
@@ -148,7 +164,11 @@ class ConnectFailed(amp.Command):
 
 
 class Log(amp.Command):
-    """One of the worker's log events, as text, at its level."""
+    """One of the worker's log events, as text, in its namespace, at its level."""
 
-    arguments = [(b"level", amp.Unicode()), (b"text", amp.Unicode())]
+    arguments = [
+        (b"namespace", amp.Unicode()),
+        (b"level", amp.Unicode()),
+        (b"text", amp.Unicode()),
+    ]
     requiresAnswer = False

@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from ocsbal._amp import (
     AdoptPort,
+    BecomeUser,
     Configure,
     ConnectFailed,
     Counts,
@@ -187,9 +188,9 @@ class WorkerLink(amp.AMP):
         return {}
 
     @Log.responder
-    def logged(self, level: str, text: str) -> dict[str, Any]:
-        """Write one of the worker's log events to the log."""
-        log.emit(
+    def logged(self, namespace: str, level: str, text: str) -> dict[str, Any]:
+        """Write one of the worker's log events to the log, in its namespace."""
+        Logger(namespace=namespace).emit(
             LogLevel.levelWithName(level),
             "worker {worker}: {text}",
             worker=self.slot + 1,
@@ -255,14 +256,31 @@ class ControlService(PoolService):
     def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:  # noqa: ARG002
         return SharedPort(self.pool.vip, number, self.count, self.pool.freebind)
 
+    def privilegedStartService(self) -> None:
+        """Bind every VIP port, and spawn the workers while still privileged.
+
+        ``twistd --uid`` may drop to a user who cannot run this Python (one
+        installed in root's home); a worker started now takes that user's
+        identity when :meth:`startService` tells it.
+        """
+        super().privilegedStartService()
+        for slot in range(self.count):
+            self._launch(slot)
+
     def startService(self) -> None:
         """Start the checks and the admin interface, then the workers."""
         super().startService()
-        Deferred.fromCoroutine(self._start_all())
+        for slot in range(self.count):
+            if slot not in self._links:  # embedded: not started privileged
+                self._launch(slot)
+        Deferred.fromCoroutine(self._start_all()).addErrback(
+            lambda f: log.failure("starting the workers failed", f)
+        )
         signal.signal(signal.SIGUSR2, self._usr2)
 
     async def _start_all(self) -> None:
-        await gatherResults([self._spawn(slot) for slot in range(self.count)])
+        links = list(self._links.values())
+        await gatherResults([Deferred.fromCoroutine(self._bring_up(k)) for k in links])
         log.info(
             "pool {pool} relays in {count} worker processes: pids {pids}",
             pool=self.pool.name,
@@ -280,10 +298,12 @@ class ControlService(PoolService):
         )
 
     def _spawn(self, slot: int) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._start_worker(slot, self._generation))
+        """Start a worker of the current generation in ``slot``; fires when it runs."""
+        return Deferred.fromCoroutine(self._bring_up(self._launch(slot)))
 
-    async def _start_worker(self, slot: int, generation: int) -> None:
-        link = WorkerLink(self, slot, generation)
+    def _launch(self, slot: int) -> WorkerLink:
+        """Spawn a worker of the current generation and connect to it."""
+        link = WorkerLink(self, slot, self._generation)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with ours, theirs:
             process = cast(IReactorProcess, self._reactor).spawnProcess(
@@ -306,34 +326,41 @@ class ControlService(PoolService):
                 socket.AF_UNIX,
                 cast(ServerFactory[Any], ServerFactory.forProtocol(lambda: link)),
             )
-        if generation == self._generation:
-            self._links[slot] = link
-        else:
-            self._old.add(link)
+        self._links[slot] = link
+        return link
+
+    async def _bring_up(self, link: WorkerLink) -> None:
+        """Give a new worker this process's identity, its sockets and the pool."""
+        await link.callRemote(
+            BecomeUser, uid=os.getuid(), gid=os.getgid(), groups=os.getgroups()
+        )
         await self._configure(link)
         link.stage = "running"
 
     async def _configure(self, link: WorkerLink, close: Iterable[str] = ()) -> None:
-        """Hand ``link`` the sockets it lacks, then the whole pool."""
+        """Hand ``link`` the sockets it lacks, then the whole pool.
+
+        Every message is sent before any answer is awaited, so that what
+        one call sends is never interleaved with another's: the worker
+        applies the configurations in the order they were made.
+        """
+        sent = []
         if link.stage != "old":
-            for number, port in list(self._listening.items()):
+            for number, port in self._listening.items():
                 if number not in link.ports:
-                    shared = cast(SharedPort, port)
                     link.ports.add(number)
-                    await link.callRemote(
-                        AdoptPort,
-                        number=number,
-                        socket=shared.sockets[link.slot].fileno(),
-                    )
-        await link.callRemote(
-            Configure,
-            pool=render(self.pool),
-            servers={
-                name: {"state": b.state.value, "up": b.health.up}
-                for name, b in self.servers.backends.items()
-            },
-            close=list(close),
+                    fd = cast(SharedPort, port).sockets[link.slot].fileno()
+                    sent.append(link.callRemote(AdoptPort, number=number, socket=fd))
+        servers = {
+            name: {"state": b.state.value, "up": b.health.up}
+            for name, b in self.servers.backends.items()
+        }
+        sent.append(
+            link.callRemote(
+                Configure, pool=render(self.pool), servers=servers, close=list(close)
+            )
         )
+        await gatherResults(sent, consumeErrors=True)
 
     def _all(self) -> list[WorkerLink]:
         return [*self._links.values(), *self._old]
@@ -341,9 +368,17 @@ class ControlService(PoolService):
     def _tell_all(self, close: Iterable[str] = ()) -> Deferred[None]:
         """Configure every worker; fires once all of them have applied it."""
         close = list(close)
-        links = [link for link in self._all() if link.stage != "starting"]
-        done = [Deferred.fromCoroutine(self._configure(link, close)) for link in links]
-        return DeferredList(done, consumeErrors=True).addCallback(lambda _: None)
+        done = [
+            Deferred.fromCoroutine(self._configure(link, close)).addErrback(
+                self._not_told, link
+            )
+            for link in self._all()
+        ]
+        return DeferredList(done).addCallback(lambda _: None)
+
+    def _not_told(self, failure: Failure, link: WorkerLink) -> None:
+        if link.stage != "ended":  # a worker that died is replaced, configured
+            log.failure("{name} did not apply the change", failure, name=link.name)
 
     def add_server(self, server: Server) -> Deferred[None]:
         """Add ``server`` in every worker; see :meth:`PoolService.add_server`."""
@@ -372,8 +407,7 @@ class ControlService(PoolService):
     def tell_health(self, backend: Backend) -> None:
         """Tell every worker that ``backend`` went up or down."""
         for link in self._all():
-            if link.stage != "starting":
-                link.callRemote(Health, server=backend.name, up=backend.health.up)
+            link.callRemote(Health, server=backend.name, up=backend.health.up)
 
     def counts_changed(self) -> None:
         """Add up the workers' counts, and pass them on, at this turn's end."""
@@ -454,6 +488,8 @@ class ControlService(PoolService):
 
     async def _restart(self) -> None:
         old = list(self._links.values())
+        self._old.update(old)
+        self._links = {}
         self._generation += 1
         log.info(
             "starting generation {generation} of the workers",
@@ -463,7 +499,6 @@ class ControlService(PoolService):
         timeout = self.pool.old_workers_timeout
         for link in old:
             link.stage = "old"
-            self._old.add(link)
             await link.callRemote(Retire, timeout=timeout)
         log.info(
             "generation {generation} of the workers serves; the {count} old "
@@ -508,6 +543,10 @@ class ControlService(PoolService):
 
     async def _stop(self) -> None:
         self._stopping = True
+        # New clients are refused from now on, as by one process; each
+        # worker closes its own copies of the sockets as it stops.
+        for port in self._listening.values():
+            port.stopListening()
         links = self._all()
         for link in links:
             _signal(link, "TERM")

@@ -15,14 +15,16 @@ the VIP's ports with it.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import socket
 import sys
 from collections.abc import Collection
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorSocket
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import (
@@ -39,6 +41,7 @@ from zope.interface import provider
 
 from ocsbal._amp import (
     AdoptPort,
+    BecomeUser,
     Configure,
     ConnectFailed,
     Counts,
@@ -61,6 +64,8 @@ log = Logger(namespace="ocsbal")
 
 #: The descriptor the control process gives a worker its AMP socket on.
 CONTROL_FD = 3
+#: Seconds a stopping worker may take to send what it still has to say.
+FLUSH_TIMEOUT = 5.0
 
 
 class _ReportingPool(RunningPool):
@@ -149,6 +154,7 @@ class ControlLink(amp.AMP):
         self.sockets: dict[int, int] = {}
         self._push_due = False
         self._stopping = False
+        self._gone: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         """Send every log event to the control process from now on."""
@@ -164,7 +170,12 @@ class ControlLink(amp.AMP):
     def _forward(self, event: LogEvent) -> None:
         text = eventAsText(event, includeTimestamp=False, includeSystem=False)
         if self.transport is not None and not self._link_down():
-            self.callRemote(Log, level=event["log_level"].name, text=text)
+            self.callRemote(
+                Log,
+                namespace=event.get("log_namespace", "-"),
+                level=event["log_level"].name,
+                text=text,
+            )
 
     def _link_down(self) -> bool:
         return bool(getattr(self.transport, "disconnected", False))
@@ -174,6 +185,7 @@ class ControlLink(amp.AMP):
 
         Nothing is written: the output went to the control process too.
         """
+        self._gone.callback(None)
         self._shut_down()
 
     def _shut_down(self) -> None:
@@ -186,6 +198,20 @@ class ControlLink(amp.AMP):
         self._stopping = True  # SIGTERM, too, stops the reactor
         if self.service is not None:
             await self.service.stopService()
+        # What is still to be sent (the last log lines) goes before the end.
+        if self.transport is not None and not self._link_down():
+            self.transport.loseConnection()
+            with suppress(TimeoutError):
+                await self._gone.addTimeout(FLUSH_TIMEOUT, self.reactor)
+
+    @BecomeUser.responder
+    def become_user(self, uid: int, gid: int, groups: list[int]) -> dict[str, Any]:
+        """Switch to the control process's identity, if it differs."""
+        if (os.getuid(), os.getgid()) != (uid, gid):
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+        return {}
 
     @AdoptPort.responder
     def adopt_port(self, number: int, socket: int) -> dict[str, Any]:

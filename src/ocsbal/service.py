@@ -154,7 +154,7 @@ class PoolService(MultiService):
         """The one process that relays, as ``/api/workers`` lists it."""
         return [
             {
-                "worker": 0,
+                "worker": 1,
                 "pid": os.getpid(),
                 "generation": 1,
                 "state": "running",
@@ -399,7 +399,8 @@ class PoolService(MultiService):
             await self.sweeper.disownServiceParent()
             self.sweeper = self._sweeping()
         if (old.monitor, old.heartbeat_ports) != (pool.monitor, pool.heartbeat_ports):
-            await self.health.disownServiceParent()
+            if self.health.parent is not None:  # a worker's checks never run
+                await self.health.disownServiceParent()
             self.health = self._checker()
         await DeferredList(closing)
         self._warn()

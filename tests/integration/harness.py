@@ -187,9 +187,14 @@ class Launcher:
         )
 
     def balancer(self, ini: str, *extra: str) -> Process:
-        """Run ``twistd -n ocsbal`` on ``ini``; return once its VIP accepts."""
+        """Run ``twistd -n ocsbal`` on ``ini``; return once its VIP accepts.
+
+        With several workers, once they all run: the VIP's sockets take
+        connections (into their queue) a moment before.
+        """
         config = self.write("pool.ini", ini)
         process = self.twistd(config, *extra)
+        await_workers(process, ini)
         self._await_listening(process, ini)
         return process
 
@@ -223,6 +228,21 @@ class Launcher:
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             process.kill()
+
+
+def await_workers(process: Process, ini: str) -> None:
+    """Wait until the workers of ``ini``'s pool run, if it has several."""
+    from ocsbal.config import parse
+    from ocsbal.tap import worker_count
+
+    if worker_count(parse(ini)) == 1:
+        return
+    deadline = time.monotonic() + WAIT
+    while " relays in " not in process.output:
+        if process.popen.poll() is not None:
+            pytest.fail(f"process exited early:\n{process.output}")
+        assert time.monotonic() < deadline, process.output
+        time.sleep(0.05)
 
 
 def require_root(what: str) -> None:

@@ -807,7 +807,8 @@ def test_out_of_file_descriptors_the_accept_loop_survives(launch: Launcher) -> N
     """
     demo(launch, "fe1", FE1, "fe1")
     demo(launch, "fe2", FE2, "fe2")
-    balancer = launch.balancer(faults_ini({"fe1": FE1, "fe2": FE2}))
+    # One process, the one whose descriptors run out.
+    balancer = launch.balancer(faults_ini({"fe1": FE1, "fe2": FE2}, workers=1))
     pid = limit_fds(balancer)
     wait_until(lambda: idle(pid, 1000), "the start-up probe closed")
     base = baseline_fds(pid)
@@ -867,7 +868,8 @@ def test_running_out_of_descriptors_is_not_blamed_on_the_servers(
     """
     demo(launch, "fe1", FE1, "fe1")
     demo(launch, "fe2", FE2, "fe2")
-    ini = faults_ini({"fe1": FE1, "fe2": FE2}, interval=5, rise=2, fall=2)
+    # One process, the one whose descriptors run out.
+    ini = faults_ini({"fe1": FE1, "fe2": FE2}, interval=5, rise=2, fall=2, workers=1)
     balancer = launch.balancer(ini)
     pid = balancer.popen.pid
     wait_until(lambda: idle(pid, 1000), "the start-up probe closed")

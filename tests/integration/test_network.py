@@ -85,7 +85,10 @@ def test_full_nat_servers_see_the_balancer(net: Lab, source: str | None) -> None
     """Full NAT: connections and health checks reach the servers from the
     balancer's own address (the route's, or ``[pool] source``), never from
     the client's; the relay is byte-exact both ways."""
-    extra = {} if source is None else {"source": source}
+    # One process: its round robin sends the two connections to both servers.
+    extra: dict[str, object] = {"workers": 1}
+    if source is not None:
+        extra["source"] = source
     monitor = "[monitor]\ninterval = 1\ntimeout = 1\n"
     line, servers = start_line(
         net, line_pool(monitor, scheduler="round-robin", **extra)

@@ -180,14 +180,15 @@ def tls_server(launch: Launcher, pki: PKI, address: str, name: str) -> Process:
     return process
 
 
-def tls_pool_ini(mode: str, servers: dict[str, str]) -> str:
+def tls_pool_ini(mode: str, servers: dict[str, str], workers: str = "auto") -> str:
     """A pool on the VIP's port 5061 (sips) with TLS ``mode`` and the admin API.
 
     ``servers`` maps a name to its address; server NAME's certificate is
     checked for ``NAME.example.com``.  Files are named relative to the ini.
     """
     lines = ["[pool]", "name = itest", f"fqdn = {FQDN}", f"vip = {VIP}"]
-    lines += ["scheduler = round-robin", "", "[ports]", f"{SIPS} = sips"]
+    lines += ["scheduler = round-robin", f"workers = {workers}"]
+    lines += ["", "[ports]", f"{SIPS} = sips"]
     for name, address in servers.items():
         lines += ["", f"[server:{name}]", f"address = {address}"]
         lines += [f"tls_name = {name}.example.com"]
@@ -303,7 +304,8 @@ def test_terminated_tls_is_spread_relayed_byte_exact_and_inspected(
     fe01 = tls_server(launch, pki, "127.0.51.11", "fe01.example.com")
     fe02 = tls_server(launch, pki, "127.0.51.12", "fe02.example.com")
     servers = {"fe01": "127.0.51.11", "fe02": "127.0.51.12"}
-    balancer = launch.balancer(tls_pool_ini("terminate", servers))
+    # One process, whose round robin alternates the servers exactly.
+    balancer = launch.balancer(tls_pool_ini("terminate", servers, workers="1"))
     context = pki.client_context(pki.clients_ca)
 
     answered_by: list[str] = []
