@@ -269,12 +269,13 @@ class Group:
         rss = pss = 0
         cpu = 0.0
         pids = self.pids()
-        files = {}
+        files, cpus = {}, {}
         for pid in pids:
             with contextlib.suppress(OSError, BenchError):
                 rss += rss_kib(pid)
                 pss += pss_kib(pid)
-                cpu += cpu_seconds(pid)
+                cpus[pid] = cpu_seconds(pid)
+                cpu += cpus[pid]
                 files[pid] = len(os.listdir(f"/proc/{pid}/fd"))
         return {
             "t": time.monotonic(),
@@ -283,6 +284,7 @@ class Group:
             "cpu_s": cpu,
             "processes": len(pids),
             "open_files": files,
+            "cpu_s_by_pid": cpus,
         }
 
 
@@ -295,9 +297,11 @@ def cpu_figures(before: Any, after: Any) -> dict[str, dict[str, float]]:
     """CPU of the balancer, the clients and the front ends between samples."""
     names = ("balancer", "clients", "front_ends")
     pairs = list(zip(names, before, after, strict=True))
+    b, a = before[0]["cpu_s_by_pid"], after[0]["cpu_s_by_pid"]
     return {
         "cpu_percent": {name: cpu_percent(b, a) for name, b, a in pairs},
         "cpu_seconds": {name: a["cpu_s"] - b["cpu_s"] for name, b, a in pairs},
+        "balancer_cpu_seconds_by_pid": {p: a[p] - b.get(p, 0.0) for p in a},
     }
 
 
