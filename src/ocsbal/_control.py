@@ -273,10 +273,13 @@ class ControlService(PoolService):
         for slot in range(self.count):
             if slot not in self._links:  # embedded: not started privileged
                 self._launch(slot)
-        Deferred.fromCoroutine(self._start_all()).addErrback(
-            lambda f: log.failure("starting the workers failed", f)
-        )
+        Deferred.fromCoroutine(self._start_all()).addErrback(self._not_started)
         signal.signal(signal.SIGUSR2, self._usr2)
+
+    def _not_started(self, failure: Failure) -> None:
+        # A worker that died while starting is replaced; a stop cuts it short.
+        if not self._stopping:
+            log.failure("starting the workers failed", failure)
 
     async def _start_all(self) -> None:
         links = list(self._links.values())

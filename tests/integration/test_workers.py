@@ -245,6 +245,11 @@ def test_restart_workers_under_load_drops_nothing(launch: Launcher) -> None:
     while any(w["generation"] == 1 for w in workers(address)):
         assert time.monotonic() < deadline, workers(address)
         time.sleep(0.1)
+    # SIGUSR2 does the same.
+    launch.processes[-1].popen.send_signal(signal.SIGUSR2)
+    wait_running(address, 2, generation=3)
+    with connect("127.0.104.10", 15060) as sock:
+        options(sock)
 
 
 def test_more_connections_than_one_process_may_open_are_held(
