@@ -37,8 +37,11 @@ at ``--rate`` connections a second (in all) until every one is registered;
 hold them ``--steady`` seconds (30, or 600 at 100,000 clients) while every
 process's CPU is read from ``/proc``; then the storm (unless
 ``--no-storm``): every client closes its connection at once and connects
-and registers again as fast as it can, and the time until all are
-registered again is the figure; a short check that they all stay.
+and registers again as fast as it can (each client process keeps at most
+``--inflight``, 2,000, connecting or registering at once), and the time
+until all are registered again is the figure; a short check that they all
+stay.  A balancer whose processes grow past ``--max-rss`` (4 GiB in all),
+or that exits, is stopped and its error recorded; the next one still runs.
 
 The figures, for each balancer:
 
@@ -82,11 +85,16 @@ a run (``ip_local_port_range``, ``fs.file-max``, ``tcp_max_tw_buckets``,
 
 Everything started is stopped at the end, on an error, Ctrl-C or SIGTERM
 (each in a session of its own, killed with the run too), and every wait is
-bounded.  Examples::
+bounded.  Examples (on this 2-core machine: about 1.5 minutes, 1.3 and 3.5
+minutes; the full run about 14 minutes a balancer)::
 
     .venv/bin/python bench/pool_scale.py --clients 4000 --steady 20
-    .venv/bin/python bench/pool_scale.py --clients 40000 --balancers haproxy
-    .venv/bin/python bench/pool_scale.py --clients 100000 --workers 13
+    .venv/bin/python bench/pool_scale.py --clients 40000 --balancers haproxy --rate 2000
+    .venv/bin/python bench/pool_scale.py --clients 100000 --balancers haproxy \
+        --rate 2000 --steady 120
+    # the full pool, both side by side: 13 HAProxy processes, workers = 13
+    .venv/bin/python bench/pool_scale.py --clients 100000 --rate 2000
+    .venv/bin/python bench/pool_scale.py --clients 40000 --balancers ocsbal --workers 5
 """
 
 from __future__ import annotations
