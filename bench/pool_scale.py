@@ -296,20 +296,54 @@ class Group:
         }
 
 
+#: The kernel's TCP counters (``/proc/net/netstat``) read around each phase.
+#: They count every socket of the machine, but loopback at this scale is
+#: this run's: a full accept queue (ListenOverflows), SYNs answered with a
+#: cookie, retransmitted SYNs, TIME_WAIT not kept for want of buckets.
+NETSTAT = (
+    "ListenOverflows",
+    "ListenDrops",
+    "SyncookiesSent",
+    "TCPReqQFullDoCookies",
+    "TCPReqQFullDrop",
+    "TCPSynRetrans",
+    "TCPTimeouts",
+    "TCPBacklogDrop",
+    "TCPAbortOnMemory",
+    "TCPTimeWaitOverflow",
+)
+
+
+def netstat() -> dict[str, int]:
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    found: dict[str, int] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            pairs = zip(names.split()[1:], values.split()[1:], strict=True)
+            found = {k: int(v) for k, v in pairs if k in NETSTAT}
+    return found
+
+
+def netstat_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
 def cpu_percent(before: dict[str, Any], after: dict[str, Any]) -> float:
     seconds = after["t"] - before["t"]
     return 100.0 * (after["cpu_s"] - before["cpu_s"]) / seconds if seconds > 0 else 0.0
 
 
-def cpu_figures(before: Any, after: Any) -> dict[str, dict[str, float]]:
-    """CPU of the balancer, the clients and the front ends between samples."""
+def cpu_figures(before: Any, after: Any) -> dict[str, dict[str, Any]]:
+    """CPU of the balancer, the clients and the front ends between samples,
+    and what the kernel's TCP counters counted meanwhile."""
     names = ("balancer", "clients", "front_ends")
-    pairs = list(zip(names, before, after, strict=True))
+    pairs = list(zip(names, before[:3], after[:3], strict=True))
     b, a = before[0]["cpu_s_by_pid"], after[0]["cpu_s_by_pid"]
     return {
         "cpu_percent": {name: cpu_percent(b, a) for name, b, a in pairs},
         "cpu_seconds": {name: a["cpu_s"] - b["cpu_s"] for name, b, a in pairs},
         "balancer_cpu_seconds_by_pid": {p: a[p] - b.get(p, 0.0) for p in a},
+        "netstat": netstat_delta(before[3]["netstat"], after[3]["netstat"]),
     }
 
 
@@ -752,7 +786,13 @@ class BalancerRun:
         return self.result
 
     def samples(self) -> tuple[dict[str, Any], ...]:
-        return self.group.sample(), self.sims.sample(), self.servers.sample()
+        """The balancer's, the clients' and the front ends'; the kernel's counters."""
+        return (
+            self.group.sample(),
+            self.sims.sample(),
+            self.servers.sample(),
+            {"netstat": netstat()},
+        )
 
     def stop_fleet(self, fleet: Fleet) -> None:
         for member in fleet.members:
@@ -988,6 +1028,22 @@ def table(results: list[dict[str, Any]]) -> str:
             ),
         ),
         row("storm: failures / retries", results, lambda r: _fr(r["storm"])),
+        row(
+            "storm: listen overflows / SYN retransmits",
+            results,
+            lambda r: (
+                f"{r['storm']['netstat']['ListenOverflows']} / "
+                f"{r['storm']['netstat']['TCPSynRetrans']}"
+            ),
+        ),
+        row(
+            "storm: REGISTER answered p50 / p99, ms",
+            results,
+            lambda r: (
+                f"{r['storm']['register_rtt']['p50_us'] / 1000:.0f} / "
+                f"{r['storm']['register_rtt']['p99_us'] / 1000:.0f}"
+            ),
+        ),
         row("storm: balancer CPU, % of a core (CPU s)", results, cpu("storm")),
         row("storm: clients / front ends CPU, %", results, sims("storm")),
         row(
