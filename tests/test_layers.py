@@ -70,10 +70,13 @@ LAYERS: dict[str, set[str]] = {
     },
     # The processes: a control process and its workers, which relay.
     "_amp": set(),
-    "_worker": {"_amp", "_endpoints", "_pool", "_report", "config", "service"},
-    "_control": {
-        *("_amp", "_endpoints", "_network", "_pool", "_report", "config"),
+    "_worker": {
+        *("_amp", "_endpoints", "_model", "_pool", "_report", "config"),
         "service",
+    },
+    "_control": {
+        *("_amp", "_endpoints", "_model", "_network", "_pool", "_report"),
+        *("config", "service"),
     },
     "tap": {"_control", "_network", "_tls", "config", "service"},
     "_ctl": {"_token", "config"},

@@ -29,9 +29,8 @@ from collections.abc import Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
-from twisted.internet.error import CannotListenError, ProcessExitedAlready
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import (
     IListeningPort,
     IProcessTransport,
@@ -43,7 +42,6 @@ from twisted.internet.protocol import ProcessProtocol, ServerFactory
 from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from ocsbal._amp import (
     AdoptPort,
@@ -57,8 +55,8 @@ from ocsbal._amp import (
     Log,
     Retire,
 )
-from ocsbal._endpoints import ReactorTCPTime, is_ipv6
-from ocsbal._network import IP_FREEBIND, IPV6_FREEBIND
+from ocsbal._endpoints import ReactorTCPTime
+from ocsbal._network import SharedPort
 from ocsbal._pool import AdminState, Backend, RunningPool
 from ocsbal._report import add_figures, figures
 from ocsbal.config import render
@@ -67,7 +65,7 @@ from ocsbal.service import CLOSE_TIMEOUT, LISTEN_BACKLOG, PoolService
 if TYPE_CHECKING:
     from ocsbal._model import Pool, Server
 
-__all__ = ["ControlService", "SharedPort"]
+__all__ = ["ControlService"]
 
 log = Logger(namespace="ocsbal")
 
@@ -77,57 +75,6 @@ RESPAWN_DELAY = 0.5
 RESPAWN_DELAY_YOUNG = 2.0
 #: A worker that dies within this many seconds of its start died young.
 YOUNG = 10.0
-
-
-@implementer(IListeningPort)
-class SharedPort:
-    """One VIP port bound as one ``SO_REUSEPORT`` socket per worker.
-
-    The control process holds the sockets for as long as the port is in
-    the configuration, so a worker replaced, or a new generation, takes
-    over the very socket (and the connections waiting on it) the one before
-    listened on.
-
-    :raises CannotListenError: if a socket cannot be bound; none stays then.
-    """
-
-    def __init__(self, vip: str, number: int, count: int, freebind: bool) -> None:
-        self.vip, self.number = vip, number
-        family = socket.AF_INET6 if is_ipv6(vip) else socket.AF_INET
-        self.sockets: list[socket.socket] = []
-        try:
-            for _ in range(count):
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                self.sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if freebind:
-                    ipv6 = family == socket.AF_INET6
-                    sock.setsockopt(
-                        socket.IPPROTO_IPV6 if ipv6 else socket.IPPROTO_IP,
-                        IPV6_FREEBIND if ipv6 else IP_FREEBIND,
-                        1,
-                    )
-                sock.bind((vip, number))
-                sock.listen(LISTEN_BACKLOG)
-                sock.setblocking(False)
-        except OSError as e:
-            self.stopListening()
-            raise CannotListenError(vip, number, e) from None
-
-    def startListening(self) -> None:
-        """Nothing: the sockets listen from the start, for the workers."""
-
-    def stopListening(self) -> None:
-        """Close this process's sockets; a worker closes its own copies."""
-        for sock in self.sockets:
-            sock.close()
-
-    def getHost(self) -> IPv4Address | IPv6Address:
-        """The VIP and port."""
-        if is_ipv6(self.vip):
-            return IPv6Address("TCP", self.vip, self.number)
-        return IPv4Address("TCP", self.vip, self.number)
 
 
 class _CheckedPool(RunningPool):
@@ -254,7 +201,9 @@ class ControlService(PoolService):
         return _CheckedPool(pool, self)
 
     def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:  # noqa: ARG002
-        return SharedPort(self.pool.vip, number, self.count, self.pool.freebind)
+        return SharedPort(
+            self.pool.vip, number, self.count, self.pool.freebind, LISTEN_BACKLOG
+        )
 
     def privilegedStartService(self) -> None:
         """Bind every VIP port, and spawn the workers while still privileged.

@@ -2,6 +2,9 @@
 
 - The listeners bind the VIP, which must be an address of this host, unless
   ``freebind`` lets a standby bind it before it holds it (``IP_FREEBIND``).
+- With several workers, each VIP port is one ``SO_REUSEPORT`` socket per
+  worker (:class:`SharedPort`), which the control process binds and hands
+  over.
 - With half-NAT each server connection binds the client's own address
   before connecting, which only a socket with ``IP_TRANSPARENT`` may do
   (Linux, ``CAP_NET_ADMIN``).  The servers' replies to that address reach
@@ -18,9 +21,11 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.posixbase import PosixReactorBase
+from zope.interface import implementer
 
 from ocsbal._endpoints import ReactorTCPTime, is_ipv6
 from ocsbal._model import NatMode
@@ -121,6 +126,54 @@ def listen_freebind(
             return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
     except OSError as e:
         raise CannotListenError(interface, port, e) from None
+
+
+@implementer(IListeningPort)
+class SharedPort:
+    """One VIP port bound as one ``SO_REUSEPORT`` socket per worker.
+
+    The control process holds the sockets for as long as the port is in
+    the configuration, so a worker replaced, or a new generation, takes
+    over the very socket (and the connections waiting on it) the one before
+    listened on.
+
+    :raises CannotListenError: if a socket cannot be bound; none stays then.
+    """
+
+    def __init__(
+        self, vip: str, number: int, count: int, freebind: bool, backlog: int
+    ) -> None:
+        self.vip, self.number = vip, number
+        family = socket.AF_INET6 if is_ipv6(vip) else socket.AF_INET
+        self.sockets: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                self.sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if freebind:
+                    _set(sock, IP_FREEBIND, IPV6_FREEBIND)
+                sock.bind((vip, number))
+                sock.listen(backlog)
+                sock.setblocking(False)
+        except OSError as e:
+            self.stopListening()
+            raise CannotListenError(vip, number, e) from None
+
+    def startListening(self) -> None:
+        """Nothing: the sockets listen from the start, for the workers."""
+
+    def stopListening(self) -> None:
+        """Close this process's sockets; a worker closes its own copies."""
+        for sock in self.sockets:
+            sock.close()
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        """The VIP and port."""
+        if is_ipv6(self.vip):
+            return IPv6Address("TCP", self.vip, self.number)
+        return IPv4Address("TCP", self.vip, self.number)
 
 
 class _TransparentClient(tcp.Client):

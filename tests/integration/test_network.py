@@ -144,7 +144,8 @@ def test_half_nat_servers_see_the_client(net: Lab) -> None:
 def test_hairpin_a_server_is_balanced_through_its_own_vip(net: Lab) -> None:
     """Full NAT: a server connecting to the VIP (as the servers of internal
     pools do) is balanced to every server, itself included, and answered."""
-    line, servers = start_line(net, line_pool(scheduler="round-robin"))
+    # One process, whose round robin sends two connections to both servers.
+    line, servers = start_line(net, line_pool(scheduler="round-robin", workers=1))
     own = Line.SERVERS[0]
     answered = []
     for _ in Line.SERVERS:
