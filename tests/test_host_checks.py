@@ -6,7 +6,15 @@ import socket
 
 import pytest
 
-from ocsbal._network import NetworkSetupError, check_transparent, check_vip
+from ocsbal._network import (
+    IP_BIND_ADDRESS_NO_PORT,
+    IP_TRANSPARENT,
+    NetworkSetupError,
+    _SourcedClient,
+    _TransparentClient,
+    check_transparent,
+    check_vip,
+)
 
 
 def test_half_nat_without_the_capability_says_what_is_missing(
@@ -28,3 +36,20 @@ def test_a_vip_on_this_host_passes_and_one_elsewhere_is_named() -> None:
 
 def test_freebind_binds_an_address_this_host_does_not_hold() -> None:
     check_vip("192.0.2.7", freebind=True)
+
+
+@pytest.mark.parametrize(("transparent", "options"), [(False, 1), (True, 2)])
+def test_a_sourced_server_socket_takes_its_port_when_it_connects(
+    transparent: bool, options: int
+) -> None:
+    """``IP_BIND_ADDRESS_NO_PORT``: a source address is not limited to one
+    connection per port over all servers, but per server."""
+    client_type = _TransparentClient if transparent else _SourcedClient
+    client = client_type.__new__(client_type)  # the socket only, no connection
+    client.addressFamily, client.socketType = socket.AF_INET, socket.SOCK_STREAM
+    with client.createInternetSocket() as sock:
+        set_here = [
+            sock.getsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT),
+            sock.getsockopt(socket.IPPROTO_IP, IP_TRANSPARENT),
+        ]
+    assert sum(set_here) == options

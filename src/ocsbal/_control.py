@@ -75,6 +75,8 @@ RESPAWN_DELAY = 0.5
 RESPAWN_DELAY_YOUNG = 2.0
 #: A worker that dies within this many seconds of its start died young.
 YOUNG = 10.0
+#: The longest line of a worker's output kept whole; longer ones are cut.
+MAX_OUTPUT_LINE = 64 * 1024
 
 
 class _CheckedPool(RunningPool):
@@ -158,6 +160,9 @@ class _WorkerProcess(ProcessProtocol):
 
     def errReceived(self, data: bytes) -> None:
         *lines, self._pending = (self._pending + data).split(b"\n")
+        if len(self._pending) > MAX_OUTPUT_LINE:  # bounded, newline or not
+            lines.append(self._pending)
+            self._pending = b""
         for line in lines:
             log.warn(
                 "worker {worker}: {line}",
@@ -195,6 +200,7 @@ class ControlService(PoolService):
         self._stopping = False
         #: Who waits for the restart in progress, if one is.
         self._restarting: list[Deferred[None]] | None = None
+        self._previous_usr2: Any = signal.SIG_DFL
         super().__init__(pool, reactor, grace_period)
 
     def _running(self, pool: Pool) -> RunningPool:
@@ -223,7 +229,7 @@ class ControlService(PoolService):
             if slot not in self._links:  # embedded: not started privileged
                 self._launch(slot)
         Deferred.fromCoroutine(self._start_all()).addErrback(self._not_started)
-        signal.signal(signal.SIGUSR2, self._usr2)
+        self._previous_usr2 = signal.signal(signal.SIGUSR2, self._usr2)
 
     def _not_started(self, failure: Failure) -> None:
         # A worker that died while starting is replaced; a stop cuts it short.
@@ -495,6 +501,7 @@ class ControlService(PoolService):
 
     async def _stop(self) -> None:
         self._stopping = True
+        signal.signal(signal.SIGUSR2, self._previous_usr2)
         # New clients are refused from now on, as by one process; each
         # worker closes its own copies of the sockets as it stops.
         for port in self._listening.values():

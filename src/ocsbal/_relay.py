@@ -30,16 +30,20 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionDone,
+    ConnectionLost,
+)
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory, ServerFactory
+from twisted.internet.protocol import ClientFactory, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from ocsbal._endpoints import ReactorTCPTime, failed_here, server_endpoint, url_host
+from ocsbal._endpoints import OneConnection, ReactorTCPTime, failed_here, url_host
 from ocsbal._logs import LimitedLog
 from ocsbal._model import NatMode, PortProtocol
-from ocsbal._network import TransparentTCP
+from ocsbal._network import SourcedTCP
 from ocsbal._sides import ClientSide, Held, ServerSide, Side, unsent_bytes
 from ocsbal._tls import tls_contexts, tls_reason
 from ocsbal.scheduling import NoServerAvailable
@@ -409,22 +413,6 @@ class _UnreachedError(Exception):
         self.final = final
 
 
-class _Connector(Factory):
-    """Connects one server side; quiet, unlike ``connectProtocol``'s factory.
-
-    A noisy factory logs its start and stop: two lines for every relayed
-    connection.
-    """
-
-    noisy = False
-
-    def __init__(self, side: Side) -> None:
-        self.side = side
-
-    def buildProtocol(self, addr: IAddress | None) -> Side:  # noqa: ARG002
-        return self.side
-
-
 class Listener(ServerFactory):
     """Accepts client connections on one VIP port.
 
@@ -477,7 +465,8 @@ class Relay:
         self.splices: set[Splice] = set()
         self.flushing: set[Splice] = set()
         self.draining: set[Splice] = set()
-        self._transparent = cast(ReactorTCPTime, TransparentTCP(reactor))
+        self._transparent = cast(ReactorTCPTime, SourcedTCP(reactor, transparent=True))
+        self._sourced = cast(ReactorTCPTime, SourcedTCP(reactor))
         self.tls = tls_contexts(servers.pool)
         self.accepted: Counter[int] = Counter()
         self.rejected: Counter[int] = Counter()
@@ -507,30 +496,40 @@ class Relay:
         return cast(ServerFactory[Any], tls)
 
     def connect(
-        self, server: Server, port: Port, side: Side, client: IAddress
-    ) -> Deferred[Any]:
+        self, server: Server, port: Port, side: ServerSide, client: IAddress
+    ) -> Deferred[None]:
         """Connect ``side`` to ``server`` on ``port``, over TLS if terminated.
 
         With half-NAT the connection comes from ``client``'s own address;
-        with full NAT, from the pool's ``source``, if it has one.
+        with full NAT, from the pool's ``source``, if it has one.  Cancelled,
+        it fails with :class:`ConnectingCancelledError`, as an endpoint's.
         """
-        factory: Factory[Any] = _Connector(side)
+
+        def cancel(d: Deferred[None]) -> None:
+            d.errback(ConnectingCancelledError(connector.getDestination()))
+            connector.stopConnecting()
+
+        side.reached = Deferred(cancel)
+        factory: ClientFactory = OneConnection(side, side.reached)
         if self.tls is not None and self.terminates(port):
             creator = self.tls.connecting(server)
             # Not wrapClientTLS: TLS must take its clock from this reactor.
             factory = cast(
-                Factory[Any], TLSMemoryBIOFactory(creator, True, factory, self.reactor)
+                ClientFactory, TLSMemoryBIOFactory(creator, True, factory, self.reactor)
             )
         reactor, source = self.reactor, self.pool.source
+        if source is not None:
+            reactor = self._sourced
         if self.pool.nat is NatMode.HALF:
             reactor, source = (
                 self._transparent,
                 cast(IPv4Address | IPv6Address, client).host,
             )
-        endpoint = server_endpoint(
-            reactor, server.address, port.number, self.pool.connect_timeout, source
+        bind = None if source is None else (source, 0)
+        connector = reactor.connectTCP(
+            server.address, port.number, factory, self.pool.connect_timeout, bind
         )
-        return endpoint.connect(factory)
+        return side.reached
 
     def active_by_port(self) -> Counter[int]:
         """Client connections open, by VIP port."""

@@ -197,10 +197,19 @@ class ClientSide(Side):
 
 
 class ServerSide(Side):
-    """The server's side: the connection the splice opens to a server."""
+    """The server's side: the connection the splice opens to a server.
+
+    :ivar reached: fires once the connection to the server is made, or
+        fails with why it could not be; set by whoever connects it.
+    """
 
     from_server = True
-    __slots__ = ()
+    __slots__ = ("reached",)
+    reached: Deferred[None]
+
+    def connectionMade(self) -> None:
+        if not self.reached.called:
+            self.reached.callback(None)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         super().connectionLost(reason)
