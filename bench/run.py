@@ -169,11 +169,15 @@ class Bench:
     def workers(self, path: str) -> str:  # noqa: ARG002 -- ocsbal's test only
         """ocsbal with one worker, then two, at a fixed rate below capacity.
 
+        The rate is half of one ocsbal process's message rate, measured
+        by the message test in the same run (or :data:`WORKERS_RATE`).
+
         Records the CPU seconds (all processes) per 10,000 requests of each,
         their ratio, and how the kernel shared the connections between the
         two workers.
         """
-        rate = self.latency_rate() / 2
+        capacity = self.results.median("messages", "ocsbal")
+        rate = WORKERS_RATE if capacity is None else round(capacity / 2, -2)
         cpu, shares = {}, []
         for count in WORKERS:
             balancer = self.work.start_workers_balancer(self.supervisor, count)
@@ -350,7 +354,7 @@ class Bench:
 
 def _check_free() -> None:
     """Fail now if anything already listens where the benchmark will."""
-    wanted: set[Address] = {ADMIN}
+    wanted: set[Address] = {ADMIN, WORKERS_ADMIN, *WORKERS.values()}
     tables = (HTTP, HTTPS, REGISTRAR, IDLE, IDLE_TLS, *SIP.values(), *SIPS.values())
     for table in tables:
         wanted.update(table.values())
@@ -393,6 +397,9 @@ SIP_TOOLS = ("haproxy", "cc")
 SIP_CONNECTIONS = 50
 #: Connections of the workers test: enough for the kernel's spread to show.
 WORKERS_CONNECTIONS = 200
+#: Its rate, requests a second, unless the message test measured ocsbal's
+#: capacity this run (then half of that).
+WORKERS_RATE = 5000
 
 
 def _sip_test(conversation: str, tls: bool) -> Test:

@@ -115,9 +115,11 @@ IDLE: dict[str, Address] = {
     "ocsbal": (VIP, 9080),
 }
 IDLE_BACKEND: Address = (BACKEND, 9080)
-#: The workers test: ocsbal with one worker, and with two, to nginx's HTTP;
-#: the second's admin interface, to see how the kernel shared the connections.
-WORKERS: dict[int, Address] = {1: (VIP, 9181), 2: (VIP, 9182)}
+#: The workers test: ocsbal with one worker, and with two, to nginx's HTTP
+#: (on a VIP of their own: a VIP port relays to the same port of the
+#: server); their admin interface, to see how the kernel shared the
+#: connections.
+WORKERS: dict[int, Address] = {1: ("127.0.60.21", 8080), 2: ("127.0.60.22", 8080)}
 WORKERS_ADMIN: Address = (CLIENT, 19961)
 #: The idle test over TLS, terminated by the balancer, to nginx's HTTPS.
 IDLE_TLS: dict[str, Address] = {"haproxy": (VIP, 19443), "ocsbal": (VIP, 9443)}
@@ -329,7 +331,8 @@ http {{
         return _pool_ini({IDLE["ocsbal"][1]: "tcp"}, IDLE_BACKEND[1])
 
     def _pool_workers(self, count: int) -> str:
-        ini = _pool_ini({WORKERS[count][1]: "tcp"}, HTTP["direct"][1], workers=count)
+        vip, port = WORKERS[count]
+        ini = _pool_ini({port: "tcp"}, HTTP["direct"][1], workers=count, vip=vip)
         admin = WORKERS_ADMIN
         return ini + f"\n[admin]\nlisten = tcp:{admin[1]}:interface={admin[0]}\n"
 
@@ -471,13 +474,15 @@ def _listen(
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def _pool_ini(ports: dict[int, str], checked: int, workers: int = 1) -> str:
+def _pool_ini(
+    ports: dict[int, str], checked: int, workers: int = 1, vip: str = VIP
+) -> str:
     """A pool of one server; one process (the figures per core) by default."""
     listed = "".join(f"{number} = {protocol}\n" for number, protocol in ports.items())
     return f"""[pool]
 name = bench
 fqdn = {FQDN}
-vip = {VIP}
+vip = {vip}
 idle_timeout = 1800
 workers = {workers}
 
