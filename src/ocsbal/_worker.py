@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorSocket
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IReactorSocket,
+    IReactorThreads,
+)
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import (
     ILogObserver,
@@ -186,10 +191,10 @@ class ControlLink(amp.AMP):
         Nothing is written: the output went to the control process too.
         """
         self._gone.callback(None)
-        self._shut_down()
+        self.shut_down()
 
-    def _shut_down(self) -> None:
-        """Stop the reactor, once: the shutdown trigger stops the pool."""
+    def shut_down(self) -> None:
+        """Stop the reactor, once: its shutdown trigger stops the pool."""
         if not self._stopping:
             self._stopping = True
             cast(IReactorCore, self.reactor).stop()
@@ -284,7 +289,7 @@ class ControlLink(amp.AMP):
         if service is not None:
             await service.unbind()
             service.grace_period = timeout
-        self._shut_down()
+        self.shut_down()
 
     def counts_changed(self) -> None:
         """Report this worker's counts at the end of this reactor turn."""
@@ -338,7 +343,21 @@ def main(argv: list[str]) -> None:
         cast(IReactorSocket, reactor).adoptStreamConnection(
             CONTROL_FD, socket.AF_UNIX, factory
         )
-    cast(IReactorCore, reactor).run()
+    core = cast(IReactorCore, reactor)
+    core.callWhenRunning(_stop_on_signals, link)
+    core.run()
+
+
+def _stop_on_signals(link: ControlLink) -> None:
+    """SIGTERM and SIGINT stop the worker once, however many arrive.
+
+    Twisted's own handlers would call ``reactor.stop`` for each, and fail
+    on the second: a worker gets one from its control process and, when
+    the whole process group is signalled, another.
+    """
+    threads = cast(IReactorThreads, link.reactor)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: threads.callFromThread(link.shut_down))
 
 
 if __name__ == "__main__":
