@@ -84,10 +84,11 @@ class JSON(amp.Argument):
 
 
 class BecomeUser(amp.Command):
-    """Run as this user, group and supplementary groups from now on.
+    """Run as this user, group and supplementary groups, once configured.
 
-    The control process's own, once ``twistd --uid`` has switched it; a
-    worker spawned as root switches too, and one spawned as the user
+    The control process's own, once ``twistd --uid`` has switched it: a
+    worker spawned as root switches after its first :class:`Configure` has
+    read the pool's files, before it accepts; one spawned as the user
     already is it.
     """
 

@@ -160,6 +160,7 @@ class ControlLink(amp.AMP):
         self._push_due = False
         self._stopping = False
         self._gone: Deferred[None] = Deferred()
+        self._identity: tuple[int, int, list[int]] | None = None
 
     def connectionMade(self) -> None:
         """Send every log event to the control process from now on."""
@@ -211,12 +212,23 @@ class ControlLink(amp.AMP):
 
     @BecomeUser.responder
     def become_user(self, uid: int, gid: int, groups: list[int]) -> dict[str, Any]:
-        """Switch to the control process's identity, if it differs."""
+        """Take the control process's identity once the pool is loaded.
+
+        The first :class:`Configure` reads the ``[tls]`` files with the
+        privileges the worker was spawned with, as one process does before
+        twistd drops them, then switches, before it accepts anything.
+        """
+        self._identity = (uid, gid, groups)
+        return {}
+
+    def _switch_user(self) -> None:
+        if self._identity is None:
+            return
+        uid, gid, groups = self._identity
         if (os.getuid(), os.getgid()) != (uid, gid):
             os.setgroups(groups)
             os.setgid(gid)
             os.setuid(uid)
-        return {}
 
     @AdoptPort.responder
     def adopt_port(self, number: int, socket: int) -> dict[str, Any]:
@@ -239,6 +251,7 @@ class ControlLink(amp.AMP):
             self.service = WorkerPoolService(
                 pool, self, self.reactor, self.grace_period
             )
+            self._switch_user()
             self.service.startService()
             gc.freeze()  # as twistd ocsbal does: see ocsbal.tap
         else:
