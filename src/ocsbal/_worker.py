@@ -35,7 +35,6 @@ from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import (
     ILogObserver,
     LogEvent,
-    Logger,
     eventAsText,
     globalLogBeginner,
 )
@@ -64,8 +63,6 @@ from ocsbal.service import PoolService
 
 if TYPE_CHECKING:
     from ocsbal._model import Pool
-
-log = Logger(namespace="ocsbal")
 
 #: The descriptor the control process gives a worker its AMP socket on.
 CONTROL_FD = 3

@@ -71,5 +71,10 @@ def test_with_every_server_down_clients_are_closed_at_once(launch: Launcher) -> 
     with connect("127.0.31.10", 15060) as sock:
         assert sock.recv(1) == b""
     assert time.monotonic() - started < 0.5
+    # A worker's lines reach the log through the control process.
+    deadline = time.monotonic() + WAIT
+    while "rejected connection from" not in balancer.output:
+        assert time.monotonic() < deadline, balancer.output
+        time.sleep(0.05)
     assert "no server" in balancer.output.split("rejected connection from")[-1]
     balancer.assert_stops_cleanly()
