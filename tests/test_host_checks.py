@@ -12,9 +12,11 @@ from ocsbal._network import (
     NetworkSetupError,
     _SourcedClient,
     _TransparentClient,
+    check_ports_free,
     check_transparent,
     check_vip,
 )
+from ocsbal.config import Pool, Port, Server
 
 
 def test_half_nat_without_the_capability_says_what_is_missing(
@@ -53,3 +55,24 @@ def test_a_sourced_server_socket_takes_its_port_when_it_connects(
             sock.getsockopt(socket.IPPROTO_IP, IP_TRANSPARENT),
         ]
     assert sum(set_here) == options
+
+
+def test_ports_in_use_are_named_all_at_once() -> None:
+    pool = Pool(
+        name="p",
+        fqdn="p.example.com",
+        vip="127.0.1.10",
+        servers=[Server("fe1", "127.0.1.11")],
+        ports=[Port(15060, "sip"), Port(15061, "sips"), Port(15062)],
+    )
+    check_ports_free(pool)
+    with (
+        socket.create_server(("127.0.1.10", 15060)),
+        socket.create_server(("127.0.1.10", 15062)),
+        pytest.raises(NetworkSetupError) as refused,
+    ):
+        check_ports_free(pool)
+    assert str(refused.value) == (
+        "[ports] 127.0.1.10:15060, 127.0.1.10:15062 already in use (by another "
+        "program, or another ocsbal): stop it, or choose other ports"
+    )

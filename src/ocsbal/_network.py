@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.posixbase import PosixReactorBase
 from zope.interface import implementer
 
-from ocsbal._endpoints import ReactorTCPTime, is_ipv6
+from ocsbal._endpoints import ReactorTCPTime, is_ipv6, url_host
 from ocsbal._model import NatMode
 
 if TYPE_CHECKING:
@@ -89,6 +89,51 @@ def check_vip(vip: str, freebind: bool) -> None:
             raise NetworkSetupError(
                 f"[pool] vip = {vip} cannot be bound: {e.strerror}"
             ) from None
+
+
+def check_ports_free(pool: Pool) -> None:
+    """Make sure the VIP's ports can be bound: none taken, none forbidden.
+
+    ``twistd ocsbal`` checks before it forks, so a port another program
+    holds stops it with one line, not a traceback after the fork.  With
+    several workers the ports are bound with ``SO_REUSEPORT``, which would
+    share a port with another ocsbal of the same user rather than fail:
+    this probe, without it, finds that one too.
+
+    :raises NetworkSetupError: naming every port that cannot be bound.
+    """
+    taken, forbidden = [], []
+    for port in pool.ports:
+        with socket.socket(_family(pool.vip), socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if pool.freebind:
+                _set(probe, IP_FREEBIND, IPV6_FREEBIND)
+            try:
+                probe.bind((pool.vip, port.number))
+            except PermissionError:
+                forbidden.append(port.number)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise NetworkSetupError(
+                        f"[ports] {port.number} cannot be bound on {pool.vip}: "
+                        f"{e.strerror}"
+                    ) from None
+                taken.append(port.number)
+    problems = []
+    if taken:
+        where = ", ".join(f"{url_host(pool.vip)}:{n}" for n in taken)
+        problems.append(
+            f"[ports] {where} already in use (by another program, or another "
+            "ocsbal): stop it, or choose other ports"
+        )
+    if forbidden:
+        numbers = ", ".join(map(str, forbidden))
+        problems.append(
+            f"[ports] {numbers}: ports below 1024 need root to bind (twistd "
+            "binds them before --uid gives root up)"
+        )
+    if problems:
+        raise NetworkSetupError("; ".join(problems))
 
 
 def check_transparent(address: str) -> None:

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.python import usage
 
 from ocsbal._control import ControlService
-from ocsbal._network import NetworkSetupError, check_network
+from ocsbal._network import NetworkSetupError, check_network, check_ports_free
 from ocsbal._tls import TLSSetupError, tls_contexts
 from ocsbal.config import ConfigError, Pool, load
 from ocsbal.service import ConfigReloader, PoolService
@@ -57,6 +57,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"invalid configuration:\n{e}") from e
         try:
             check_network(self.pool)
+            check_ports_free(self.pool)
         except NetworkSetupError as e:
             raise usage.UsageError(str(e)) from e
 

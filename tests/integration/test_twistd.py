@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -46,14 +47,30 @@ def test_bad_configuration_exits_1_listing_every_problem(launch: Launcher) -> No
         socket.create_connection(("127.0.21.10", 15060), timeout=1)
 
 
-def test_port_in_use_fails_start_naming_the_address(launch: Launcher) -> None:
-    """One port taken: twistd fails, says which, and leaves nothing bound."""
+@pytest.mark.parametrize("daemon", [False, True], ids=["nodaemon", "daemon"])
+def test_port_in_use_fails_start_naming_the_address(
+    launch: Launcher, daemon: bool
+) -> None:
+    """One port taken: twistd exits 1 with one line saying which, before it
+    forks, and leaves nothing bound; in the foreground or as a daemon."""
     taken = socket.create_server(("127.0.22.10", 15061))
     try:
         ini = pool_ini("127.0.22.10", one_server(22), {15060: "sip", 15061: "sips"})
-        process = launch.twistd(launch.write("pool.ini", ini))
-        assert process.wait() != 0
-        assert "127.0.22.10:15061" in process.output
+        config = launch.write("pool.ini", ini)
+        if daemon:
+            twistd = str(Path(sys.executable).with_name("twistd"))
+            pidfile = f"--pidfile={launch.tmp_path / 'twistd.pid'}"
+            process = launch.spawn(
+                "daemon", [twistd, pidfile, "ocsbal", "--config", str(config)]
+            )
+        else:
+            process = launch.twistd(config)
+        assert process.wait() == 1
+        assert process.output.splitlines()[-1].endswith(
+            "[ports] 127.0.22.10:15061 already in use (by another program, or "
+            "another ocsbal): stop it, or choose other ports"
+        )
+        assert "Traceback" not in process.output
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.22.10", 15060), timeout=1)
     finally:
