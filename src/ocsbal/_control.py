@@ -23,7 +23,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import suppress
@@ -108,7 +107,7 @@ class WorkerLink(amp.AMP):
         self.slot, self.generation = slot, generation
         self.stage = "starting"
         self.pid = 0
-        self.started = time.time()
+        self.started = control.clock.seconds()
         self.counts: dict[str, dict[str, int]] = {"servers": {}, "leaving": {}}
         self.told: dict[str, dict[str, int]] | None = None
         self.ports: set[int] = set()
@@ -202,6 +201,11 @@ class ControlService(PoolService):
         self._restarting: list[Deferred[None]] | None = None
         self._previous_usr2: Any = signal.SIG_DFL
         super().__init__(pool, reactor, grace_period)
+
+    @property
+    def clock(self) -> ReactorTCPTime:
+        """The reactor, whose clock says when workers started."""
+        return self._reactor
 
     def _running(self, pool: Pool) -> RunningPool:
         return _CheckedPool(pool, self)
@@ -480,7 +484,7 @@ class ControlService(PoolService):
         elif link.generation != self._generation:
             log.info("old {name} has finished: {why}", name=link.name, why=why)
         else:
-            young = time.time() - link.started < YOUNG
+            young = self.clock.seconds() - link.started < YOUNG
             delay = RESPAWN_DELAY_YOUNG if young else RESPAWN_DELAY
             self._restarts[link.slot] += 1
             log.warn(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
@@ -127,7 +126,7 @@ class PoolService(MultiService):
         self._reactor = reactor
         self.servers = self._running(pool)
         self.relay = Relay(self.servers, reactor)
-        self._started = time.time()
+        self._started = reactor.seconds()
         self._listening: dict[int, IListeningPort] = {}
         self._listeners: dict[int, Listener] = {}
         self.sweeper = self._sweeping()
