@@ -67,8 +67,12 @@ test: install lint docs
 # one-minute smoke run that writes no results.
 BENCH_STAMP := $(VENV)/.bench-installed
 bench: APT_PACKAGES += haproxy nginx-light wrk sip-tester kamailio gcc libc6-dev
+# POOL_ARGS: the seed's pool, scaled down (bench/pool_scale.py --help; at
+# full size: POOL_ARGS="--clients 100000 --workers 13 --rate 500").
+POOL_ARGS ?= --clients 4000 --steady 20
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(if $(findstring --quick,$(BENCH_ARGS)),,$(BIN)/python bench/pool_scale.py $(POOL_ARGS))
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -e '.[test,bench]'
