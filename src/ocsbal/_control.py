@@ -98,16 +98,19 @@ class WorkerLink(amp.AMP):
     :ivar slot: which worker it is, from 0: which socket of each port it has.
     :ivar generation: which start of the workers it belongs to.
     :ivar stage: ``starting``, ``running`` or ``old`` (retired, finishing).
+    :ivar started: when it was spawned, by the reactor's clock.
     :ivar counts: its connections per server, as it last reported them.
     """
 
-    def __init__(self, control: ControlService, slot: int, generation: int) -> None:
+    def __init__(
+        self, control: ControlService, slot: int, generation: int, started: float
+    ) -> None:
         super().__init__()
         self.control = control
         self.slot, self.generation = slot, generation
         self.stage = "starting"
         self.pid = 0
-        self.started = control.clock.seconds()
+        self.started = started
         self.counts: dict[str, dict[str, int]] = {"servers": {}, "leaving": {}}
         self.told: dict[str, dict[str, int]] | None = None
         self.ports: set[int] = set()
@@ -202,11 +205,6 @@ class ControlService(PoolService):
         self._previous_usr2: Any = signal.SIG_DFL
         super().__init__(pool, reactor, grace_period)
 
-    @property
-    def clock(self) -> ReactorTCPTime:
-        """The reactor, whose clock says when workers started."""
-        return self._reactor
-
     def _running(self, pool: Pool) -> RunningPool:
         return _CheckedPool(pool, self)
 
@@ -265,7 +263,7 @@ class ControlService(PoolService):
 
     def _launch(self, slot: int) -> WorkerLink:
         """Spawn a worker of the current generation and connect to it."""
-        link = WorkerLink(self, slot, self._generation)
+        link = WorkerLink(self, slot, self._generation, self._reactor.seconds())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with ours, theirs:
             process = cast(IReactorProcess, self._reactor).spawnProcess(
@@ -484,7 +482,7 @@ class ControlService(PoolService):
         elif link.generation != self._generation:
             log.info("old {name} has finished: {why}", name=link.name, why=why)
         else:
-            young = self.clock.seconds() - link.started < YOUNG
+            young = self._reactor.seconds() - link.started < YOUNG
             delay = RESPAWN_DELAY_YOUNG if young else RESPAWN_DELAY
             self._restarts[link.slot] += 1
             log.warn(

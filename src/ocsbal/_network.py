@@ -58,6 +58,32 @@ def _set(sock: socket.socket, ipv4: int, ipv6: int) -> None:
         sock.setsockopt(socket.IPPROTO_IP, ipv4, 1)
 
 
+def _vip_socket(vip: str, freebind: bool, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket to bind on ``vip``.
+
+    Its address is reusable (a restart does not wait out ``TIME_WAIT``);
+    ``freebind`` sets ``IP_FREEBIND``, ``reuse_port`` ``SO_REUSEPORT``.
+    """
+    sock = socket.socket(_family(vip), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if freebind:
+            _set(sock, IP_FREEBIND, IPV6_FREEBIND)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _listen_on(sock: socket.socket, vip: str, port: int, backlog: int) -> None:
+    """Bind ``sock`` to ``vip:port`` and listen, without blocking."""
+    sock.bind((vip, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+
+
 def check_network(pool: Pool) -> None:
     """Make sure this host can give ``pool`` its VIP and NAT mode.
 
@@ -74,21 +100,19 @@ def check_vip(vip: str, freebind: bool) -> None:
     :raises NetworkSetupError: if it is not an address of this host and
         ``freebind`` is off, or if ``IP_FREEBIND`` cannot be set.
     """
-    with socket.socket(_family(vip), socket.SOCK_STREAM) as probe:
-        try:
-            if freebind:
-                _set(probe, IP_FREEBIND, IPV6_FREEBIND)
+    try:
+        with _vip_socket(vip, freebind) as probe:
             probe.bind((vip, 0))
-        except OSError as e:
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise NetworkSetupError(
-                    f"[pool] vip = {vip} is not an address of this host: add it "
-                    "to an interface, or set freebind = yes on a standby that "
-                    "binds it before it holds it"
-                ) from None
+    except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
             raise NetworkSetupError(
-                f"[pool] vip = {vip} cannot be bound: {e.strerror}"
+                f"[pool] vip = {vip} is not an address of this host: add it "
+                "to an interface, or set freebind = yes on a standby that "
+                "binds it before it holds it"
             ) from None
+        raise NetworkSetupError(
+            f"[pool] vip = {vip} cannot be bound: {e.strerror}"
+        ) from None
 
 
 def check_ports_free(pool: Pool) -> None:
@@ -104,10 +128,7 @@ def check_ports_free(pool: Pool) -> None:
     """
     taken, forbidden = [], []
     for port in pool.ports:
-        with socket.socket(_family(pool.vip), socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if pool.freebind:
-                _set(probe, IP_FREEBIND, IPV6_FREEBIND)
+        with _vip_socket(pool.vip, pool.freebind) as probe:
             try:
                 probe.bind((pool.vip, port.number))
             except PermissionError:
@@ -163,12 +184,8 @@ def listen_freebind(
 ) -> IListeningPort:
     """Listen on ``interface:port`` whether or not this host holds ``interface``."""
     try:
-        with socket.socket(_family(interface), socket.SOCK_STREAM) as sock:
-            _set(sock, IP_FREEBIND, IPV6_FREEBIND)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((interface, port))
-            sock.listen(backlog)
-            sock.setblocking(False)
+        with _vip_socket(interface, freebind=True) as sock:
+            _listen_on(sock, interface, port, backlog)
             # The reactor takes a duplicate; this one is closed on leaving.
             return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
     except OSError as e:
@@ -191,19 +208,12 @@ class SharedPort:
         self, vip: str, number: int, count: int, freebind: bool, backlog: int
     ) -> None:
         self.vip, self.number = vip, number
-        family = socket.AF_INET6 if is_ipv6(vip) else socket.AF_INET
         self.sockets: list[socket.socket] = []
         try:
             for _ in range(count):
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock = _vip_socket(vip, freebind, reuse_port=True)
                 self.sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if freebind:
-                    _set(sock, IP_FREEBIND, IPV6_FREEBIND)
-                sock.bind((vip, number))
-                sock.listen(backlog)
-                sock.setblocking(False)
+                _listen_on(sock, vip, number, backlog)
         except OSError as e:
             self.stopListening()
             raise CannotListenError(vip, number, e) from None

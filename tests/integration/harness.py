@@ -105,6 +105,32 @@ def options(sock: socket.socket, n: int = 1) -> str:
     return server.split()[2]  # "Server: ocsbal-demo NAME (ADDRESS)"
 
 
+def exchange(host: str, port: int, protocol: str) -> None:
+    """One round trip on a new connection: an OPTIONS on a SIP port, an echo
+    on a plain one."""
+    with connect(host, port) as sock:
+        if protocol == "tcp":
+            sock.sendall(b"ping %d" % port)
+            assert read_until(sock, b"%d" % port) == b"ping %d" % port
+        else:
+            assert options(sock) in {"fe1", "fe2", "fe3"}
+
+
+#: The ``ocsbal`` command of this environment.
+OCSBAL = str(Path(sys.executable).with_name("ocsbal"))
+
+
+def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``ocsbal ctl ARGS``; its status and output."""
+    return subprocess.run(
+        [OCSBAL, "ctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
 def who_answers(host: str, port: int) -> str:
     """Open a connection, ask one OPTIONS, close: the server that answered."""
     with connect(host, port) as sock:
