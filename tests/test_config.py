@@ -15,6 +15,7 @@ from ocsbal.config import (
     OCS_PORTS,
     Admin,
     ConfigError,
+    Limits,
     Monitor,
     MonitorType,
     NatMode,
@@ -284,13 +285,23 @@ BAD_VALUES = [
     ("pool", "workers", "all", "must be auto or a whole number from 1 to 64"),
     ("pool", "workers", "65", "must be auto or a whole number from 1 to 64"),
     ("pool", "old_workers_timeout", "0", "must be a number of seconds greater than 0"),
+    ("pool", "slowstart", "-1", "must be a number of seconds, 0 (off) or more"),
+    ("pool", "slowstart", "soon", "must be a number of seconds, 0 (off) or more"),
+    ("pool", "maxconn", "-5", "must be a whole number, 0 or more"),
+    ("pool", "source", "10.0.0.1, 10.0.0.1", "must not list an address twice"),
+    ("pool", "source", "10.0.0.1, lb", "lists lb, which must be a static IPv4"),
     ("pool", "colour", "blue", "unknown key; allowed: name, fqdn, vip, kind, nat"),
     ("server:fe1", "address", "fe01.contoso.com", "not a host name"),
     ("server:fe1", "weight", "65536", "must be a whole number from 0 to 65535"),
     ("server:fe1", "weight", "heavy", "must be a whole number from 0 to 65535"),
+    ("server:fe1", "slowstart", "inf", "must be a number of seconds, 0 (off)"),
+    ("server:fe1", "maxconn", "lots", "must be a whole number, 0 or more"),
     ("server:fe1", "port", "5060", "unknown key; allowed: address, weight"),
     ("server:fe1", "tls_name", "fe 01", "must be the DNS name (such as fe01"),
     ("server:fe1", "tls_name", "-fe.contoso.com", "must be the DNS name"),
+    ("limits", "per_source_connections", "-1", "must be a whole number, 0 or more"),
+    ("limits", "per_source_rate", "1.5", "must be a whole number, 0 or more"),
+    ("limits", "burst", "5", "unknown key; allowed: per_source_connections"),
     ("tls", "mode", "offload", "must be one of passthrough, terminate"),
     ("tls", "handshake_timeout", "0", "greater than 0 and at most 300"),
     ("tls", "handshake_timeout", "301", "greater than 0 and at most 300"),
@@ -353,7 +364,7 @@ class TestProblems:
             "t.ini: [server:fe1] address = nowhere: must be a static IPv4 or IPv6 "
             "address, not a host name",
             "t.ini: [extra]: unknown section; allowed: [pool], [ports], [server:NAME], "
-            "[monitor], [tls], [admin]",
+            "[monitor], [tls], [admin], [limits]",
         ]
 
     def test_a_source_address_is_only_for_full_nat(self) -> None:
@@ -600,7 +611,14 @@ def pools(draw: st.DrawFn) -> Pool:
         ),
         vip=chosen[0],
         servers=[
-            Server(n, a, weight=draw(st.integers(0, 65535)), tls_name=draw(tls_names))
+            Server(
+                n,
+                a,
+                weight=draw(st.integers(0, 65535)),
+                tls_name=draw(tls_names),
+                slowstart=draw(st.none() | st.floats(0, 1e5)),
+                maxconn=draw(st.integers(0, 10**6)),
+            )
             for n, a in zip(server_names, chosen[1:], strict=True)
         ],
         ports=[
@@ -620,8 +638,13 @@ def pools(draw: st.DrawFn) -> Pool:
         retries=draw(st.integers(0, 10)),
         registration_grace=draw(st.floats(0.001, 1e6)),
         reap_expired=draw(st.booleans()),
-        source=None if half else draw(st.none() | addresses.map(str)),
+        source=()
+        if half
+        else draw(st.lists(addresses.map(str), max_size=3, unique=True).map(tuple)),
         freebind=draw(st.booleans()),
+        slowstart=draw(st.floats(0, 1e5)),
+        maxconn=draw(st.integers(0, 10**6)),
+        limits=Limits(draw(st.integers(0, 10**4)), draw(st.integers(0, 10**4))),
     )
 
 

@@ -17,6 +17,7 @@ import pytest
 from ocsbal import config
 from ocsbal.config import (
     _ADMIN_RULES,
+    _LIMITS_RULES,
     _MONITOR_RULES,
     _POOL_RULES,
     _PORT_RULE,
@@ -46,6 +47,7 @@ TABLES: dict[str, dict[str, _Rule[Any]]] = {
     "monitor": _MONITOR_RULES,
     "tls": _TLS_RULES,
     "admin": _ADMIN_RULES,
+    "limits": _LIMITS_RULES,
 }
 
 
@@ -83,10 +85,12 @@ def test_the_sections_are_those_with_tables() -> None:
         r"monitor\Z",
         r"tls\Z",
         r"admin\Z",
+        r"limits\Z",
     ]
     assert config._SECTION_NAMES == (
-        "[pool], [ports], [server:NAME], [monitor], [tls], [admin]"
+        "[pool], [ports], [server:NAME], [monitor], [tls], [admin], [limits]"
     )
+    assert set(TABLES) == {"pool", "server:NAME", "monitor", "tls", "admin", "limits"}
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ocsbal._listener import Listener
 from ocsbal._pool import AdminState, RunningPool
 from ocsbal._relay import Relay
 from ocsbal.config import Monitor, Pool, Port, PortProtocol, Server
@@ -99,7 +100,7 @@ def makeServers(**monitor: Any) -> RunningPool:
         scheduler="round-robin",
         monitor=Monitor(**monitor),
     )
-    return RunningPool(pool)
+    return RunningPool(pool, Clock().seconds)
 
 
 class TestHealthChecks:
@@ -213,7 +214,7 @@ def test_a_down_server_is_never_picked_and_failed_connections_count() -> None:
     fe1, fe2 = servers.backends.values()
     servers.record(fe1, False, "port 5061 refused")
     for port in range(40000, 40004):
-        protocol = relay.listener(Port(5060)).buildProtocol(None)
+        protocol = Listener(relay, Port(5060)).buildProtocol(None)
         protocol.makeConnection(
             StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
         )

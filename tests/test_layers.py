@@ -48,10 +48,13 @@ LAYERS: dict[str, set[str]] = {
     "_checks": {"_pool", "health"},
     # The relay.
     "_sides": {"sip"},
+    "_outbound": {"_endpoints", "_logs", "_model", "_network", "_sides", "_tls"},
+    "_limits": {"_sections"},
     "_relay": {
-        *("_endpoints", "_logs", "_model", "_network", "_pool", "_sides"),
-        *("_tls", "scheduling", "sip"),
+        *("_endpoints", "_limits", "_logs", "_model", "_outbound", "_pool"),
+        *("_sides", "_tls", "scheduling", "sip"),
     },
+    "_listener": {"_endpoints", "_limits", "_model", "_relay", "_sides"},
     "_sweep": {"_idle", "_relay"},
     # Read-only views and the web API, never the service.
     "_report": {"_pool", "_relay", "_sweep"},
@@ -65,7 +68,7 @@ LAYERS: dict[str, set[str]] = {
     "service": {
         *("_endpoints", "_idle", "_model", "_network", "_pool"),
         *("_relay", "_report", "_sweep", "_tls", "_token", "admin", "config"),
-        "monitors",
+        *("_listener", "monitors"),
         "sip",  # to say at start whether it runs compiled
     },
     # The processes: a control process and its workers, which relay.
@@ -164,7 +167,12 @@ def loaded_by(code: str) -> set[str]:
 def test_ocsbal_ctl_loads_neither_the_relay_nor_prometheus() -> None:
     loaded = loaded_by("import sys\nimport ocsbal._cli")
     assert "ocsbal._ctl" in loaded
-    assert {"ocsbal._relay", "ocsbal._sides", "ocsbal.admin"}.isdisjoint(loaded)
+    assert {
+        "ocsbal._relay",
+        "ocsbal._splice",
+        "ocsbal._sides",
+        "ocsbal.admin",
+    }.isdisjoint(loaded)
     assert not any(m.startswith("prometheus_client") for m in loaded)
 
 

@@ -20,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from ocsbal._listener import Listener
 from ocsbal._pool import AdminState, RunningPool, UnknownServerError
 from ocsbal._relay import Phase, Relay
 from ocsbal._report import connections_report
@@ -47,13 +48,13 @@ class Harness:
         self.reactor = MemoryReactorClock()
         #: Bytes each transport holds that its peer has not taken yet.
         self.unsent: dict[object, int] = {}
-        self.servers = RunningPool(makePool(**kw))
+        self.servers = RunningPool(makePool(**kw), self.reactor.seconds)
         self.relay = Relay(
             self.servers, self.reactor, unsent=lambda t: self.unsent.get(t, 0)
         )
 
     def accept(self, client_port: int = 40000) -> tuple[Any, StringTransport]:
-        factory = self.relay.listener(SIP)
+        factory = Listener(self.relay, SIP)
         peer = IPv4Address("TCP", "127.0.0.1", client_port)
         protocol = factory.buildProtocol(peer)
         transport = StringTransport(peerAddress=peer)

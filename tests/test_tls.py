@@ -25,6 +25,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
+from ocsbal._listener import Listener
 from ocsbal._pool import RunningPool
 from ocsbal._relay import Relay
 from ocsbal._tls import TLSSetupError, tls_contexts
@@ -125,7 +126,7 @@ class Network:
 
     def __init__(self, pool: Pool) -> None:
         self.reactor = MemoryReactorClock()
-        self.servers = RunningPool(pool)
+        self.servers = RunningPool(pool, self.reactor.seconds)
         self.relay = Relay(self.servers, self.reactor)
         self.pumps: list[iosim.IOPump] = []
         self.log: list[str] = []
@@ -133,7 +134,7 @@ class Network:
     def connect_client(self, tls: Any) -> Peer:
         """A client connects to the VIP's sips port and handshakes with ``tls``."""
         client = Peer()
-        factory = self.relay.factory_for(self.relay.listener(SIPS))
+        factory = Listener(self.relay, SIPS).factory()
         accepted = factory.buildProtocol(CLIENT)
         connecting = self._tls(tls, True, client)
         self._pump(accepted, CLIENT, connecting)

@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
@@ -81,8 +81,10 @@ MAX_OUTPUT_LINE = 64 * 1024
 class _CheckedPool(RunningPool):
     """The control's servers: a change of health goes to every worker."""
 
-    def __init__(self, pool: Pool, control: ControlService) -> None:
-        super().__init__(pool)
+    def __init__(
+        self, pool: Pool, now: Callable[[], float], control: ControlService
+    ) -> None:
+        super().__init__(pool, now)
         self.control = control
 
     def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:
@@ -206,7 +208,7 @@ class ControlService(PoolService):
         super().__init__(pool, reactor, grace_period)
 
     def _running(self, pool: Pool) -> RunningPool:
-        return _CheckedPool(pool, self)
+        return _CheckedPool(pool, self._reactor.seconds, self)
 
     def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:  # noqa: ARG002
         return SharedPort(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectBindError
+from twisted.internet.error import ConnectBindError, ConnectError
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -74,11 +76,22 @@ class OneConnection(ClientFactory):
             self.reached.errback(reason)
 
 
+def out_of_ports(error: BaseException | None) -> bool:
+    """Whether a connection failed for want of a free port on its source address.
+
+    The kernel picks the source port at ``connect`` (see
+    :class:`ocsbal._network.SourcedTCP`), and says ``EADDRNOTAVAIL`` when
+    every port of the range is in use to that server's port.
+    """
+    return isinstance(error, ConnectError) and error.osError == errno.EADDRNOTAVAIL
+
+
 def failed_here(error: BaseException | None) -> bool:
     """Whether a connection attempt failed on this host, before any server.
 
     Twisted reports a socket this host could not make or bind (out of file
     descriptors, a source address it does not hold) as
-    :class:`ConnectBindError`: the balancer's trouble, never the server's.
+    :class:`ConnectBindError`; a source out of ports fails the connect.
+    Both are the balancer's trouble, never the server's.
     """
-    return isinstance(error, ConnectBindError)
+    return isinstance(error, ConnectBindError) or out_of_ports(error)

@@ -30,30 +30,26 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, succeed
-from twisted.internet.error import (
-    ConnectingCancelledError,
-    ConnectionDone,
-    ConnectionLost,
-)
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import ClientFactory, ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from ocsbal._endpoints import OneConnection, ReactorTCPTime, failed_here, url_host
+from ocsbal._endpoints import ReactorTCPTime, failed_here, url_host
+from ocsbal._limits import SourceLimits
 from ocsbal._logs import LimitedLog
-from ocsbal._model import NatMode, PortProtocol
-from ocsbal._network import SourcedTCP
+from ocsbal._model import PortProtocol
+from ocsbal._outbound import Outbound
+from ocsbal._pool import AtLimitError
 from ocsbal._sides import ClientSide, Held, ServerSide, Side, unsent_bytes
 from ocsbal._tls import tls_contexts, tls_reason
 from ocsbal.scheduling import NoServerAvailable
 from ocsbal.sip import Registrations, SIPInspector, SIPTally, follow
 
 if TYPE_CHECKING:
-    from ocsbal._model import Pool, Port, Server
+    from ocsbal._model import Pool, Port
     from ocsbal._pool import Backend, RunningPool
 
-__all__ = ["Listener", "Phase", "Relay", "Splice"]
+__all__ = ["Phase", "Relay", "Splice"]
 
 log = Logger(namespace="ocsbal")
 
@@ -111,6 +107,7 @@ class Splice:
         "relay",
         "server",
         "sip",
+        "source",
         "started",
         "still_since",
         "tls",
@@ -132,6 +129,8 @@ class Splice:
         self.unsent_seen = 0
         self.still_since = self.started
         self.sip: Registrations | None = None
+        #: Where the client counts against ``[limits]``, if it does.
+        self.source: str | None = None
         if port.protocol is PortProtocol.SIP or (self.tls and relay.pool.tls.inspect):
             self.sip = Registrations()
             self.client.inspector = SIPInspector()
@@ -225,8 +224,8 @@ class Splice:
             try:
                 backend = servers.pick(tried)
             except NoServerAvailable as e:
-                reason = str(e)
-                break
+                self._reject(str(e), "maxconn" if isinstance(e, AtLimitError) else "")
+                return
             tried.append(backend)
             try:
                 side = await self._try(backend)
@@ -249,7 +248,9 @@ class Splice:
         """
         relay, servers = self.relay, self.relay.servers
         side = ServerSide(self, self.tls)
-        self._connecting = relay.connect(backend.server, self.port, side, self.peer)
+        self._connecting = relay.outbound.connect(
+            backend.server, self.port, side, self.peer
+        )
         try:
             await self._connecting
             if side.handshake is not None:
@@ -293,8 +294,12 @@ class Splice:
             )
         return side
 
-    def _reject(self, reason: str) -> None:
-        """No server takes the client: close it, with one line saying why."""
+    def _reject(self, reason: str, limit: str = "") -> None:
+        """No server takes the client: close it, with one line saying why.
+
+        :param limit: the limit that refused it (see :attr:`Relay.limited`),
+            if not the servers' health or state.
+        """
         relay = self.relay
         relay.log.warn(
             "rejected connection from {peer} to port {port}: {reason}",
@@ -303,7 +308,10 @@ class Splice:
             port=self.port.number,
             reason=reason,
         )
-        relay.rejected[self.port.number] += 1
+        if limit:
+            relay.limited[limit] += 1
+        else:
+            relay.rejected[self.port.number] += 1
         self._leave()
         # Reading again lets TLS hear the client's close_notify, without
         # which it would keep the connection open; plain TCP minds not.
@@ -413,23 +421,6 @@ class _UnreachedError(Exception):
         self.final = final
 
 
-class Listener(ServerFactory):
-    """Accepts client connections on one VIP port.
-
-    :ivar port: the VIP port and what it carries; a reload may replace it.
-    """
-
-    # The port already logs that it listens; the factory would say it again.
-    noisy = False
-
-    def __init__(self, relay: Relay, port: Port) -> None:
-        self.relay = relay
-        self.port = port
-
-    def buildProtocol(self, addr: IAddress | None) -> Side:  # noqa: ARG002
-        return Splice(self.relay, self.port).client
-
-
 class Relay:
     """The connections of a pool: accepted, spliced, swept.
 
@@ -448,7 +439,11 @@ class Relay:
     :ivar accepted: client connections accepted, by VIP port.
     :ivar rejected: client connections closed because no server could
         take them, by VIP port.
+    :ivar limited: client connections refused by a limit, by limit:
+        ``maxconn`` (the pool's or every server's), ``per_source_connections``
+        and ``per_source_rate``.
     :ivar sip: what the SIP on all its connections said, counted.
+    :ivar sources: what each client address holds, against ``[limits]``.
     :ivar log: where the lines of single connections go, which clients can
         repeat at will: rate-limited (:class:`~ocsbal._logs.LimitedLog`).
     """
@@ -465,13 +460,14 @@ class Relay:
         self.splices: set[Splice] = set()
         self.flushing: set[Splice] = set()
         self.draining: set[Splice] = set()
-        self._transparent = cast(ReactorTCPTime, SourcedTCP(reactor, transparent=True))
-        self._sourced = cast(ReactorTCPTime, SourcedTCP(reactor))
         self.tls = tls_contexts(servers.pool)
         self.accepted: Counter[int] = Counter()
         self.rejected: Counter[int] = Counter()
+        self.limited: Counter[str] = Counter()
         self.sip = SIPTally()
         self.log = LimitedLog(log, reactor)
+        self.outbound = Outbound(lambda: self.pool, reactor, self.tls, self.log)
+        self.sources = SourceLimits(servers.pool.limits, reactor.seconds)
         self._emptied: list[Deferred[None]] = []
 
     @property
@@ -479,57 +475,9 @@ class Relay:
         """The configuration in force."""
         return self.servers.pool
 
-    def listener(self, port: Port) -> Listener:
-        """The factory accepting client connections on ``port``."""
-        return Listener(self, port)
-
     def terminates(self, port: Port) -> bool:
         """Whether TLS on ``port`` is terminated here."""
         return self.tls is not None and port.protocol is PortProtocol.SIPS
-
-    def factory_for(self, listener: Listener) -> ServerFactory[Any]:
-        """What accepts on ``listener``'s port: it, behind TLS if terminated."""
-        if self.tls is None or not self.terminates(listener.port):
-            return listener
-        tls = TLSMemoryBIOFactory(self.tls.accepting, False, listener, self.reactor)
-        # Typed a client factory, it serves as well; listenTCP's stub wants one.
-        return cast(ServerFactory[Any], tls)
-
-    def connect(
-        self, server: Server, port: Port, side: ServerSide, client: IAddress
-    ) -> Deferred[None]:
-        """Connect ``side`` to ``server`` on ``port``, over TLS if terminated.
-
-        With half-NAT the connection comes from ``client``'s own address;
-        with full NAT, from the pool's ``source``, if it has one.  Cancelled,
-        it fails with :class:`ConnectingCancelledError`, as an endpoint's.
-        """
-
-        def cancel(d: Deferred[None]) -> None:
-            d.errback(ConnectingCancelledError(connector.getDestination()))
-            connector.stopConnecting()
-
-        side.reached = Deferred(cancel)
-        factory: ClientFactory = OneConnection(side, side.reached)
-        if self.tls is not None and self.terminates(port):
-            creator = self.tls.connecting(server)
-            # Not wrapClientTLS: TLS must take its clock from this reactor.
-            factory = cast(
-                ClientFactory, TLSMemoryBIOFactory(creator, True, factory, self.reactor)
-            )
-        reactor, source = self.reactor, self.pool.source
-        if source is not None:
-            reactor = self._sourced
-        if self.pool.nat is NatMode.HALF:
-            reactor, source = (
-                self._transparent,
-                cast(IPv4Address | IPv6Address, client).host,
-            )
-        bind = None if source is None else (source, 0)
-        connector = reactor.connectTCP(
-            server.address, port.number, factory, self.pool.connect_timeout, bind
-        )
-        return side.reached
 
     def active_by_port(self) -> Counter[int]:
         """Client connections open, by VIP port."""
@@ -538,6 +486,8 @@ class Relay:
     def forget(self, splice: Splice) -> None:
         """Drop a splice whose client connection is gone."""
         self.splices.discard(splice)
+        if splice.source is not None:
+            self.sources.release(splice.source)
         if not self.splices:
             emptied, self._emptied = self._emptied, []
             for d in emptied:

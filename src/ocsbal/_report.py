@@ -42,6 +42,7 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
             }
             for port in relay.pool.ports
         },
+        "limited": dict(relay.limited),
         "sip": {
             "requests": dict(tally.requests),
             "responses": dict(tally.responses),

@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
@@ -73,8 +73,10 @@ FLUSH_TIMEOUT = 5.0
 class _ReportingPool(RunningPool):
     """A worker's servers: they report counts and failures to the control."""
 
-    def __init__(self, pool: Pool, control: ControlLink) -> None:
-        super().__init__(pool)
+    def __init__(
+        self, pool: Pool, now: Callable[[], float], control: ControlLink
+    ) -> None:
+        super().__init__(pool, now)
         self.control = control
 
     def pick(self, tried: Collection[Backend] = ()) -> Backend:
@@ -111,7 +113,7 @@ class WorkerPoolService(PoolService):
         super().__init__(pool, reactor, grace_period)
 
     def _running(self, pool: Pool) -> RunningPool:
-        return _ReportingPool(pool, self.control)
+        return _ReportingPool(pool, self._reactor.seconds, self.control)
 
     def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:
         fd = self.control.sockets.pop(number)
@@ -258,7 +260,7 @@ class ControlLink(amp.AMP):
             backend = running.backends.get(name)
             if backend is not None:
                 running.set_state(name, AdminState(wanted["state"]))
-                backend.health.up = wanted["up"]
+                running.set_up(backend, wanted["up"])
         for backend in list(running.leaving):
             if backend.name in close:
                 for connection in list(backend.relayed):
@@ -269,9 +271,10 @@ class ControlLink(amp.AMP):
     def health(self, server: str, up: bool) -> dict[str, Any]:
         """Take ``server`` up or down."""
         if self.service is not None:
-            backend = self.service.servers.backends.get(server)
+            running = self.service.servers
+            backend = running.backends.get(server)
             if backend is not None:
-                backend.health.up = up
+                running.set_up(backend, up)
         return {}
 
     @Elsewhere.responder

@@ -46,13 +46,22 @@ from ocsbal._rules import (
     _Rule,
     _text,
 )
-from ocsbal._sections import _ADMIN_RULES, _TLS_FILES, _TLS_RULES, Admin, TLSSettings
+from ocsbal._sections import (
+    _ADMIN_RULES,
+    _LIMITS_RULES,
+    _TLS_FILES,
+    _TLS_RULES,
+    Admin,
+    Limits,
+    TLSSettings,
+)
 
 __all__ = [
     "HEARTBEAT_PORTS",
     "OCS_PORTS",
     "Admin",
     "ConfigError",
+    "Limits",
     "Monitor",
     "MonitorType",
     "NatMode",
@@ -88,6 +97,7 @@ class _Draft:
     monitor: Monitor | None = attrs.Factory(Monitor)
     tls: TLSSettings | None = attrs.Factory(TLSSettings)
     admin: Admin | None = None
+    limits: Limits | None = attrs.Factory(Limits)
     problems: list[Problem] = attrs.Factory(list)
 
     @property
@@ -103,7 +113,7 @@ class _Draft:
         return self.fields.get("vip")
 
     @property
-    def source(self) -> str | None:
+    def source(self) -> tuple[str, ...] | None:
         return self.fields.get("source")
 
     def problem(
@@ -209,6 +219,14 @@ def _read_admin(draft: _Draft, section: configparser.SectionProxy) -> None:
         draft.admin = Admin(**values)
 
 
+def _read_limits(draft: _Draft, section: configparser.SectionProxy) -> None:
+    values: dict[str, Any] = {
+        key: draft.read(section.name, key, text, _LIMITS_RULES[key])
+        for key, text in draft.known_items(section, _LIMITS_RULES)
+    }
+    draft.limits = None if None in values.values() else Limits(**values)
+
+
 #: How each section is read: ``(pattern, reader)``, first match wins.  A new
 #: section (``[monitor]``, ``[tls]``, ``[admin]``) is a new entry here and a
 #: new :class:`Pool` field; the others do not change.
@@ -221,8 +239,9 @@ _SECTIONS: list[
     (re.compile(r"monitor\Z"), _read_monitor),
     (re.compile(r"tls\Z"), _read_tls),
     (re.compile(r"admin\Z"), _read_admin),
+    (re.compile(r"limits\Z"), _read_limits),
 ]
-_SECTION_NAMES = "[pool], [ports], [server:NAME], [monitor], [tls], [admin]"
+_SECTION_NAMES = "[pool], [ports], [server:NAME], [monitor], [tls], [admin], [limits]"
 
 
 def parse(
@@ -271,6 +290,7 @@ def parse(
             monitor=cast(Monitor, draft.monitor),  # not None: no problem was found
             tls=cast(TLSSettings, draft.tls),
             admin=draft.admin,
+            limits=cast(Limits, draft.limits),
             **draft.fields,
         )
     except ConfigError as e:  # the pool checks its relations: name the file
@@ -308,20 +328,28 @@ def load(path: str | Path) -> Pool:
     return parse(text, source, Path(path).parent)
 
 
+def _server_lines(server: Server) -> Iterator[str]:
+    yield f"address = {server.address}"
+    yield f"weight = {server.weight}"
+    if server.tls_name is not None:
+        yield f"tls_name = {server.tls_name}"
+    if server.slowstart is not None:
+        yield f"slowstart = {_text(server.slowstart)}"
+    if server.maxconn:
+        yield f"maxconn = {server.maxconn}"
+
+
 def render(pool: Pool) -> str:
     """Write ``pool`` as INI text; :func:`parse` of the result equals ``pool``."""
     fields = attrs.asdict(pool, recurse=False)
     lines = ["[pool]"]
     for key in _POOL_RULES:
-        if fields[key] is not None:
+        if fields[key] not in (None, ()):
             lines.append(f"{key} = {_text(fields[key])}")
     lines += ["", "[ports]"]
     lines += [f"{port.number} = {port.protocol.value}" for port in pool.ports]
     for server in pool.servers:
-        lines += ["", f"[server:{server.name}]"]
-        lines += [f"address = {server.address}", f"weight = {server.weight}"]
-        if server.tls_name is not None:
-            lines.append(f"tls_name = {server.tls_name}")
+        lines += ["", f"[server:{server.name}]", *_server_lines(server)]
     lines += ["", "[monitor]"]
     monitor = attrs.asdict(pool.monitor, recurse=False)
     for key in _MONITOR_RULES:
@@ -335,6 +363,10 @@ def render(pool: Pool) -> str:
         lines += [
             f"{key} = {_text(tls[key])}" for key in _TLS_RULES if tls[key] is not None
         ]
+    if pool.limits != Limits():
+        lines += ["", "[limits]"]
+        limits = attrs.asdict(pool.limits, recurse=False)
+        lines += [f"{key} = {limits[key]}" for key in _LIMITS_RULES]
     if pool.admin is not None:
         lines += ["", "[admin]", f"listen = {pool.admin.listen}"]
         if pool.admin.token_file is not None:

@@ -36,9 +36,10 @@ from twisted.logger import Logger
 
 from ocsbal._endpoints import ReactorTCPTime
 from ocsbal._idle import IdleTimeout, too_short_for_ocs
+from ocsbal._listener import Listener
 from ocsbal._network import NetworkSetupError, check_network, listen_freebind
 from ocsbal._pool import AdminState, LastServerError, RunningPool, UnknownServerError
-from ocsbal._relay import Listener, Relay
+from ocsbal._relay import Relay
 from ocsbal._report import figures
 from ocsbal._sweep import sweep as sweep_idle
 from ocsbal._tls import TLSSetupError
@@ -143,7 +144,7 @@ class PoolService(MultiService):
 
     def _running(self, pool: Pool) -> RunningPool:
         """The pool at run time (a worker's reports to its control process)."""
-        return RunningPool(pool)
+        return RunningPool(pool, self._reactor.seconds)
 
     def figures(self, connections: bool = False) -> Deferred[dict[str, Any]]:
         """What the pool's connections count: see :func:`ocsbal._report.figures`."""
@@ -248,12 +249,10 @@ class PoolService(MultiService):
     def _listen(self, ports: Iterable[Port]) -> None:
         """Bind ``ports`` on the VIP: all of them, or none and raise."""
         bound: dict[int, IListeningPort] = {}
-        listeners = {port.number: self.relay.listener(port) for port in ports}
+        listeners = {port.number: Listener(self.relay, port) for port in ports}
         try:
             for number, listener in listeners.items():
-                bound[number] = self._bind_port(
-                    number, self.relay.factory_for(listener)
-                )
+                bound[number] = self._bind_port(number, listener.factory())
         except Exception:
             for port in bound.values():
                 port.stopListening()
