@@ -101,6 +101,8 @@ class ReadTests(AdminTests):
             "name": "fe1",
             "address": "127.0.1.11",
             "weight": 100,
+            "effective_weight": 100,
+            "maxconn": 0,
             "state": "ready",
             "removed": False,
             "health": "up",

@@ -427,7 +427,7 @@ def test_a_missed_refresh_is_reported_once_and_reaped_if_asked() -> None:
             globalLogPublisher.removeObserver(events.append)
         warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
         assert warnings == [
-            "connection from IPv4Address(type='TCP', host='127.0.0.1', port=40000) "
+            "connection from 127.0.0.1:40000 "
             "missed its registration refresh (sip:alice@contoso.com) by more than "
             "120 s"
         ]

@@ -33,7 +33,7 @@ from ocsbal.config import Pool, Port, PortProtocol, Server, TLSMode, TLSSettings
 
 SIPS = Port(5061, PortProtocol.SIPS)
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
-PEER = repr(CLIENT)
+PEER = "127.0.0.1:40000"  # as log lines give a client
 FQDN = "pool01.example.com"
 REGISTER = (
     b"REGISTER sip:example.com SIP/2.0\r\nTo: <sip:alice@example.com>\r\n"

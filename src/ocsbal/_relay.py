@@ -151,6 +151,12 @@ class Splice:
         return self.client.transport.getPeer()
 
     @property
+    def client_name(self) -> str:
+        """The client's address and port, as log lines give them."""
+        peer = cast(IPv4Address | IPv6Address, self.peer)
+        return f"{url_host(peer.host)}:{peer.port}"
+
+    @property
     def upstream(self) -> int:
         """Bytes relayed from the client to the server."""
         return self.client.received
@@ -179,7 +185,9 @@ class Splice:
         self.relay.splices.add(self)
         self.relay.accepted[self.port.number] += 1
         ensureDeferred(self._connect()).addErrback(
-            lambda f: log.failure("unexpected error relaying {peer}", f, peer=self.peer)
+            lambda f: log.failure(
+                "unexpected error relaying {peer}", f, peer=self.client_name
+            )
         )
 
     async def _handshake(self, handshake: Deferred[None]) -> bool:
@@ -198,7 +206,7 @@ class Splice:
             self.relay.log.info(
                 "TLS client {peer} on port {port} dropped: {reason}",
                 kind=(self.port.number, reason),
-                peer=self.peer,
+                peer=self.client_name,
                 port=self.port.number,
                 reason=reason,
             )
@@ -274,7 +282,7 @@ class Splice:
                 "connection from {peer} to server {server} "
                 "({address}:{port}) failed: {error}",
                 kind=(backend.name, self.port.number, error),
-                peer=self.peer,
+                peer=self.client_name,
                 server=backend.name,
                 address=backend.server.address,
                 port=self.port.number,
@@ -304,7 +312,7 @@ class Splice:
         relay.log.warn(
             "rejected connection from {peer} to port {port}: {reason}",
             kind=(self.port.number, reason),
-            peer=self.peer,
+            peer=self.client_name,
             port=self.port.number,
             reason=reason,
         )
@@ -399,11 +407,10 @@ class Splice:
         """
         self._leave()
         server = "none" if self.backend is None else self.backend.server.name
-        peer = cast(IPv4Address | IPv6Address, self.peer)
         self.relay.log.info(
             "closing idle connection from {client} on port {port} (server {server})",
             kind=(self.port.number, server),
-            client=f"{url_host(peer.host)}:{peer.port}",
+            client=self.client_name,
             port=self.port.number,
             server=server,
         )

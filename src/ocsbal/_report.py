@@ -95,7 +95,9 @@ def server_report(
     return {
         "name": backend.name,
         "address": backend.server.address,
-        "weight": backend.weight,
+        "weight": backend.server.weight,
+        "effective_weight": backend.weight,
+        "maxconn": backend.server.maxconn,
         "state": backend.state.value,
         "removed": backend.removed,
         "health": "up" if backend.health.up else "down",

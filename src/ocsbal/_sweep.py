@@ -62,7 +62,7 @@ def sweep(relay: Relay) -> None:
             relay.log.warn(
                 "connection from {peer} missed its registration refresh "
                 "({aors}) by more than {grace:g} s",
-                peer=splice.peer,
+                peer=splice.client_name,
                 aors=", ".join(splice.sip.bindings),
                 grace=grace,
             )
