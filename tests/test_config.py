@@ -16,6 +16,7 @@ from ocsbal.config import (
     Admin,
     ConfigError,
     Limits,
+    LogSettings,
     Monitor,
     MonitorType,
     NatMode,
@@ -301,6 +302,8 @@ BAD_VALUES = [
     ("server:fe1", "tls_name", "-fe.contoso.com", "must be the DNS name"),
     ("limits", "per_source_connections", "-1", "must be a whole number, 0 or more"),
     ("limits", "per_source_rate", "1.5", "must be a whole number, 0 or more"),
+    ("log", "connections", "maybe", "must be yes or no"),
+    ("log", "format", "json", "unknown key; allowed: connections"),
     ("limits", "burst", "5", "unknown key; allowed: per_source_connections"),
     ("tls", "mode", "offload", "must be one of passthrough, terminate"),
     ("tls", "handshake_timeout", "0", "greater than 0 and at most 300"),
@@ -364,7 +367,7 @@ class TestProblems:
             "t.ini: [server:fe1] address = nowhere: must be a static IPv4 or IPv6 "
             "address, not a host name",
             "t.ini: [extra]: unknown section; allowed: [pool], [ports], [server:NAME], "
-            "[monitor], [tls], [admin], [limits]",
+            "[monitor], [tls], [admin], [limits], [log]",
         ]
 
     def test_a_source_address_is_only_for_full_nat(self) -> None:
@@ -645,6 +648,7 @@ def pools(draw: st.DrawFn) -> Pool:
         slowstart=draw(st.floats(0, 1e5)),
         maxconn=draw(st.integers(0, 10**6)),
         limits=Limits(draw(st.integers(0, 10**4)), draw(st.integers(0, 10**4))),
+        log=LogSettings(draw(st.booleans())),
     )
 
 

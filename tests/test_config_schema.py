@@ -18,6 +18,7 @@ from ocsbal import config
 from ocsbal.config import (
     _ADMIN_RULES,
     _LIMITS_RULES,
+    _LOG_RULES,
     _MONITOR_RULES,
     _POOL_RULES,
     _PORT_RULE,
@@ -48,6 +49,7 @@ TABLES: dict[str, dict[str, _Rule[Any]]] = {
     "tls": _TLS_RULES,
     "admin": _ADMIN_RULES,
     "limits": _LIMITS_RULES,
+    "log": _LOG_RULES,
 }
 
 
@@ -86,11 +88,14 @@ def test_the_sections_are_those_with_tables() -> None:
         r"tls\Z",
         r"admin\Z",
         r"limits\Z",
+        r"log\Z",
     ]
     assert config._SECTION_NAMES == (
-        "[pool], [ports], [server:NAME], [monitor], [tls], [admin], [limits]"
+        "[pool], [ports], [server:NAME], [monitor], [tls], [admin], [limits], [log]"
     )
-    assert set(TABLES) == {"pool", "server:NAME", "monitor", "tls", "admin", "limits"}
+    assert set(TABLES) == {
+        *("pool", "server:NAME", "monitor", "tls", "admin", "limits", "log")
+    }
 
 
 @pytest.mark.parametrize(

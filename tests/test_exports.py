@@ -66,6 +66,7 @@ def test_each_public_module_exports_exactly_its_api() -> None:
     ]
     assert ocsbal.config.__all__ == [
         *("HEARTBEAT_PORTS", "OCS_PORTS", "Admin", "ConfigError", "Limits"),
+        "LogSettings",
         *("Monitor", "MonitorType", "NatMode", "Pool", "PoolKind", "Port"),
         *("PortProtocol", "Problem", "Server", "TLSMode", "TLSSettings"),
         *("load", "parse", "render"),

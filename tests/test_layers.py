@@ -31,6 +31,8 @@ LAYERS: dict[str, set[str]] = {
     "sip": {"sip._accounts", "sip._headers", "sip._inspector"},
     "_idle": set(),
     "_logs": set(),
+    "_connlog": set(),
+    "jsonlog": set(),
     "_endpoints": set(),
     "_status_page": set(),
     # The model of a pool, and its file.
@@ -51,13 +53,13 @@ LAYERS: dict[str, set[str]] = {
     "_outbound": {"_endpoints", "_logs", "_model", "_network", "_sides", "_tls"},
     "_limits": {"_sections"},
     "_relay": {
-        *("_endpoints", "_limits", "_logs", "_model", "_outbound", "_pool"),
-        *("_sides", "_tls", "scheduling", "sip"),
+        *("_connlog", "_endpoints", "_limits", "_logs", "_model", "_outbound"),
+        *("_pool", "_sides", "_tls", "scheduling", "sip"),
     },
-    "_listener": {"_endpoints", "_limits", "_model", "_relay", "_sides"},
+    "_listener": {"_connlog", "_endpoints", "_limits", "_model", "_relay", "_sides"},
     "_sweep": {"_idle", "_relay"},
     # Read-only views and the web API, never the service.
-    "_report": {"_pool", "_relay", "_sweep"},
+    "_report": {"_endpoints", "_pool", "_relay", "_sweep"},
     "_metrics": {"_pool", "_relay"},
     "_guard": {"_model"},
     "admin": {
@@ -75,11 +77,11 @@ LAYERS: dict[str, set[str]] = {
     "_amp": set(),
     "_worker": {
         *("_amp", "_endpoints", "_model", "_pool", "_report", "config"),
-        "service",
+        *("_connlog", "service"),
     },
     "_control": {
         *("_amp", "_endpoints", "_model", "_network", "_pool", "_report"),
-        *("config", "service"),
+        *("_connlog", "config", "service"),
     },
     "tap": {"_control", "_network", "_tls", "config", "service"},
     "_ctl": {"_token", "config"},

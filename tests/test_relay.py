@@ -665,7 +665,7 @@ def test_a_splice_goes_through_its_phases_forward_only() -> None:
     client.connectionLost(Failure(ConnectionDone()))
     assert splice.phase is Phase.CLOSED
     with pytest.raises(RuntimeError, match=r"cannot go from Phase\.CLOSED"):
-        splice.expire()
+        splice.close()
 
 
 def test_a_refused_client_closes_and_one_gone_while_connecting_is_closed() -> None:

@@ -54,6 +54,7 @@ from ocsbal._amp import (
     Log,
     Retire,
 )
+from ocsbal._connlog import FORMAT
 from ocsbal._endpoints import ReactorTCPTime
 from ocsbal._network import SharedPort
 from ocsbal._pool import AdminState, Backend, RunningPool
@@ -141,14 +142,22 @@ class WorkerLink(amp.AMP):
         return {}
 
     @Log.responder
-    def logged(self, namespace: str, level: str, text: str) -> dict[str, Any]:
-        """Write one of the worker's log events to the log, in its namespace."""
-        Logger(namespace=namespace).emit(
-            LogLevel.levelWithName(level),
-            "worker {worker}: {text}",
-            worker=self.slot + 1,
-            text=text,
-        )
+    def logged(
+        self,
+        namespace: str,
+        level: str,
+        text: str,
+        fields: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write one of the worker's log events to the log, in its namespace.
+
+        A connection's event keeps its fields, and its line its form.
+        """
+        logger, at = Logger(namespace=namespace), LogLevel.levelWithName(level)
+        if fields is not None:
+            logger.emit(at, FORMAT, worker=self.slot + 1, **fields)
+        else:
+            logger.emit(at, "worker {worker}: {text}", worker=self.slot + 1, text=text)
         return {}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectBindError, ConnectError
@@ -30,6 +31,13 @@ def is_ipv6(address: str) -> bool:
 def url_host(address: str) -> str:
     """``address`` as the host part of a URI: IPv6 in brackets."""
     return f"[{address}]" if is_ipv6(address) else address
+
+
+def host_port(address: object) -> str:
+    """A TCP address as ``HOST:PORT`` (IPv6 in brackets), as logs and reports say it."""
+    if isinstance(address, IPv4Address | IPv6Address):
+        return f"{url_host(address.host)}:{address.port}"
+    return str(address)
 
 
 def server_endpoint(

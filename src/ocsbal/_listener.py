@@ -14,7 +14,8 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from ocsbal._endpoints import url_host
+from ocsbal._connlog import closed
+from ocsbal._endpoints import host_port, url_host
 from ocsbal._limits import source_of
 from ocsbal._relay import Relay, Splice
 
@@ -55,23 +56,37 @@ class Listener(ServerFactory):
         limits = relay.pool.limits
         if not limits.any:
             return Splice(relay, self.port).client
-        host = cast(IPv4Address | IPv6Address, addr).host
-        source = source_of(host)
+        peer = cast(IPv4Address | IPv6Address, addr)
+        source = source_of(peer.host)
         table = relay.sources
         table.limits = limits
         broken = table.admit(source)
         if broken is not None:
-            relay.limited[broken] += 1
-            relay.log.info(
-                "refused connection from {client} to port {port}: over {limit} "
-                "({most})",
-                kind=(self.port.number, broken),
-                client=url_host(host),
-                port=self.port.number,
-                limit=broken,
-                most=getattr(limits, broken),
-            )
+            self._refuse(peer, broken, getattr(limits, broken))
             return None  # the port closes it at once, unread
         splice = Splice(relay, self.port)
         splice.source = source
         return splice.client
+
+    def _refuse(self, peer: IPv4Address | IPv6Address, limit: str, most: int) -> None:
+        relay, port = self.relay, self.port.number
+        relay.limited[limit] += 1
+        relay.log.info(
+            "refused connection from {client} to port {port}: over {limit} ({most})",
+            kind=(port, limit),
+            client=url_host(peer.host),
+            port=port,
+            limit=limit,
+            most=most,
+        )
+        if relay.pool.log.connections:
+            closed(
+                client=host_port(peer),
+                vip_port=port,
+                server=None,
+                connect=None,
+                duration_s=0.0,
+                up=0,
+                down=0,
+                cause="limit",
+            )

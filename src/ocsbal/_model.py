@@ -53,7 +53,7 @@ from ocsbal._rules import (
     _text,
     _whole_rule,
 )
-from ocsbal._sections import _TLS_FILES, Admin, Limits, TLSSettings
+from ocsbal._sections import _TLS_FILES, Admin, Limits, LogSettings, TLSSettings
 
 __all__ = [
     "HEARTBEAT_PORTS",
@@ -61,6 +61,7 @@ __all__ = [
     "Admin",
     "ConfigError",
     "Limits",
+    "LogSettings",
     "Monitor",
     "MonitorType",
     "NatMode",
@@ -300,6 +301,7 @@ class Pool:
     :ivar tls: what is done with TLS on ``sips`` ports.
     :ivar admin: where the admin interface listens; ``None`` for none.
     :ivar limits: what one client address may take.
+    :ivar log: what the log says beyond problems and changes.
     """
 
     name: str = attrs.field(validator=_POOL_RULES["name"])
@@ -357,6 +359,9 @@ class Pool:
     )
     limits: Limits = attrs.field(
         default=Limits(), validator=attrs.validators.instance_of(Limits)
+    )
+    log: LogSettings = attrs.field(
+        default=LogSettings(), validator=attrs.validators.instance_of(LogSettings)
     )
 
     @property

@@ -28,13 +28,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
-from ocsbal._endpoints import ReactorTCPTime, failed_here, url_host
+from ocsbal._connlog import closed
+from ocsbal._endpoints import ReactorTCPTime, failed_here, host_port
 from ocsbal._limits import SourceLimits
 from ocsbal._logs import LimitedLog
 from ocsbal._model import PortProtocol
@@ -99,8 +99,10 @@ class Splice:
     __slots__ = (
         "_connecting",
         "backend",
+        "cause",
         "client",
         "clock",
+        "connected",
         "last_activity",
         "phase",
         "port",
@@ -125,6 +127,10 @@ class Splice:
         self.server: Side | None = None
         self.backend: Backend | None = None
         self.started = self.last_activity = self.clock.seconds()
+        #: When its server was connected, if it was.
+        self.connected: float | None = None
+        #: What ended it, first (see :data:`ocsbal._connlog.CAUSES`).
+        self.cause: str | None = None
         self._connecting: Deferred[Any] | None = None
         self.unsent_seen = 0
         self.still_since = self.started
@@ -153,8 +159,7 @@ class Splice:
     @property
     def client_name(self) -> str:
         """The client's address and port, as log lines give them."""
-        peer = cast(IPv4Address | IPv6Address, self.peer)
-        return f"{url_host(peer.host)}:{peer.port}"
+        return host_port(self.peer)
 
     @property
     def upstream(self) -> int:
@@ -232,7 +237,8 @@ class Splice:
             try:
                 backend = servers.pick(tried)
             except NoServerAvailable as e:
-                self._reject(str(e), "maxconn" if isinstance(e, AtLimitError) else "")
+                at_limit = isinstance(e, AtLimitError)
+                self._reject(str(e), "limit" if at_limit else "no-server")
                 return
             tried.append(backend)
             try:
@@ -240,12 +246,13 @@ class Splice:
             except _UnreachedError as e:
                 reason = str(e)
                 if e.final:
-                    break
+                    self._reject(reason, "no-server")
+                    return
                 continue
             if side is not None:
                 self._attach(backend, side)
             return
-        self._reject(reason)
+        self._reject(reason, "server-down")
 
     async def _try(self, backend: Backend) -> Side | None:
         """Connect to ``backend``; the side connected to it.
@@ -302,13 +309,15 @@ class Splice:
             )
         return side
 
-    def _reject(self, reason: str, limit: str = "") -> None:
+    def _reject(self, reason: str, cause: str) -> None:
         """No server takes the client: close it, with one line saying why.
 
-        :param limit: the limit that refused it (see :attr:`Relay.limited`),
-            if not the servers' health or state.
+        :param cause: ``limit`` if a ``maxconn`` refused it, else whether no
+            server could be picked (``no-server``) or those tried failed
+            (``server-down``).
         """
         relay = self.relay
+        self.cause = cause
         relay.log.warn(
             "rejected connection from {peer} to port {port}: {reason}",
             kind=(self.port.number, reason),
@@ -316,8 +325,8 @@ class Splice:
             port=self.port.number,
             reason=reason,
         )
-        if limit:
-            relay.limited[limit] += 1
+        if cause == "limit":
+            relay.limited["maxconn"] += 1
         else:
             relay.rejected[self.port.number] += 1
         self._leave()
@@ -327,6 +336,7 @@ class Splice:
         self.client.transport.loseConnection()
 
     def _attach(self, backend: Backend, server: Side) -> None:
+        self.connected = self.clock.seconds()
         self.backend = backend
         self.server = server
         backend.attached(self)
@@ -345,6 +355,8 @@ class Splice:
 
     def client_lost(self) -> None:
         """The client's connection is gone: the server's side finishes."""
+        if self.cause is None:
+            self.cause = "client-closed"
         if self._connecting is not None:
             self._connecting.cancel()
         server = self.server
@@ -367,6 +379,8 @@ class Splice:
         server = self.server
         if server is None or not server.lost:
             return
+        if self.cause is None:
+            self.cause = "server-closed"
         backend = cast("Backend", self.backend)
         backend.detached(self)
         self.relay.servers.release(backend)
@@ -384,37 +398,49 @@ class Splice:
 
     def _closed(self) -> None:
         self._move(Phase.CLOSED)
-        self.relay.flushing.discard(self)
-        self.relay.draining.discard(self)
+        relay = self.relay
+        relay.flushing.discard(self)
+        relay.draining.discard(self)
+        if relay.pool.log.connections:
+            connected = self.connected
+            closed(
+                client=self.client_name,
+                vip_port=self.port.number,
+                server=None if self.backend is None else self.backend.name,
+                connect=None if connected is None else connected - self.started,
+                duration_s=self.clock.seconds() - self.started,
+                up=self.upstream,
+                down=self.downstream,
+                cause=self.cause or "client-closed",
+                aors=() if self.sip is None else self.sip.bindings,
+            )
 
-    def close(self) -> None:
-        """Close both sides, after flushing what is already buffered."""
+    def close(self, cause: str = "admin") -> None:
+        """Close both sides, after flushing what is already buffered.
+
+        If a peer takes none of it, the sweep aborts it later
+        (:func:`ocsbal._sweep.stuck`).
+
+        :param cause: what ends it, for its log event.
+        """
+        if self.cause is None:
+            self.cause = cause
+        self._leave()
         self.client.transport.loseConnection()
         if self.server is not None:
             self.server.transport.loseConnection()
 
-    def abort(self) -> None:
-        """Close both sides at once, discarding what is buffered."""
+    def abort(self, cause: str = "idle-timeout") -> None:
+        """Close both sides at once, discarding what is buffered.
+
+        :param cause: what ends it, for its log event: by default, its
+            peers took nothing for the idle timeout.
+        """
+        if self.cause is None:
+            self.cause = cause
         for side in (self.client, self.server):
             if side is not None and not side.lost:
                 side.transport.abortConnection()
-
-    def expire(self) -> None:
-        """Close this idle connection, after what is buffered for its peers.
-
-        If a peer takes none of it, the sweep aborts it later
-        (:func:`ocsbal._sweep.stuck`).
-        """
-        self._leave()
-        server = "none" if self.backend is None else self.backend.server.name
-        self.relay.log.info(
-            "closing idle connection from {client} on port {port} (server {server})",
-            kind=(self.port.number, server),
-            client=self.client_name,
-            port=self.port.number,
-            server=server,
-        )
-        self.close()
 
 
 class _UnreachedError(Exception):

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.address import IPv4Address, IPv6Address
-
+from ocsbal._endpoints import host_port
 from ocsbal._sweep import closing_time
 
 if TYPE_CHECKING:
@@ -179,7 +178,7 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
     """
     closes_at, closes_because = closing_time(splice)
     report: dict[str, Any] = {
-        "client": _address(splice.peer),
+        "client": host_port(splice.peer),
         "port": splice.port.number,
         "protocol": splice.port.protocol.value,
         "server": None if splice.backend is None else splice.backend.name,
@@ -211,11 +210,3 @@ def connections_report(relay: Relay) -> list[dict[str, Any]]:
     now = relay.reactor.seconds()
     splices = sorted(relay.splices, key=lambda s: s.started)
     return [connection_report(s, now) for s in splices]
-
-
-def _address(address: object) -> str:
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    return str(address)

@@ -1,4 +1,4 @@
-"""The model's ``[admin]``, ``[tls]`` and ``[limits]`` sections: frozen attrs classes.
+"""The model's ``[admin]``, ``[tls]``, ``[limits]`` and ``[log]`` sections.
 
 Each holds its section's keys under the rules of :mod:`ocsbal._rules`, as
 :mod:`ocsbal._model` does for the pool; :class:`~ocsbal._model.Pool` holds
@@ -28,7 +28,7 @@ from ocsbal._rules import (
     _whole_rule,
 )
 
-__all__ = ["Admin", "Limits", "TLSSettings"]
+__all__ = ["Admin", "Limits", "LogSettings", "TLSSettings"]
 
 
 #: The rule of each ``[admin]`` key, which is also the rule of its attribute.
@@ -159,3 +159,20 @@ class Limits:
     def any(self) -> bool:
         """Whether any limit is set."""
         return bool(self.per_source_connections or self.per_source_rate)
+
+
+#: The rule of each ``[log]`` key, which is also the rule of its attribute.
+_LOG_RULES: dict[str, _Rule[Any]] = {
+    "connections": _Rule(_read_boolean, _check_boolean),
+}
+
+
+@attrs.frozen
+class LogSettings:
+    """What the log says beyond problems and changes.
+
+    :ivar connections: whether each connection, as it closes, is one event
+        (see :mod:`ocsbal._connlog`).
+    """
+
+    connections: bool = attrs.field(default=False, validator=_LOG_RULES["connections"])

@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from twisted.python.usage import Options
 from zope.interface import provider
 
+from ocsbal import _connlog as connlog
 from ocsbal._amp import (
     AdoptPort,
     BecomeUser,
@@ -174,12 +175,17 @@ class ControlLink(amp.AMP):
     @provider(ILogObserver)
     def _forward(self, event: LogEvent) -> None:
         text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        namespace = event.get("log_namespace", "-")
+        fields = None
+        if namespace == connlog.NAMESPACE:
+            fields = {key: event[key] for key in (*connlog.FIELDS, "aor")}
         if self.transport is not None and not self._link_down():
             self.callRemote(
                 Log,
-                namespace=event.get("log_namespace", "-"),
+                namespace=namespace,
                 level=event["log_level"].name,
                 text=text,
+                fields=fields,
             )
 
     def _link_down(self) -> bool:

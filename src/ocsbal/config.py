@@ -49,10 +49,12 @@ from ocsbal._rules import (
 from ocsbal._sections import (
     _ADMIN_RULES,
     _LIMITS_RULES,
+    _LOG_RULES,
     _TLS_FILES,
     _TLS_RULES,
     Admin,
     Limits,
+    LogSettings,
     TLSSettings,
 )
 
@@ -62,6 +64,7 @@ __all__ = [
     "Admin",
     "ConfigError",
     "Limits",
+    "LogSettings",
     "Monitor",
     "MonitorType",
     "NatMode",
@@ -98,6 +101,7 @@ class _Draft:
     tls: TLSSettings | None = attrs.Factory(TLSSettings)
     admin: Admin | None = None
     limits: Limits | None = attrs.Factory(Limits)
+    log: LogSettings | None = attrs.Factory(LogSettings)
     problems: list[Problem] = attrs.Factory(list)
 
     @property
@@ -227,6 +231,14 @@ def _read_limits(draft: _Draft, section: configparser.SectionProxy) -> None:
     draft.limits = None if None in values.values() else Limits(**values)
 
 
+def _read_log(draft: _Draft, section: configparser.SectionProxy) -> None:
+    values: dict[str, Any] = {
+        key: draft.read(section.name, key, text, _LOG_RULES[key])
+        for key, text in draft.known_items(section, _LOG_RULES)
+    }
+    draft.log = None if None in values.values() else LogSettings(**values)
+
+
 #: How each section is read: ``(pattern, reader)``, first match wins.  A new
 #: section (``[monitor]``, ``[tls]``, ``[admin]``) is a new entry here and a
 #: new :class:`Pool` field; the others do not change.
@@ -240,8 +252,11 @@ _SECTIONS: list[
     (re.compile(r"tls\Z"), _read_tls),
     (re.compile(r"admin\Z"), _read_admin),
     (re.compile(r"limits\Z"), _read_limits),
+    (re.compile(r"log\Z"), _read_log),
 ]
-_SECTION_NAMES = "[pool], [ports], [server:NAME], [monitor], [tls], [admin], [limits]"
+_SECTION_NAMES = (
+    "[pool], [ports], [server:NAME], [monitor], [tls], [admin], [limits], [log]"
+)
 
 
 def parse(
@@ -291,6 +306,7 @@ def parse(
             tls=cast(TLSSettings, draft.tls),
             admin=draft.admin,
             limits=cast(Limits, draft.limits),
+            log=cast(LogSettings, draft.log),
             **draft.fields,
         )
     except ConfigError as e:  # the pool checks its relations: name the file
@@ -367,6 +383,8 @@ def render(pool: Pool) -> str:
         lines += ["", "[limits]"]
         limits = attrs.asdict(pool.limits, recurse=False)
         lines += [f"{key} = {limits[key]}" for key in _LIMITS_RULES]
+    if pool.log != LogSettings():
+        lines += ["", "[log]", f"connections = {_text(pool.log.connections)}"]
     if pool.admin is not None:
         lines += ["", "[admin]", f"listen = {pool.admin.listen}"]
         if pool.admin.token_file is not None:

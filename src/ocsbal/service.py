@@ -455,11 +455,11 @@ class PoolService(MultiService):
         if relay.splices and self.grace_period > 0:
             await self._within(relay.when_empty(), self.grace_period)
         for splice in list(relay.splices):
-            splice.close()
+            splice.close("shutdown")
         if relay.splices:
             await self._within(relay.when_empty(), CLOSE_TIMEOUT)
         for splice in list(relay.splices):
-            splice.abort()
+            splice.abort("shutdown")
         relay.log.flush()  # the repeats counted so far
 
     async def _within(self, d: Deferred[None], seconds: float) -> None:
