@@ -181,11 +181,46 @@ def test_show_servers_marks_removed_ones() -> None:
         "state": "drain",
         "removed": True,
         "health": "up",
+        "health_detail": "no longer checked",
         "active": 3,
         "total": 9,
         "last_check": "ok",
     }
     assert show_servers([row]).splitlines()[1].split()[3] == "removed"
+
+
+def test_show_servers_says_what_health_waits_for_or_why_it_is_not_checked() -> None:
+    def row(name: str, health: str, detail: str, last: str) -> dict[str, object]:
+        return {
+            "name": name,
+            "address": "10.0.0.11",
+            "weight": 100,
+            "state": "maint" if health == "maint" else "ready",
+            "removed": False,
+            "health": health,
+            "health_detail": detail,
+            "active": 0,
+            "total": 0,
+            "last_check": last,
+        }
+
+    table = show_servers(
+        [
+            row("fe1", "down", "2 of 3 checks passed", "ok"),
+            row("fe2", "maint", "not checked", "in maintenance"),
+            row("fe3", "up", "", "ok"),
+        ]
+    ).splitlines()
+    assert table == [
+        "NAME  ADDRESS    WEIGHT  STATE  HEALTH                       ACTIVE  TOTAL"
+        "  LAST CHECK",
+        "fe1   10.0.0.11  100     ready  down (2 of 3 checks passed)  0       0"
+        "      ok",
+        "fe2   10.0.0.11  100     maint  maint (not checked)          0       0"
+        "      in maintenance",
+        "fe3   10.0.0.11  100     ready  up                           0       0"
+        "      ok",
+    ]
 
 
 def test_a_relative_token_file_is_taken_from_where_ctl_runs(

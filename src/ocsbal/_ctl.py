@@ -176,6 +176,12 @@ def _table(rows: list[list[object]], head: list[str]) -> str:
     )
 
 
+def _health(server: dict[str, Any]) -> str:
+    """``down (1 of 2 checks passed)``, ``maint (not checked)``, ``up``."""
+    detail = server["health_detail"]
+    return f"{server['health']} ({detail})" if detail else server["health"]
+
+
 def show_servers(servers: list[dict[str, Any]]) -> str:
     """The servers as a table."""
     head = [
@@ -194,7 +200,7 @@ def show_servers(servers: list[dict[str, Any]]) -> str:
             s["address"],
             s["weight"],
             "removed" if s["removed"] else s["state"],
-            s["health"],
+            _health(s),
             s["active"],
             s["total"],
             s["last_check"],
