@@ -54,7 +54,7 @@ LAYERS: dict[str, set[str]] = {
     },
     "_sweep": {"_idle", "_relay"},
     # Read-only views and the web API, never the service.
-    "_report": {"_pool", "_relay", "_sweep"},
+    "_report": {"_model", "_pool", "_relay", "_sweep"},
     "_metrics": {"_pool", "_relay"},
     "_guard": {"_model"},
     "admin": {
