@@ -7,6 +7,7 @@ machine.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
+_MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,12 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def dry_run(tree: Path, target: str) -> list[str]:
     """The commands ``make TARGET`` would run in ``tree``."""
+    # Not the flags of a make running the tests (make test): -n alone.
+    env = {k: v for k, v in os.environ.items() if k not in _MAKE_VARIABLES}
     run = subprocess.run(
         ["make", "-n", target],
         cwd=tree,
+        env=env,
         capture_output=True,
         text=True,
         check=True,
