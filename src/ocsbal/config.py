@@ -230,9 +230,9 @@ def _read_tls(draft: _Draft, section: configparser.SectionProxy) -> None:
         draft.tls = None  # nothing else of the section can be judged
     else:
         # A refused value takes its default, for the relations and the file
-        # checks alone (with a problem, no pool is built from the draft):
-        # neither is misled by it, as a file not named is not read, and
-        # inspect = yes is no one's problem.
+        # checks alone (with a problem, no pool is built from the draft).
+        # No default misleads them: a file not named is not read, and no
+        # relation refuses inspect = yes or any handshake_timeout.
         given = {key: value for key, value in values.items() if value is not None}
         draft.tls = TLSSettings(**given)
 
