@@ -397,6 +397,64 @@ class TestProblems:
             " [pool] nat = half",
         ]
 
+    def test_a_server_with_a_bad_value_still_counts_for_the_relations(self) -> None:
+        text = MINIMAL + "[server:fe2]\naddress = 10.0.0.11\nweight = heavy\n"
+        assert problems(text) == [
+            "t.ini: [server:fe2] weight = heavy: must be a whole number from 0 to "
+            "65535",
+            "t.ini: [server:fe2] address = 10.0.0.11: is already server fe1's "
+            "address; each server needs its own",
+        ]
+
+    def test_the_monitors_relations_beside_a_refused_value(self) -> None:
+        text = MINIMAL + "[monitor]\ninterval = 1\ntimeout = 5\nrise = 0\n"
+        assert problems(text) == [
+            "t.ini: [monitor] rise = 0: must be a whole number from 1 to 1000",
+            "t.ini: [monitor] timeout = 5: must not exceed the interval (1 s): a "
+            "check ends before the next begins",
+        ]
+
+    @pytest.mark.parametrize(
+        "monitor",
+        [
+            "interval = 0.5\ntimeout = 2\n",  # not the default 5 s either
+            "timeout = 0\ninterval = 1\n",  # nor the default 2 s
+            "type = htps\nurl = /health\n",  # https was meant
+        ],
+    )
+    def test_a_refused_value_is_never_judged_by_a_relation(self, monitor: str) -> None:
+        assert len(problems(MINIMAL + "[monitor]\n" + monitor)) == 1
+
+    def test_the_tls_relations_beside_a_refused_value(self) -> None:
+        text = MINIMAL + "[tls]\ncertificate = pool.pem\nhandshake_timeout = 0\n"
+        assert [line.split(":")[1] for line in problems(text)] == [
+            " [tls] handshake_timeout = 0",
+            f" [tls] certificate = {Path.cwd() / 'pool.pem'}",
+        ]
+        refused_mode = MINIMAL + "[tls]\nmode = terminat\ncertificate = pool.pem\n"
+        assert len(problems(refused_mode)) == 1
+
+    def test_the_tls_files_are_checked_with_the_rest(self) -> None:
+        """Given a file check, its problems are listed with the others."""
+        asked = []
+
+        def check(tls: TLSSettings, fqdn: str | None) -> list[tuple[str, str, str]]:
+            asked.append((tls.certificate, fqdn))
+            return [("certificate", str(tls.certificate), "cannot read: gone")]
+
+        tls = "[tls]\nmode = terminate\ncertificate = /p.pem\n"
+        text = MINIMAL.replace("vip = 10.0.0.10", "vip = x") + tls
+        with pytest.raises(ConfigError) as raised:
+            parse(text, "t.ini", check_files=check)
+        assert [str(p) for p in raised.value.problems] == [
+            "t.ini: [pool] vip = x: must be a static IPv4 or IPv6 address, not a "
+            "host name",
+            "t.ini: [tls] certificate = /p.pem: cannot read: gone",
+        ]
+        assert asked == [("/p.pem", "p.example.com")]
+        assert parse(MINIMAL, check_files=check) == parse(MINIMAL)  # passthrough
+        assert len(asked) == 1
+
     def test_required_keys(self) -> None:
         assert problems("[pool]\n[server:fe1]\nweight = 1\n") == [
             "t.ini: [pool] name = : is required",

@@ -65,6 +65,18 @@ class TestHealthState:
         state.record(True, monitor)
         assert not state.up
 
+    def test_the_streak_counts_the_results_against_its_health(self) -> None:
+        state, monitor = HealthState(up=False), thresholds(3, 2)
+        state.record(True, monitor)
+        state.record(True, monitor)
+        assert (state.up, state.streak) == (False, 2)  # 2 of rise = 3
+        state.record(True, monitor)
+        assert (state.up, state.streak) == (True, 0)
+        state.record(False, monitor, "x")
+        assert state.streak == 1  # 1 of fall = 2
+        state.suspend("in maintenance")
+        assert (state.up, state.streak) == (False, 0)
+
     def test_the_thresholds_in_force_count(self) -> None:
         """A reload's new rise and fall apply to a streak under way."""
         state = HealthState()

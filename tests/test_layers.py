@@ -59,7 +59,7 @@ LAYERS: dict[str, set[str]] = {
     "_listener": {"_connlog", "_endpoints", "_limits", "_model", "_relay", "_sides"},
     "_sweep": {"_idle", "_relay"},
     # Read-only views and the web API, never the service.
-    "_report": {"_endpoints", "_pool", "_relay", "_sweep"},
+    "_report": {"_endpoints", "_model", "_pool", "_relay", "_sweep"},
     "_metrics": {"_pool", "_relay"},
     "_guard": {"_model"},
     "admin": {

@@ -384,6 +384,22 @@ class Pool:
             raise ConfigError(problems)
 
 
+class _MonitorRelated(Protocol):
+    """What :func:`relations` reads of a :class:`Monitor`, or of a draft's.
+
+    In a draft, a value that was refused is ``None``.
+    """
+
+    @property
+    def type(self) -> MonitorType | None: ...
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def interval(self) -> float | None: ...
+    @property
+    def timeout(self) -> float | None: ...
+
+
 class _Related(Protocol):
     """What :func:`relations` reads: a :class:`Pool`, or a file's draft of one.
 
@@ -399,7 +415,7 @@ class _Related(Protocol):
     @property
     def source(self) -> tuple[str, ...] | None: ...
     @property
-    def monitor(self) -> Monitor | None: ...
+    def monitor(self) -> _MonitorRelated | None: ...
     @property
     def tls(self) -> TLSSettings | None: ...
     @property
@@ -419,8 +435,8 @@ def relations(
     monitor = pool.monitor
     if (
         monitor is not None
-        and monitor.url != "/"
-        and monitor.type is not MonitorType.HTTPS
+        and monitor.url not in (None, "/")
+        and monitor.type not in (None, MonitorType.HTTPS)
     ):
         yield (
             "monitor",
@@ -428,7 +444,12 @@ def relations(
             monitor.url,
             "is only used by type = https",
         )
-    if monitor is not None and monitor.timeout > monitor.interval:
+    if (
+        monitor is not None
+        and monitor.timeout is not None
+        and monitor.interval is not None
+        and monitor.timeout > monitor.interval
+    ):
         yield (
             "monitor",
             "timeout",

@@ -12,9 +12,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ocsbal._endpoints import host_port
+from ocsbal._pool import AdminState
 from ocsbal._sweep import closing_time
 
 if TYPE_CHECKING:
+    from ocsbal._model import Monitor
     from ocsbal._pool import Backend, RunningPool
     from ocsbal._relay import Relay, Splice
 
@@ -83,10 +85,12 @@ def _add(a: Any, b: Any) -> Any:
 
 
 def server_report(
-    backend: Backend, counted: dict[str, int] | None = None
+    backend: Backend, monitor: Monitor, counted: dict[str, int] | None = None
 ) -> dict[str, Any]:
     """One server: configuration, state, health and load.
 
+    :param monitor: the ``[monitor]`` in force, whose ``rise`` and ``fall``
+        the health's streak is counted against.
     :param counted: its figures (see :func:`figures`); none: it has had no
         connection yet.
     """
@@ -99,7 +103,7 @@ def server_report(
         "maxconn": backend.server.maxconn,
         "state": backend.state.value,
         "removed": backend.removed,
-        "health": "up" if backend.health.up else "down",
+        **_health(backend, monitor),
         "last_check": backend.health.last,
         "active": counts["active"],
         "total": counts["total"],
@@ -108,17 +112,45 @@ def server_report(
     }
 
 
+def _health(backend: Backend, monitor: Monitor) -> dict[str, Any]:
+    """A server's health, as the API, ``ocsbal ctl`` and the status page say it.
+
+    ``health`` is ``up``, ``down``, or ``maint``: in maintenance, not
+    checked.  ``streak`` is :attr:`~ocsbal.health.HealthState.streak`, and
+    ``health_detail`` says it against ``rise`` or ``fall`` ("1 of 2 checks
+    passed"), or that the server is not checked; "" when there is nothing
+    to add.
+    """
+    health = backend.health
+    if backend.state is AdminState.MAINT:
+        return {"health": "maint", "streak": 0, "health_detail": "not checked"}
+    detail = ""
+    if backend.removed:
+        detail = "no longer checked"
+    elif health.streak:
+        needed, result = (
+            (monitor.fall, "failed") if health.up else (monitor.rise, "passed")
+        )
+        detail = f"{health.streak} of {needed} checks {result}"
+    return {
+        "health": "up" if health.up else "down",
+        "streak": health.streak,
+        "health_detail": detail,
+    }
+
+
 def servers_report(
     servers: RunningPool, counted: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Every server, in configuration order, then those being removed."""
     leaving = sorted(servers.leaving, key=lambda b: b.name)
+    monitor = servers.pool.monitor
     return [
         *(
-            server_report(b, counted["servers"].get(b.name))
+            server_report(b, monitor, counted["servers"].get(b.name))
             for b in servers.backends.values()
         ),
-        *(server_report(b, counted["leaving"].get(b.name)) for b in leaving),
+        *(server_report(b, monitor, counted["leaving"].get(b.name)) for b in leaving),
     ]
 
 

@@ -184,7 +184,8 @@ class _Endpoint(_Exact):
         """``backend``'s report, with the figures of its connections."""
         counted = await self.control.figures()
         kind = "leaving" if backend.removed else "servers"
-        return server_report(backend, counted[kind].get(backend.name))
+        monitor = self.control.servers.pool.monitor
+        return server_report(backend, monitor, counted[kind].get(backend.name))
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")

@@ -42,6 +42,16 @@ class HealthState:
     last: str = "not checked yet"
     _streak: int = 0
 
+    @property
+    def streak(self) -> int:
+        """Checks in a row, up to now, whose result went against :attr:`up`.
+
+        While down, the successes so far (``rise`` of them bring it up);
+        while up, the failures (``fall`` take it down); 0 when the last
+        result agreed, or since :meth:`suspend`.
+        """
+        return self._streak
+
     def record(self, ok: bool, monitor: Monitor, reason: str = "ok") -> bool:
         """Count one check's result; return whether :attr:`up` changed.
 
