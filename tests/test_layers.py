@@ -67,10 +67,11 @@ LAYERS: dict[str, set[str]] = {
         "_token",
     },
     # The composition root, and what runs it.
+    "_reloader": {"_model", "_token", "config"},
     "service": {
         *("_endpoints", "_idle", "_model", "_network", "_pool"),
         *("_relay", "_report", "_sweep", "_tls", "_token", "admin", "config"),
-        *("_listener", "monitors"),
+        *("_listener", "_reloader", "monitors"),
         "sip",  # to say at start whether it runs compiled
     },
     # The processes: a control process and its workers, which relay.
