@@ -113,6 +113,7 @@ class ReadTests(AdminTests):
             "total": 1,
             "bytes_to_server": 0,
             "bytes_from_server": 0,
+            "overrides": {},
         }
         assert self.call("GET", "/api/servers/fe2")[1] == servers[1]
 

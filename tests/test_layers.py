@@ -68,10 +68,12 @@ LAYERS: dict[str, set[str]] = {
     },
     # The composition root, and what runs it.
     "_reloader": {"_model", "_token", "config"},
+    "_overrides": {"_model"},
+    "_statefile": {"_overrides"},
     "service": {
         *("_endpoints", "_idle", "_model", "_network", "_pool"),
         *("_relay", "_report", "_sweep", "_tls", "_token", "admin", "config"),
-        *("_listener", "_reloader", "monitors"),
+        *("_listener", "_reloader", "_statefile", "monitors"),
         "sip",  # to say at start whether it runs compiled
     },
     # The processes: a control process and its workers, which relay.

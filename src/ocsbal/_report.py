@@ -8,7 +8,7 @@ as :func:`figures`: one process's, or those of every worker added up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ocsbal._endpoints import host_port
@@ -85,7 +85,10 @@ def _add(a: Any, b: Any) -> Any:
 
 
 def server_report(
-    backend: Backend, monitor: Monitor, counted: dict[str, int] | None = None
+    backend: Backend,
+    monitor: Monitor,
+    counted: dict[str, int] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One server: configuration, state, health and load.
 
@@ -93,6 +96,8 @@ def server_report(
         the health's streak is counted against.
     :param counted: its figures (see :func:`figures`); none: it has had no
         connection yet.
+    :param overrides: what it runs with that the pool's file does not say
+        (:meth:`ocsbal._overrides.Overrides.differences`).
     """
     counts = counted or {"active": 0, "total": 0, "sent": 0, "received": 0}
     return {
@@ -109,6 +114,7 @@ def server_report(
         "total": counts["total"],
         "bytes_to_server": counts["sent"],
         "bytes_from_server": counts["received"],
+        "overrides": overrides or {},
     }
 
 
@@ -140,14 +146,21 @@ def _health(backend: Backend, monitor: Monitor) -> dict[str, Any]:
 
 
 def servers_report(
-    servers: RunningPool, counted: dict[str, Any]
+    servers: RunningPool,
+    counted: dict[str, Any],
+    overridden: Callable[[str], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every server, in configuration order, then those being removed."""
+    """Every server, in configuration order, then those being removed.
+
+    :param overridden: what a server, by name, runs with that the pool's
+        file does not say.
+    """
     leaving = sorted(servers.leaving, key=lambda b: b.name)
     monitor = servers.pool.monitor
+    changes = overridden or (lambda _name: {})
     return [
         *(
-            server_report(b, monitor, counted["servers"].get(b.name))
+            server_report(b, monitor, counted["servers"].get(b.name), changes(b.name))
             for b in servers.backends.values()
         ),
         *(server_report(b, monitor, counted["leaving"].get(b.name)) for b in leaving),

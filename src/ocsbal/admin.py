@@ -101,6 +101,15 @@ class PoolControl(Protocol):
     def restart_workers(self) -> Deferred[None]:
         """Start a new generation of workers; see ``docs/operations.md``."""
 
+    def overridden(self, name: str) -> dict[str, Any]:
+        """What server ``name`` runs with that the pool's file does not say."""
+
+    def every_override(self) -> dict[str, dict[str, Any]]:
+        """:meth:`overridden` of every server the operator changed, by name."""
+
+    def forget(self, name: str | None = None) -> Deferred[list[str]]:
+        """Drop the operator's changes; see :meth:`ocsbal.PoolService.forget`."""
+
 
 __all__ = [
     "AdminService",
@@ -185,7 +194,12 @@ class _Endpoint(_Exact):
         counted = await self.control.figures()
         kind = "leaving" if backend.removed else "servers"
         monitor = self.control.servers.pool.monitor
-        return server_report(backend, monitor, counted[kind].get(backend.name))
+        return server_report(
+            backend,
+            monitor,
+            counted[kind].get(backend.name),
+            self.control.overridden(backend.name),
+        )
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
@@ -290,6 +304,30 @@ class _RestartEndpoint(_Endpoint):
         return self.control.workers()
 
 
+class _OverridesEndpoint(_Endpoint):
+    """``/api/overrides``: the operator's changes to the file, by server."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
+        if not path:
+            return self
+        return _OverrideEndpoint(self.control, path.decode("utf-8", "replace"))
+
+    def do_GET(self, _request: Request) -> object:
+        return self.control.every_override()
+
+    async def do_DELETE(self, _request: Request) -> object:
+        return {"forgotten": await self.control.forget()}
+
+
+class _OverrideEndpoint(_Endpoint):
+    def __init__(self, control: PoolControl, name: str) -> None:
+        super().__init__(control)
+        self.name = name
+
+    async def do_DELETE(self, _request: Request) -> object:
+        return {"forgotten": await self.control.forget(self.name)}
+
+
 class _ServersEndpoint(_Endpoint):
     def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
         if not path:
@@ -297,7 +335,8 @@ class _ServersEndpoint(_Endpoint):
         return _ServerEndpoint(self.control, path.decode("utf-8", "replace"))
 
     async def do_GET(self, _request: Request) -> object:
-        return servers_report(self.control.servers, await self.control.figures())
+        counted = await self.control.figures()
+        return servers_report(self.control.servers, counted, self.control.overridden)
 
     async def do_POST(self, request: Request) -> object:
         fields = _body(request, {"name": _STRING, "address": _STRING, "weight": _WHOLE})
@@ -423,6 +462,7 @@ def admin_site(
     api.putChild(b"servers", _ServersEndpoint(control))
     api.putChild(b"connections", _ConnectionsEndpoint(control))
     api.putChild(b"workers", _WorkersEndpoint(control))
+    api.putChild(b"overrides", _OverridesEndpoint(control))
     site = Site(Guard(root, token, admin), requestFactory=_BoundedRequest)
     site.noisy = False
     site.displayTracebacks = False

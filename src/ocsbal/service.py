@@ -39,6 +39,7 @@ from ocsbal._pool import AdminState, LastServerError, RunningPool, UnknownServer
 from ocsbal._relay import Relay
 from ocsbal._reloader import ConfigReloader, ReloadError
 from ocsbal._report import figures
+from ocsbal._statefile import read_state, write_state
 from ocsbal._sweep import sweep as sweep_idle
 from ocsbal._tls import TLSSetupError
 from ocsbal._token import read_token
@@ -118,7 +119,12 @@ class PoolService(MultiService):
             reactor = cast(ReactorTCPTime, _reactor)
         self.grace_period = grace_period
         self._reactor = reactor
+        #: The pool as configured, before the operator's changes.
+        self.configured = pool
+        self.overrides = read_state(self._state_file)
+        pool, states = self.overrides.apply(pool)
         self.servers = self._running(pool)
+        self._set_states(states)
         self.relay = Relay(self.servers, reactor)
         self._started = reactor.seconds()
         self._listening: dict[int, IListeningPort] = {}
@@ -134,6 +140,49 @@ class PoolService(MultiService):
     def pool(self) -> Pool:
         """The configuration in force, with the run-time changes made to it."""
         return self.servers.pool
+
+    @property
+    def _state_file(self) -> str | None:
+        admin = self.configured.admin
+        return None if admin is None else admin.state_file
+
+    def _set_states(self, states: dict[str, str]) -> None:
+        """Give every server the state the operator gave it, else ready."""
+        for name, backend in self.servers.backends.items():
+            state = AdminState(states.get(name, AdminState.READY.value))
+            if backend.state is not state:
+                self.servers.set_state(name, state)
+
+    def _remember(self, name: str, **values: Any) -> None:
+        """Keep an operator's change of server ``name`` across reloads and restarts."""
+        self.overrides.change(self.configured, name, **values)
+        write_state(self._state_file, self.overrides)
+
+    def overridden(self, name: str) -> dict[str, Any]:
+        """What server ``name`` runs with that the file does not say.
+
+        See :meth:`ocsbal._overrides.Overrides.differences`.
+        """
+        return self.overrides.differences(self.configured, name)
+
+    def every_override(self) -> dict[str, dict[str, Any]]:
+        """:meth:`overridden` of every server the operator changed, by name."""
+        return {name: self.overridden(name) for name in self.overrides.servers}
+
+    def forget(self, name: str | None = None) -> Deferred[list[str]]:
+        """Drop the operator's changes to server ``name`` (all, by default).
+
+        The servers take what the file says again, at once.
+
+        :return: a Deferred firing with the names whose changes were dropped.
+        """
+        names = self.overrides.forget(name)
+        write_state(self._state_file, self.overrides)
+        log.info(
+            "the operator's changes to {names} are forgotten; the file's apply",
+            names=", ".join(names) or "no server",
+        )
+        return self.reload(self.configured).addCallback(lambda _: names)
 
     def _running(self, pool: Pool) -> RunningPool:
         """The pool at run time (a worker's reports to its control process)."""
@@ -276,6 +325,8 @@ class PoolService(MultiService):
             changes then.
         """
         self._apply(attrs.evolve(self.pool, servers=(*self.pool.servers, server)))
+        added = {"address": server.address, "weight": server.weight}
+        self._remember(server.name, added=added)
         return succeed(None)
 
     def remove_server(self, name: str, force: bool = False) -> Deferred[None]:
@@ -294,6 +345,7 @@ class PoolService(MultiService):
                 f"{name} is the pool's last server; add another before removing it"
             )
         self._apply(attrs.evolve(self.pool, servers=servers))
+        self._remember(name, removed=True)
         if force:
             for connection in list(backend.relayed):
                 connection.close()
@@ -308,6 +360,7 @@ class PoolService(MultiService):
         server = attrs.evolve(self.servers.backend(name).server, weight=weight)
         servers = [server if s.name == name else s for s in self.pool.servers]
         self._apply(attrs.evolve(self.pool, servers=servers))
+        self._remember(name, weight=weight)
         log.info("server {server} weight is now {weight}", server=name, weight=weight)
         return succeed(None)
 
@@ -320,6 +373,7 @@ class PoolService(MultiService):
         if state is backend.state:
             return succeed(None)
         self.servers.set_state(name, state)
+        self._remember(name, state=state.value)
         log.info(
             "server {server} is now in state {state}: {meaning}",
             server=name,
@@ -368,8 +422,12 @@ class PoolService(MultiService):
         """
         return Deferred.fromCoroutine(self._reload(pool))
 
-    async def _reload(self, pool: Pool) -> None:
+    async def _reload(self, configured: Pool) -> None:
         old = self.pool
+        # The operator's changes lie over the file's; kept only if it applies.
+        overrides = self.overrides.copy()
+        said = list(overrides.reconcile(self.configured, configured))
+        pool, states = overrides.apply(configured)
         self._refuse_restart_changes(pool)
         token = None if pool.admin is None else read_token(pool.admin)
         wanted = {port.number: port for port in pool.ports}
@@ -386,6 +444,11 @@ class PoolService(MultiService):
                 del self._listeners[number]
                 closing.append(maybeDeferred(self._listening.pop(number).stopListening))
         self._apply(pool)
+        self.configured, self.overrides = configured, overrides
+        self._set_states(states)
+        write_state(self._state_file, overrides)
+        for sentence in said:
+            log.warn("{sentence}", sentence=sentence)
         if IdleTimeout(pool.idle_timeout).sweep_interval != self.sweeper.step:
             await self.sweeper.disownServiceParent()
             self.sweeper = self._sweeping()
