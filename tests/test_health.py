@@ -158,6 +158,16 @@ class TestHealthChecks:
         assert "server fe1 not checked, its state stays: port 5061: Too many " in (
             formatEvent(events[0])
         )
+        fe1 = self.servers.backends["fe1"].health
+        assert (fe1.passed, fe1.failed) == (0, 0)
+
+    def test_each_check_is_counted_by_its_result(self) -> None:
+        for ok in (True, False, False):
+            self.monitor.answer(ok)
+            self.clock.advance(5)
+        fe1, fe2 = (b.health for b in self.servers.backends.values())
+        assert (fe1.passed, fe1.failed) == (1, 2)
+        assert (fe2.passed, fe2.failed) == (0, 2)  # its first check came at 2.5 s
 
     def test_rise_passed_checks_bring_it_back(self) -> None:
         self.clock.advance(2.5)

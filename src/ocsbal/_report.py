@@ -8,6 +8,7 @@ as :func:`figures`: one process's, or those of every worker added up.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -31,9 +32,12 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
     """
     active = relay.active_by_port()
     tally = relay.sip
+    held = _registrations(relay)
     return {
-        "servers": {b.name: _counts(b) for b in relay.servers.backends.values()},
-        "leaving": {b.name: _counts(b) for b in relay.servers.leaving},
+        "servers": {
+            b.name: _counts(b, held[b]) for b in relay.servers.backends.values()
+        },
+        "leaving": {b.name: _counts(b, held[b]) for b in relay.servers.leaving},
         "ports": {
             str(port.number): {
                 "active": active[port.number],
@@ -52,13 +56,29 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
     }
 
 
-def _counts(backend: Backend) -> dict[str, int]:
+def _counts(backend: Backend, registrations: int) -> dict[str, int]:
     return {
         "active": backend.here,
         "total": backend.total,
         "sent": backend.sent,
         "received": backend.received,
+        "registrations": registrations,
     }
+
+
+def _registrations(relay: Relay) -> Counter[Backend]:
+    """The SIP registrations each server holds over this process's connections.
+
+    Each address of record registered over a connection and not expired yet
+    counts once for the connection's server.
+    """
+    now = relay.reactor.seconds()
+    held: Counter[Backend] = Counter()
+    for splice in relay.splices:
+        sip, backend = splice.sip, splice.backend
+        if sip is not None and backend is not None:
+            held[backend] += sum(expiry > now for expiry in sip.bindings.values())
+    return held
 
 
 def add_figures(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -90,7 +110,13 @@ def server_report(
     :param counted: its figures (see :func:`figures`); none: it has had no
         connection yet.
     """
-    counts = counted or {"active": 0, "total": 0, "sent": 0, "received": 0}
+    counts = counted or {
+        "active": 0,
+        "total": 0,
+        "sent": 0,
+        "received": 0,
+        "registrations": 0,
+    }
     return {
         "name": backend.name,
         "address": backend.server.address,
@@ -103,6 +129,7 @@ def server_report(
         "total": counts["total"],
         "bytes_to_server": counts["sent"],
         "bytes_from_server": counts["received"],
+        "registrations": counts["registrations"],
     }
 
 

@@ -36,11 +36,17 @@ class HealthState:
 
     :ivar up: whether the server may be picked.
     :ivar last: what the last check said: ``"ok"`` or why it failed.
+    :ivar passed: health checks of the server that passed, for ``/metrics``;
+        the runner counts them (a failed connection is no check).
+    :ivar failed: health checks of the server that failed; one that could
+        not be made (:class:`CheckNotMadeError`) counts neither way.
     """
 
     up: bool = True
     last: str = "not checked yet"
     _streak: int = 0
+    passed: int = 0
+    failed: int = 0
 
     def record(self, ok: bool, monitor: Monitor, reason: str = "ok") -> bool:
         """Count one check's result; return whether :attr:`up` changed.

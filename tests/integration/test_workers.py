@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -31,6 +32,7 @@ from harness import (
     exchange,
     options,
     pool_ini,
+    read_until,
     require_root,
 )
 
@@ -280,12 +282,23 @@ def test_more_connections_than_one_process_may_open_are_held(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def register(sock: socket.socket, n: int) -> None:
+    """Register ``user{n}`` over ``sock`` for an hour."""
+    sock.sendall(
+        b"REGISTER sip:itest.example.com SIP/2.0\r\nTo: <sip:user%d@itest>\r\n"
+        b"Call-ID: r%d@itest\r\nCSeq: 1 REGISTER\r\nContact: <sip:user%d@c>\r\n"
+        b"Expires: 3600\r\nContent-Length: 0\r\n\r\n" % (n, n, n)
+    )
+    assert read_until(sock, b"\r\n\r\n").startswith(b"SIP/2.0 200 OK\r\n")
+
+
 def test_the_admin_interface_adds_the_workers_up(launch: Launcher) -> None:
     address = start(launch, 106, (1, 1), workers=2)
     wait_running(address, 2)
     held = [connect("127.0.106.10", 15060) for _ in range(10)]
     for n, sock in enumerate(held):
         options(sock, n)
+        register(sock, n)
     status, connections = admin_call(address, "GET", "/api/connections")
     assert len(connections) == 10
     assert {c["sip"]["last_message"].split()[0] for c in connections} <= {
@@ -302,6 +315,14 @@ def test_the_admin_interface_adds_the_workers_up(launch: Launcher) -> None:
         if line.startswith('ocsbal_sip_requests_total{method="OPTIONS"')
     )
     assert options_seen.endswith(" 10.0"), options_seen
+    # Each worker's registrations, per server, added up.
+    status, listed = admin_call(address, "GET", "/api/servers")
+    assert sum(s["registrations"] for s in listed) == 10
+    assert [
+        float(line.rpartition(" ")[2])
+        for line in metrics.splitlines()
+        if line.startswith("ocsbal_server_registrations{")
+    ] == [s["registrations"] for s in listed]
     assert metrics.count("ocsbal_worker_connections{") == 2
     listed = ctl("--admin", address, "--json", "workers")
     assert listed.returncode == 0, listed.stderr
