@@ -129,6 +129,7 @@ class ReadTests(AdminTests):
             "state": "ready",
             "removed": False,
             "health": "up",
+            "since": 0,
             "last_check": "not checked yet",
             "active": 1,
             "total": 1,
@@ -137,6 +138,15 @@ class ReadTests(AdminTests):
             "registrations": 0,
         }
         assert self.call("GET", "/api/servers/fe2")[1] == servers[1]
+
+    def test_a_server_says_since_when_it_is_down(self) -> None:
+        self.reactor.advance(1234.5)
+        fe2 = self.service.servers.backend("fe2")
+        for _ in range(self.service.pool.monitor.fall):
+            self.service.servers.record(fe2, False, "port 5060 refused")
+        self.reactor.advance(60)
+        _, report = self.call("GET", "/api/servers/fe2")
+        assert (report["health"], report["since"]) == ("down", 1234.5)
 
     def test_registrations_held_per_server_are_those_not_expired(self) -> None:
         self.connect()

@@ -82,7 +82,7 @@ class _CheckedPool(RunningPool):
     """The control's servers: a change of health goes to every worker."""
 
     def __init__(self, pool: Pool, control: ControlService) -> None:
-        super().__init__(pool)
+        super().__init__(pool, control._reactor)
         self.control = control
 
     def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:

@@ -19,6 +19,8 @@ from ocsbal.health import HealthState, judge
 from ocsbal.scheduling import scheduler_class
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from ocsbal._model import Pool, Server
     from ocsbal.scheduling import IScheduler
 
@@ -165,6 +167,9 @@ class RunningPool:
     run.
 
     :param pool: the pool's configuration.
+    :param clock: tells when each server went up or down
+        (:attr:`HealthState.since <ocsbal.health.HealthState.since>`); the
+        global reactor by default.
 
     :ivar pool: the configuration in force, servers and weights included.
     :ivar backends: the pool's servers by name, in configuration order.
@@ -173,9 +178,17 @@ class RunningPool:
         ``[pool] scheduler`` names it.
     """
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, clock: IReactorTime | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast("IReactorTime", reactor)
+        self.clock = clock
         self.pool = pool
-        self.backends = {s.name: Backend(s) for s in pool.servers}
+        now = clock.seconds()
+        self.backends = {
+            s.name: Backend(s, HealthState(since=now)) for s in pool.servers
+        }
         self.leaving: set[Backend] = set()
         self.scheduler: IScheduler = scheduler_class(pool.scheduler)()
 
@@ -216,7 +229,8 @@ class RunningPool:
         for server in pool.servers:
             kept = self.backends.get(server.name)
             if kept is None or kept.removed:
-                backends[server.name] = Backend(server, HealthState(up=False))
+                joined = HealthState(up=False, since=self.clock.seconds())
+                backends[server.name] = Backend(server, joined)
                 added.append(backends[server.name])
             else:
                 kept.server = server
@@ -230,6 +244,8 @@ class RunningPool:
         """Put server ``name`` in ``state``; see :class:`AdminState`."""
         backend = self.backend(name)
         if state is AdminState.MAINT:
+            if backend.health.up:
+                backend.health.since = self.clock.seconds()
             backend.health.suspend("in maintenance")
         backend.state = state
 
@@ -268,9 +284,10 @@ class RunningPool:
     def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:
         """Count a health check's result, or a failed connection, for ``backend``.
 
-        A change of state is logged once, with its reason.
+        A change of state is logged once, with its reason, and its time kept.
         """
-        judge(backend.health, backend.server, self.pool.monitor, ok, reason)
+        if judge(backend.health, backend.server, self.pool.monitor, ok, reason):
+            backend.health.since = self.clock.seconds()
 
     def _forget_if_done(self, backend: Backend) -> None:
         if backend.removed and not backend.active:

@@ -105,7 +105,7 @@ def _add(a: Any, b: Any) -> Any:
 def server_report(
     backend: Backend, counted: dict[str, int] | None = None
 ) -> dict[str, Any]:
-    """One server: configuration, state, health and load.
+    """One server: configuration, state, health (and since when) and load.
 
     :param counted: its figures (see :func:`figures`); none: it has had no
         connection yet.
@@ -124,6 +124,7 @@ def server_report(
         "state": backend.state.value,
         "removed": backend.removed,
         "health": "up" if backend.health.up else "down",
+        "since": round(backend.health.since, 3),
         "last_check": backend.health.last,
         "active": counts["active"],
         "total": counts["total"],

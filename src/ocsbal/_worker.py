@@ -74,7 +74,7 @@ class _ReportingPool(RunningPool):
     """A worker's servers: they report counts and failures to the control."""
 
     def __init__(self, pool: Pool, control: ControlLink) -> None:
-        super().__init__(pool)
+        super().__init__(pool, control.reactor)
         self.control = control
 
     def pick(self, tried: Collection[Backend] = ()) -> Backend:

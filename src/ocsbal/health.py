@@ -36,6 +36,9 @@ class HealthState:
 
     :ivar up: whether the server may be picked.
     :ivar last: what the last check said: ``"ok"`` or why it failed.
+    :ivar since: clock time :attr:`up` last changed, or the state was made;
+        its owner, which has the clock, sets it (see
+        :meth:`ocsbal._pool.RunningPool.record`).
     :ivar passed: health checks of the server that passed, for ``/metrics``;
         the runner counts them (a failed connection is no check).
     :ivar failed: health checks of the server that failed; one that could
@@ -45,6 +48,7 @@ class HealthState:
     up: bool = True
     last: str = "not checked yet"
     _streak: int = 0
+    since: float = 0.0
     passed: int = 0
     failed: int = 0
 
@@ -80,13 +84,15 @@ def judge(
     monitor: Monitor,
     ok: bool,
     reason: str = "ok",
-) -> None:
+) -> bool:
     """Count a check's result, or a failed connection, for ``server``.
 
     A change of state is logged once, with its reason.
+
+    :return: whether the server went up or down.
     """
     if not health.record(ok, monitor, reason):
-        return
+        return False
     if ok:
         log.info(
             "server {server} ({address}) is up: {rise} checks in a row passed",
@@ -101,6 +107,7 @@ def judge(
             address=server.address,
             reason=reason,
         )
+    return True
 
 
 class CheckNotMadeError(Exception):

@@ -143,7 +143,7 @@ class PoolService(MultiService):
 
     def _running(self, pool: Pool) -> RunningPool:
         """The pool at run time (a worker's reports to its control process)."""
-        return RunningPool(pool)
+        return RunningPool(pool, self._reactor)
 
     def figures(self, connections: bool = False) -> Deferred[dict[str, Any]]:
         """What the pool's connections count: see :func:`ocsbal._report.figures`."""
