@@ -17,11 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from ocsbal import Pool, PoolService, Port, Server
+from ocsbal._history import History
 from ocsbal.admin import AdminTokenError, admin_site
 from ocsbal.config import Admin
 from ocsbal.health import IMonitor
 from ocsbal.monitors import HealthChecks
 from pools import make_pool
+from test_relay import REGISTER, REGISTERED
 
 URL = "http://127.0.0.1:9900"
 
@@ -30,17 +32,6 @@ def makePool(**kw: Any) -> Pool:
     """Two servers (fe2 of weight 50) on a SIP port and a plain one."""
     kw.setdefault("ports", (Port(5060, "sip"), Port(135)))
     return make_pool(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12", 50), **kw)
-
-
-REGISTER = (
-    b"REGISTER sip:contoso.com SIP/2.0\r\nTo: <sip:alice@contoso.com>\r\n"
-    b"Call-ID: c1\r\nCSeq: 7 REGISTER\r\nContact: <sip:alice@10.1.0.5>\r\n"
-    b"Content-Length: 0\r\n\r\n"
-)
-REGISTERED = (
-    b"SIP/2.0 200 OK\r\nCall-ID: c1\r\nCSeq: 7 REGISTER\r\n"
-    b"Contact: <sip:alice@10.1.0.5>;expires=900\r\nContent-Length: 0\r\n\r\n"
-)
 
 
 @implementer(IMonitor)
@@ -60,7 +51,10 @@ class AdminTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.service = PoolService(makePool(), self.reactor)
         self.service.startService()
-        self.treq = StubTreq(admin_site(self.service, lambda: self.token).resource)
+        site = admin_site(
+            self.service, lambda: self.token, history=History(self.reactor)
+        )
+        self.treq = StubTreq(site.resource)
 
     def call(
         self, method: str, path: str, body: object = None, **kw: Any

@@ -24,6 +24,7 @@ from ocsbal._ctl import (
     show_pool,
     show_servers,
 )
+from ocsbal._history import History
 from ocsbal._report import connections_report, figures, pool_report, servers_report
 from ocsbal.admin import admin_site
 
@@ -117,9 +118,10 @@ class ClientTests(SynchronousTestCase):
             servers=(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12")),
             ports=(Port(5060, "sip"),),
         )
-        self.service = PoolService(pool, MemoryReactorClock())
+        reactor = MemoryReactorClock()
+        self.service = PoolService(pool, reactor)
         self.service.startService()
-        site = admin_site(self.service, lambda: b"s3cret")
+        site = admin_site(self.service, lambda: b"s3cret", history=History(reactor))
         self.http = StubTreq(site.resource)
 
     def call(self, token: bytes | None, *request: Any) -> Any:

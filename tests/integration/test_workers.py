@@ -13,7 +13,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import sys
 import time
 import urllib.request
@@ -32,7 +31,7 @@ from harness import (
     exchange,
     options,
     pool_ini,
-    read_until,
+    register,
     require_root,
 )
 
@@ -280,16 +279,6 @@ def test_more_connections_than_one_process_may_open_are_held(
                 sock.close()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def register(sock: socket.socket, n: int) -> None:
-    """Register ``user{n}`` over ``sock`` for an hour."""
-    sock.sendall(
-        b"REGISTER sip:itest.example.com SIP/2.0\r\nTo: <sip:user%d@itest>\r\n"
-        b"Call-ID: r%d@itest\r\nCSeq: 1 REGISTER\r\nContact: <sip:user%d@c>\r\n"
-        b"Expires: 3600\r\nContent-Length: 0\r\n\r\n" % (n, n, n)
-    )
-    assert read_until(sock, b"\r\n\r\n").startswith(b"SIP/2.0 200 OK\r\n")
 
 
 def test_the_admin_interface_adds_the_workers_up(launch: Launcher) -> None:
