@@ -9,6 +9,7 @@ Times are told in UTC.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -165,7 +166,7 @@ def _servers(servers: list[dict[str, Any]], now: float) -> Tag:
         "last check",
     ]
     rows = [_server(server, busiest, now) for server in servers]
-    return _table(head, rows, tuple(head[4:10]))
+    return _table(head, rows, numbers=tuple(head[4:10]))  # weight to from server
 
 
 def _server(server: dict[str, Any], busiest: int, now: float) -> Tag:
@@ -229,7 +230,7 @@ def _chart(history: dict[str, Any], servers: list[dict[str, Any]]) -> list[Tag]:
 
     marks: list[Tag] = []
     key: list[Tag] = []
-    for (name, counts), colour in zip(series.items(), _cycle(len(series)), strict=True):
+    for (name, counts), colour in zip(series.items(), itertools.cycle(_LINES)):
         runs: list[list[str]] = [[]]
         for at, count in zip(times, counts, strict=True):
             if count is None:
@@ -262,10 +263,6 @@ def _chart(history: dict[str, Any], servers: list[dict[str, Any]]) -> list[Tag]:
         stroke="#d1d9e0",
     )
     return [svg(axis, marks, labels), tags.div(class_="legend")(key)]
-
-
-def _cycle(count: int) -> list[str]:
-    return [_LINES[i % len(_LINES)] for i in range(count)]
 
 
 def _line(points: list[str], colour: str) -> Tag:

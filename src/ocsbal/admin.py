@@ -268,10 +268,17 @@ class _Remembering(_Endpoint):
         self.history = history
 
 
+def _pool_and_daemon(
+    servers: RunningPool, counted: dict[str, Any], history: History
+) -> dict[str, Any]:
+    """``/api/pool``: the pool's report, and the daemon's (version, uptime)."""
+    return pool_report(servers, counted) | {"daemon": history.about()}
+
+
 class _PoolEndpoint(_Remembering):
     async def do_GET(self, _request: Request) -> object:
-        report = pool_report(self.control.servers, await self.control.figures())
-        return report | {"daemon": self.history.about()}
+        counted = await self.control.figures()
+        return _pool_and_daemon(self.control.servers, counted, self.history)
 
 
 class _HistoryEndpoint(_Remembering):
@@ -392,9 +399,10 @@ class _Metrics(_Exact):
 
 
 class _StatusPage(_Exact):
-    def __init__(self, pool: _PoolEndpoint) -> None:
+    def __init__(self, control: PoolControl, history: History) -> None:
         super().__init__()
-        self.pool = pool
+        self.control = control
+        self.history = history
 
     def render_GET(self, request: Request) -> int:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -402,12 +410,11 @@ class _StatusPage(_Exact):
         return NOT_DONE_YET
 
     async def _page(self) -> bytes:
-        control, history = self.pool.control, self.pool.history
-        servers, counted = control.servers, await control.figures()
+        servers, counted = self.control.servers, await self.control.figures()
         return render_status_page(
-            pool_report(servers, counted) | {"daemon": history.about()},
+            _pool_and_daemon(servers, counted, self.history),
             servers_report(servers, counted),
-            history.report(),
+            self.history.report(),
         )
 
 
@@ -437,13 +444,12 @@ def admin_site(
     :param history: the daemon's start and its servers' connections over
         time (which :class:`AdminService` samples).
     """
-    pool = _PoolEndpoint(control, history)
     root = _Directory()
     api = _Directory()
-    root.putChild(b"", _StatusPage(pool))
+    root.putChild(b"", _StatusPage(control, history))
     root.putChild(b"api", api)
     root.putChild(b"metrics", _Metrics(control, collectors))
-    api.putChild(b"pool", pool)
+    api.putChild(b"pool", _PoolEndpoint(control, history))
     api.putChild(b"history", _HistoryEndpoint(control, history))
     api.putChild(b"servers", _ServersEndpoint(control))
     api.putChild(b"connections", _ConnectionsEndpoint(control))
