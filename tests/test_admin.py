@@ -120,9 +120,13 @@ class ReadTests(AdminTests):
             "name": "fe1",
             "address": "127.0.1.11",
             "weight": 100,
+            "effective_weight": 100,
+            "maxconn": 0,
             "state": "ready",
             "removed": False,
             "health": "up",
+            "streak": 0,
+            "health_detail": "",
             "since": 0,
             "last_check": "not checked yet",
             "active": 1,
@@ -280,6 +284,33 @@ class ChangeTests(AdminTests):
         )
         assert [s.name for s in self.service.pool.servers] == ["fe1", "fe2", "fe3"]
 
+    def test_a_server_added_says_how_far_it_is_from_rise(self) -> None:
+        """rise = 2: after one passing check it is down, 1 of 2 passed."""
+        self.call("POST", "/api/servers", {"name": "fe3", "address": "127.0.1.13"})
+        self.service.servers.record(self.service.servers.backend("fe3"), True)
+        server = self.call("GET", "/api/servers/fe3")[1]
+        assert (server["health"], server["last_check"]) == ("down", "ok")
+        assert (server["streak"], server["health_detail"]) == (
+            1,
+            "1 of 2 checks passed",
+        )
+
+    def test_an_up_server_says_how_far_it_is_from_fall(self) -> None:
+        self.service.servers.record(self.service.servers.backend("fe1"), False, "x")
+        server = self.call("GET", "/api/servers/fe1")[1]
+        assert (server["health"], server["streak"], server["health_detail"]) == (
+            "up",
+            1,
+            "1 of 2 checks failed",
+        )
+
+    def test_a_server_in_maint_is_not_checked_and_says_so(self) -> None:
+        server = self.call("PATCH", "/api/servers/fe2", {"state": "maint"})[1]
+        assert (server["health"], server["health_detail"]) == ("maint", "not checked")
+        assert self.call("GET", "/api/servers")[1][1]["health"] == "maint"
+        back = self.call("PATCH", "/api/servers/fe2", {"state": "ready"})[1]
+        assert (back["health"], back["health_detail"]) == ("down", "")
+
     def test_refused_additions_change_nothing(self) -> None:
         before = self.service.pool
         for body, status, error in [
@@ -327,6 +358,7 @@ class ChangeTests(AdminTests):
         status, server = self.call("DELETE", "/api/servers/fe1")
         assert status == 200
         assert (server["removed"], server["active"]) == (True, 1)
+        assert server["health_detail"] == "no longer checked"
         assert not client.disconnecting
         assert [s["name"] for s in self.call("GET", "/api/servers")[1]] == [
             "fe2",

@@ -56,6 +56,28 @@ def test_check_lists_every_problem_and_exits_1(
     ]
 
 
+def test_check_lists_values_relations_and_tls_files_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused value, a broken relation and an unusable [tls] file, at once."""
+    bad = tmp_path / "bad.ini"
+    bad.write_text(
+        "[pool]\nname = p\nfqdn = p.example.com\nvip = 10.0.0.10\nretries = -1\n"
+        "[server:fe1]\naddress = 10.0.0.11\n[server:fe2]\naddress = 10.0.0.11\n"
+        "[tls]\nmode = terminate\ncertificate = pool.pem\n"
+    )
+    assert main(["check", str(bad)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "invalid configuration:",
+        f"{bad}: [pool] retries = -1: must be a whole number, 0 or more",
+        f"{bad}: [tls] certificate = {tmp_path / 'pool.pem'}: cannot read: No such "
+        "file or directory; give a PEM file of the pool's private key and "
+        "certificate",
+        f"{bad}: [server:fe2] address = 10.0.0.11: is already server fe1's "
+        "address; each server needs its own",
+    ]
+
+
 def test_the_console_script_is_installed() -> None:
     ocsbal = Path(sys.executable).with_name("ocsbal")
     run = subprocess.run(

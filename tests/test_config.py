@@ -15,6 +15,8 @@ from ocsbal.config import (
     OCS_PORTS,
     Admin,
     ConfigError,
+    Limits,
+    LogSettings,
     Monitor,
     MonitorType,
     NatMode,
@@ -284,13 +286,25 @@ BAD_VALUES = [
     ("pool", "workers", "all", "must be auto or a whole number from 1 to 64"),
     ("pool", "workers", "65", "must be auto or a whole number from 1 to 64"),
     ("pool", "old_workers_timeout", "0", "must be a number of seconds greater than 0"),
+    ("pool", "slowstart", "-1", "must be a number of seconds, 0 (off) or more"),
+    ("pool", "slowstart", "soon", "must be a number of seconds, 0 (off) or more"),
+    ("pool", "maxconn", "-5", "must be a whole number, 0 or more"),
+    ("pool", "source", "10.0.0.1, 10.0.0.1", "must not list an address twice"),
+    ("pool", "source", "10.0.0.1, lb", "lists lb, which must be a static IPv4"),
     ("pool", "colour", "blue", "unknown key; allowed: name, fqdn, vip, kind, nat"),
     ("server:fe1", "address", "fe01.contoso.com", "not a host name"),
     ("server:fe1", "weight", "65536", "must be a whole number from 0 to 65535"),
     ("server:fe1", "weight", "heavy", "must be a whole number from 0 to 65535"),
+    ("server:fe1", "slowstart", "inf", "must be a number of seconds, 0 (off)"),
+    ("server:fe1", "maxconn", "lots", "must be a whole number, 0 or more"),
     ("server:fe1", "port", "5060", "unknown key; allowed: address, weight"),
     ("server:fe1", "tls_name", "fe 01", "must be the DNS name (such as fe01"),
     ("server:fe1", "tls_name", "-fe.contoso.com", "must be the DNS name"),
+    ("limits", "per_source_connections", "-1", "must be a whole number, 0 or more"),
+    ("limits", "per_source_rate", "1.5", "must be a whole number, 0 or more"),
+    ("log", "connections", "maybe", "must be yes or no"),
+    ("log", "format", "json", "unknown key; allowed: connections"),
+    ("limits", "burst", "5", "unknown key; allowed: per_source_connections"),
     ("tls", "mode", "offload", "must be one of passthrough, terminate"),
     ("tls", "handshake_timeout", "0", "greater than 0 and at most 300"),
     ("tls", "handshake_timeout", "301", "greater than 0 and at most 300"),
@@ -353,7 +367,7 @@ class TestProblems:
             "t.ini: [server:fe1] address = nowhere: must be a static IPv4 or IPv6 "
             "address, not a host name",
             "t.ini: [extra]: unknown section; allowed: [pool], [ports], [server:NAME], "
-            "[monitor], [tls], [admin]",
+            "[monitor], [tls], [admin], [limits], [log]",
         ]
 
     def test_a_source_address_is_only_for_full_nat(self) -> None:
@@ -382,6 +396,64 @@ class TestProblems:
             " [pool] retries = x",
             " [pool] nat = half",
         ]
+
+    def test_a_server_with_a_bad_value_still_counts_for_the_relations(self) -> None:
+        text = MINIMAL + "[server:fe2]\naddress = 10.0.0.11\nweight = heavy\n"
+        assert problems(text) == [
+            "t.ini: [server:fe2] weight = heavy: must be a whole number from 0 to "
+            "65535",
+            "t.ini: [server:fe2] address = 10.0.0.11: is already server fe1's "
+            "address; each server needs its own",
+        ]
+
+    def test_the_monitors_relations_beside_a_refused_value(self) -> None:
+        text = MINIMAL + "[monitor]\ninterval = 1\ntimeout = 5\nrise = 0\n"
+        assert problems(text) == [
+            "t.ini: [monitor] rise = 0: must be a whole number from 1 to 1000",
+            "t.ini: [monitor] timeout = 5: must not exceed the interval (1 s): a "
+            "check ends before the next begins",
+        ]
+
+    @pytest.mark.parametrize(
+        "monitor",
+        [
+            "interval = 0.5\ntimeout = 2\n",  # not the default 5 s either
+            "timeout = 0\ninterval = 1\n",  # nor the default 2 s
+            "type = htps\nurl = /health\n",  # https was meant
+        ],
+    )
+    def test_a_refused_value_is_never_judged_by_a_relation(self, monitor: str) -> None:
+        assert len(problems(MINIMAL + "[monitor]\n" + monitor)) == 1
+
+    def test_the_tls_relations_beside_a_refused_value(self) -> None:
+        text = MINIMAL + "[tls]\ncertificate = pool.pem\nhandshake_timeout = 0\n"
+        assert [line.split(":")[1] for line in problems(text)] == [
+            " [tls] handshake_timeout = 0",
+            f" [tls] certificate = {Path.cwd() / 'pool.pem'}",
+        ]
+        refused_mode = MINIMAL + "[tls]\nmode = terminat\ncertificate = pool.pem\n"
+        assert len(problems(refused_mode)) == 1
+
+    def test_the_tls_files_are_checked_with_the_rest(self) -> None:
+        """Given a file check, its problems are listed with the others."""
+        asked = []
+
+        def check(tls: TLSSettings, fqdn: str | None) -> list[tuple[str, str, str]]:
+            asked.append((tls.certificate, fqdn))
+            return [("certificate", str(tls.certificate), "cannot read: gone")]
+
+        tls = "[tls]\nmode = terminate\ncertificate = /p.pem\n"
+        text = MINIMAL.replace("vip = 10.0.0.10", "vip = x") + tls
+        with pytest.raises(ConfigError) as raised:
+            parse(text, "t.ini", check_files=check)
+        assert [str(p) for p in raised.value.problems] == [
+            "t.ini: [pool] vip = x: must be a static IPv4 or IPv6 address, not a "
+            "host name",
+            "t.ini: [tls] certificate = /p.pem: cannot read: gone",
+        ]
+        assert asked == [("/p.pem", "p.example.com")]
+        assert parse(MINIMAL, check_files=check) == parse(MINIMAL)  # passthrough
+        assert len(asked) == 1
 
     def test_required_keys(self) -> None:
         assert problems("[pool]\n[server:fe1]\nweight = 1\n") == [
@@ -600,7 +672,14 @@ def pools(draw: st.DrawFn) -> Pool:
         ),
         vip=chosen[0],
         servers=[
-            Server(n, a, weight=draw(st.integers(0, 65535)), tls_name=draw(tls_names))
+            Server(
+                n,
+                a,
+                weight=draw(st.integers(0, 65535)),
+                tls_name=draw(tls_names),
+                slowstart=draw(st.none() | st.floats(0, 1e5)),
+                maxconn=draw(st.integers(0, 10**6)),
+            )
             for n, a in zip(server_names, chosen[1:], strict=True)
         ],
         ports=[
@@ -620,8 +699,14 @@ def pools(draw: st.DrawFn) -> Pool:
         retries=draw(st.integers(0, 10)),
         registration_grace=draw(st.floats(0.001, 1e6)),
         reap_expired=draw(st.booleans()),
-        source=None if half else draw(st.none() | addresses.map(str)),
+        source=()
+        if half
+        else draw(st.lists(addresses.map(str), max_size=3, unique=True).map(tuple)),
         freebind=draw(st.booleans()),
+        slowstart=draw(st.floats(0, 1e5)),
+        maxconn=draw(st.integers(0, 10**6)),
+        limits=Limits(draw(st.integers(0, 10**4)), draw(st.integers(0, 10**4))),
+        log=LogSettings(draw(st.booleans())),
     )
 
 

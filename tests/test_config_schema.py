@@ -17,6 +17,8 @@ import pytest
 from ocsbal import config
 from ocsbal.config import (
     _ADMIN_RULES,
+    _LIMITS_RULES,
+    _LOG_RULES,
     _MONITOR_RULES,
     _POOL_RULES,
     _PORT_RULE,
@@ -46,6 +48,8 @@ TABLES: dict[str, dict[str, _Rule[Any]]] = {
     "monitor": _MONITOR_RULES,
     "tls": _TLS_RULES,
     "admin": _ADMIN_RULES,
+    "limits": _LIMITS_RULES,
+    "log": _LOG_RULES,
 }
 
 
@@ -83,10 +87,15 @@ def test_the_sections_are_those_with_tables() -> None:
         r"monitor\Z",
         r"tls\Z",
         r"admin\Z",
+        r"limits\Z",
+        r"log\Z",
     ]
     assert config._SECTION_NAMES == (
-        "[pool], [ports], [server:NAME], [monitor], [tls], [admin]"
+        "[pool], [ports], [server:NAME], [monitor], [tls], [admin], [limits], [log]"
     )
+    assert set(TABLES) == {
+        *("pool", "server:NAME", "monitor", "tls", "admin", "limits", "log")
+    }
 
 
 @pytest.mark.parametrize(

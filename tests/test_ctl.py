@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from ocsbal import Pool, PoolService, Port, Server
 from ocsbal._ctl import (
+    _COMMANDS,
     AdminClient,
     CtlError,
     _target,
@@ -27,6 +29,7 @@ from ocsbal._ctl import (
 from ocsbal._history import History
 from ocsbal._report import connections_report, figures, pool_report, servers_report
 from ocsbal.admin import admin_site
+from test_relay import REGISTER, REGISTERED
 
 
 @pytest.mark.parametrize(
@@ -116,17 +119,69 @@ class ClientTests(SynchronousTestCase):
             fqdn="pool01.example.com",
             vip="127.0.1.10",
             servers=(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12")),
-            ports=(Port(5060, "sip"),),
+            ports=(Port(5060, "sip"), Port(135)),
+            scheduler="round-robin",
         )
-        reactor = MemoryReactorClock()
-        self.service = PoolService(pool, reactor)
+        self.reactor = MemoryReactorClock()
+        self.service = PoolService(pool, self.reactor)
         self.service.startService()
-        site = admin_site(self.service, lambda: b"s3cret", history=History(reactor))
+        site = admin_site(
+            self.service, lambda: b"s3cret", history=History(self.reactor)
+        )
         self.http = StubTreq(site.resource)
 
     def call(self, token: bytes | None, *request: Any) -> Any:
         client = AdminClient(self.http, "tcp:host=x:port=1", token)
         return ensureDeferred(client.call(*request))
+
+    def reply(self, *argv: str) -> str:
+        """What ``ocsbal ctl ARGV`` prints, the answer coming from the site."""
+        args = parse("--admin", "127.0.0.1:9900", *argv)
+        build, reply = _COMMANDS[args.command]
+        answer = self.successResultOf(self.call(b"s3cret", *build(args)))
+        return reply(answer, args)
+
+    def test_ready_says_whether_the_server_takes_connections_now(self) -> None:
+        assert self.reply("ready", "fe1") == "fe1 is ready: it takes new connections"
+        self.reply("maint", "fe2")
+        assert self.reply("ready", "fe2") == (
+            "fe2 is ready, and down: it takes new connections once its health "
+            "checks pass"
+        )
+        self.service.servers.record(self.service.servers.backend("fe2"), True)
+        assert self.reply("ready", "fe2") == (
+            "fe2 is ready, and down: it takes new connections once its health "
+            "checks pass (1 of 2 checks passed)"
+        )
+
+    def test_no_reply_promises_connections_to_a_server_of_weight_0(self) -> None:
+        assert self.reply("weight", "fe1", "0") == (
+            "fe1 has weight 0: it takes no new connections"
+        )
+        assert self.reply("ready", "fe1") == (
+            "fe1 is ready, but its weight is 0: it takes no new connections until "
+            "it has one above 0"
+        )
+        assert self.reply("add", "fe3", "127.0.1.13", "--weight", "0") == (
+            "added fe3 (127.0.1.13), weight 0; its weight is 0: it takes no new "
+            "connections until it has one above 0"
+        )
+        assert self.reply("weight", "fe1", "5") == (
+            "fe1 has weight 5 for new connections"
+        )
+
+    def test_the_other_changes_say_what_they_did(self) -> None:
+        assert self.reply("add", "fe3", "127.0.1.13") == (
+            "added fe3 (127.0.1.13), weight 100: it takes connections once its "
+            "health checks pass"
+        )
+        assert self.reply("drain", "fe1") == (
+            "fe1 is draining: no new connections, 0 open"
+        )
+        assert self.reply("maint", "fe1") == (
+            "fe1 is in maintenance: no new connections, no checks, 0 open"
+        )
+        assert self.reply("remove", "fe3") == "removed fe3: it had no open connections"
 
     def test_the_token_is_sent_and_changes_are_made(self) -> None:
         answer = self.successResultOf(
@@ -162,17 +217,75 @@ class ClientTests(SynchronousTestCase):
         pool = show_pool(pool_report(servers_now, counted))
         assert pool.startswith("pool pool01 (pool01.example.com) on 127.0.1.10:")
         assert "5060  sip" in pool
-        assert show_connections(connections_report(relay)).split() == [
-            "CLIENT",
-            "PORT",
-            "SERVER",
-            "AGE",
-            "IDLE",
-            "FROM",
-            "CLIENT",
-            "FROM",
-            "SERVER",
+        assert show_connections(connections_report(relay)) == (
+            "CLIENT  PORT  SERVER  AGE  IDLE  CLOSES IN  FROM CLIENT  FROM SERVER"
+            "  REGISTERED"
+        )
+
+    def test_connections_show_when_they_close_and_what_is_registered(self) -> None:
+        """A client on 5060 registers alice for 900 s; one on 135 says nothing."""
+        reactor = self.reactor
+        for port, register in ((5060, REGISTER), (135, b"")):
+            factory = next(f for p, f, *_ in reactor.tcpServers if p == port)
+            peer = IPv4Address("TCP", "192.0.2.7", 40000 + port)
+            client = factory.buildProtocol(None)
+            client.makeConnection(StringTransport(peerAddress=peer))
+            server = reactor.tcpClients[-1][2].buildProtocol(None)
+            server.makeConnection(StringTransport())
+            client.dataReceived(register)
+            server.dataReceived(REGISTERED if register else b"")
+            reactor.advance(10)
+        table = self.reply("connections").splitlines()
+        assert table == [
+            "CLIENT           PORT  SERVER  AGE  IDLE  CLOSES IN     "
+            "FROM CLIENT  FROM SERVER  REGISTERED",
+            f"192.0.2.7:45060  5060  fe1     20s  20s   1780s (idle)  "
+            f"{len(REGISTER):<11}  {len(REGISTERED):<11}  "
+            "sip:alice@contoso.com (880s)",
+            "192.0.2.7:40135  135   fe2     10s  10s   1790s (idle)  "
+            "0            0            -",
         ]
+
+
+@pytest.mark.parametrize(
+    ("active", "force", "said"),
+    [
+        (1, False, "removed fe1: its 1 open connection may finish"),
+        (3, False, "removed fe1: its 3 open connections may finish"),
+        (3, True, "removed fe1: its 3 open connections are being closed"),
+        (0, True, "removed fe1: it had no open connections"),
+    ],
+)
+def test_remove_says_what_becomes_of_the_connections(
+    active: int, force: bool, said: str
+) -> None:
+    args = parse("--admin", "127.0.0.1:9900", "remove", "fe1", *["--force"] * force)
+    assert _COMMANDS["remove"][1]({"name": "fe1", "active": active}, args) == said
+
+
+@pytest.mark.parametrize(
+    ("old", "said"),
+    [
+        ([], "generation 2 of the workers serves; the old workers have left"),
+        (
+            [1],
+            "generation 2 of the workers serves; 1 old worker finishes its 1 "
+            "connection",
+        ),
+        (
+            [4, 5],
+            "generation 2 of the workers serves; 2 old workers finish their "
+            "9 connections",
+        ),
+    ],
+)
+def test_restart_workers_counts_the_old_workers_and_their_connections(
+    old: list[int], said: str
+) -> None:
+    workers = [{"generation": 1, "connections": n} for n in old]
+    workers.append({"generation": 2, "connections": 0})
+    args = parse("--admin", "127.0.0.1:9900", "restart-workers")
+    assert _COMMANDS["restart-workers"][1](workers, args) == said
 
 
 def test_show_servers_marks_removed_ones() -> None:
@@ -183,11 +296,46 @@ def test_show_servers_marks_removed_ones() -> None:
         "state": "drain",
         "removed": True,
         "health": "up",
+        "health_detail": "no longer checked",
         "active": 3,
         "total": 9,
         "last_check": "ok",
     }
     assert show_servers([row]).splitlines()[1].split()[3] == "removed"
+
+
+def test_show_servers_says_what_health_waits_for_or_why_it_is_not_checked() -> None:
+    def row(name: str, health: str, detail: str, last: str) -> dict[str, object]:
+        return {
+            "name": name,
+            "address": "10.0.0.11",
+            "weight": 100,
+            "state": "maint" if health == "maint" else "ready",
+            "removed": False,
+            "health": health,
+            "health_detail": detail,
+            "active": 0,
+            "total": 0,
+            "last_check": last,
+        }
+
+    table = show_servers(
+        [
+            row("fe1", "down", "2 of 3 checks passed", "ok"),
+            row("fe2", "maint", "not checked", "in maintenance"),
+            row("fe3", "up", "", "ok"),
+        ]
+    ).splitlines()
+    assert table == [
+        "NAME  ADDRESS    WEIGHT  STATE  HEALTH                       ACTIVE  TOTAL"
+        "  LAST CHECK",
+        "fe1   10.0.0.11  100     ready  down (2 of 3 checks passed)  0       0"
+        "      ok",
+        "fe2   10.0.0.11  100     maint  maint (not checked)          0       0"
+        "      in maintenance",
+        "fe3   10.0.0.11  100     ready  up                           0       0"
+        "      ok",
+    ]
 
 
 def test_a_relative_token_file_is_taken_from_where_ctl_runs(

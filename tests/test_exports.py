@@ -65,9 +65,11 @@ def test_each_public_module_exports_exactly_its_api() -> None:
         "scheduler_class",
     ]
     assert ocsbal.config.__all__ == [
-        *("HEARTBEAT_PORTS", "OCS_PORTS", "Admin", "ConfigError", "Monitor"),
-        *("MonitorType", "NatMode", "Pool", "PoolKind", "Port", "PortProtocol"),
-        *("Problem", "Server", "TLSMode", "TLSSettings", "load", "parse", "render"),
+        *("HEARTBEAT_PORTS", "OCS_PORTS", "Admin", "ConfigError", "Limits"),
+        "LogSettings",
+        *("Monitor", "MonitorType", "NatMode", "Pool", "PoolKind", "Port"),
+        *("PortProtocol", "Problem", "Server", "TLSMode", "TLSSettings"),
+        *("load", "parse", "render"),
     ]
     assert ocsbal.service.__all__ == [
         *("ConfigReloader", "LastServerError", "NetworkSetupError", "PoolService"),

@@ -15,6 +15,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ocsbal._listener import Listener
 from ocsbal._pool import AdminState, RunningPool
 from ocsbal._relay import Relay
 from ocsbal.config import Monitor, Pool, Port, PortProtocol, Server
@@ -64,6 +65,18 @@ class TestHealthState:
         state.record(True, monitor)
         assert not state.up
 
+    def test_the_streak_counts_the_results_against_its_health(self) -> None:
+        state, monitor = HealthState(up=False), thresholds(3, 2)
+        state.record(True, monitor)
+        state.record(True, monitor)
+        assert (state.up, state.streak) == (False, 2)  # 2 of rise = 3
+        state.record(True, monitor)
+        assert (state.up, state.streak) == (True, 0)
+        state.record(False, monitor, "x")
+        assert state.streak == 1  # 1 of fall = 2
+        state.suspend("in maintenance")
+        assert (state.up, state.streak) == (False, 0)
+
     def test_the_thresholds_in_force_count(self) -> None:
         """A reload's new rise and fall apply to a streak under way."""
         state = HealthState()
@@ -99,7 +112,7 @@ def makeServers(clock: Clock | None = None, **monitor: Any) -> RunningPool:
         scheduler="round-robin",
         monitor=Monitor(**monitor),
     )
-    return RunningPool(pool, clock)
+    return RunningPool(pool, (clock or Clock()).seconds)
 
 
 def test_since_is_when_a_server_last_went_up_or_down() -> None:
@@ -252,7 +265,7 @@ def test_a_down_server_is_never_picked_and_failed_connections_count() -> None:
     fe1, fe2 = servers.backends.values()
     servers.record(fe1, False, "port 5061 refused")
     for port in range(40000, 40004):
-        protocol = relay.listener(Port(5060)).buildProtocol(None)
+        protocol = Listener(relay, Port(5060)).buildProtocol(None)
         protocol.makeConnection(
             StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
         )

@@ -24,7 +24,7 @@ FE1, FE2 = Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12")
 
 def test_a_sample_is_each_servers_host_wide_connections_at_the_time() -> None:
     clock = Clock()
-    servers = RunningPool(make_pool(FE1, FE2), clock)
+    servers = RunningPool(make_pool(FE1, FE2), clock.seconds)
     history = History(clock, interval=30, samples=120)
     servers.pick()
     # As a control process holds them: none here, the workers' elsewhere.
@@ -42,7 +42,7 @@ def test_a_sample_is_each_servers_host_wide_connections_at_the_time() -> None:
 
 def test_only_the_last_samples_are_kept_and_absent_servers_are_none() -> None:
     clock = Clock()
-    servers = RunningPool(make_pool(FE1, FE2), clock)
+    servers = RunningPool(make_pool(FE1, FE2), clock.seconds)
     history = History(clock, interval=30, samples=3)
     for n in range(5):
         if n == 3:  # fe3 joins, fe2 leaves with no connection
@@ -63,7 +63,7 @@ def test_only_the_last_samples_are_kept_and_absent_servers_are_none() -> None:
 
 def test_a_removed_server_still_holding_connections_is_counted_under_its_name() -> None:
     clock = Clock()
-    servers = RunningPool(make_pool(FE1, FE2), clock)
+    servers = RunningPool(make_pool(FE1, FE2), clock.seconds)
     fe2 = servers.backend("fe2")
     fe2.elsewhere = 3
     servers.reconfigure(attrs.evolve(servers.pool, servers=[FE1]))

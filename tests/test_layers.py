@@ -31,6 +31,8 @@ LAYERS: dict[str, set[str]] = {
     "sip": {"sip._accounts", "sip._headers", "sip._inspector"},
     "_idle": set(),
     "_logs": set(),
+    "_connlog": set(),
+    "jsonlog": set(),
     "_endpoints": set(),
     "_status_page": set(),
     # The model of a pool, and its file.
@@ -48,13 +50,16 @@ LAYERS: dict[str, set[str]] = {
     "_checks": {"_pool", "health"},
     # The relay.
     "_sides": {"sip"},
+    "_outbound": {"_endpoints", "_logs", "_model", "_network", "_sides", "_tls"},
+    "_limits": {"_sections"},
     "_relay": {
-        *("_endpoints", "_logs", "_model", "_network", "_pool", "_sides"),
-        *("_tls", "scheduling", "sip"),
+        *("_connlog", "_endpoints", "_limits", "_logs", "_model", "_outbound"),
+        *("_pool", "_sides", "_tls", "scheduling", "sip"),
     },
+    "_listener": {"_connlog", "_endpoints", "_limits", "_model", "_relay", "_sides"},
     "_sweep": {"_idle", "_relay"},
     # Read-only views and the web API, never the service.
-    "_report": {"_pool", "_relay", "_sweep"},
+    "_report": {"_endpoints", "_model", "_pool", "_relay", "_sweep"},
     "_metrics": {"_pool", "_relay"},
     "_history": {"_pool"},
     "_guard": {"_model"},
@@ -63,21 +68,22 @@ LAYERS: dict[str, set[str]] = {
         *("_report", "_status_page", "_token"),
     },
     # The composition root, and what runs it.
+    "_reloader": {"_model", "_token", "config"},
     "service": {
         *("_endpoints", "_idle", "_model", "_network", "_pool"),
         *("_relay", "_report", "_sweep", "_tls", "_token", "admin", "config"),
-        "monitors",
+        *("_listener", "_reloader", "monitors"),
         "sip",  # to say at start whether it runs compiled
     },
     # The processes: a control process and its workers, which relay.
     "_amp": set(),
     "_worker": {
         *("_amp", "_endpoints", "_model", "_pool", "_report", "config"),
-        "service",
+        *("_connlog", "service"),
     },
     "_control": {
         *("_amp", "_endpoints", "_model", "_network", "_pool", "_report"),
-        *("config", "service"),
+        *("_connlog", "config", "service"),
     },
     "tap": {"_control", "_network", "_tls", "config", "service"},
     "_ctl": {"_token", "config"},
@@ -165,7 +171,12 @@ def loaded_by(code: str) -> set[str]:
 def test_ocsbal_ctl_loads_neither_the_relay_nor_prometheus() -> None:
     loaded = loaded_by("import sys\nimport ocsbal._cli")
     assert "ocsbal._ctl" in loaded
-    assert {"ocsbal._relay", "ocsbal._sides", "ocsbal.admin"}.isdisjoint(loaded)
+    assert {
+        "ocsbal._relay",
+        "ocsbal._splice",
+        "ocsbal._sides",
+        "ocsbal.admin",
+    }.isdisjoint(loaded)
     assert not any(m.startswith("prometheus_client") for m in loaded)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.protocols import amp
 
 from ocsbal._amp import JSON
@@ -99,7 +100,7 @@ def pool() -> Pool:
 
 def test_the_scheduler_ranks_by_the_hosts_counts() -> None:
     """Connections held elsewhere weigh as those held here."""
-    servers = RunningPool(pool())
+    servers = RunningPool(pool(), Clock().seconds)
     servers.count_elsewhere({"fe2": 6}, {})
     # fe2 holds 6 / 2 = 3 a unit of weight, all elsewhere: fe1 (weight 1)
     # is picked until it holds as many, three.
@@ -107,12 +108,12 @@ def test_the_scheduler_ranks_by_the_hosts_counts() -> None:
     fe1, fe2 = servers.backend("fe1"), servers.backend("fe2")
     assert (fe1.here, fe1.active, fe2.here, fe2.active) == (3, 3, 0, 6)
     # Alone, the same process would have split them 1:2.
-    alone = RunningPool(pool())
+    alone = RunningPool(pool(), Clock().seconds)
     assert [alone.pick().name for _ in range(3)].count("fe2") == 2
 
 
 def test_a_removed_server_is_forgotten_once_no_process_holds_its_connections() -> None:
-    servers = RunningPool(pool())
+    servers = RunningPool(pool(), Clock().seconds)
     fe1 = servers.backend("fe1")
     servers.count_elsewhere({"fe1": 1}, {})
     servers.reconfigure(

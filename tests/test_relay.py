@@ -20,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from ocsbal._listener import Listener
 from ocsbal._pool import AdminState, RunningPool, UnknownServerError
 from ocsbal._relay import Phase, Relay
 from ocsbal._report import connections_report
@@ -47,13 +48,13 @@ class Harness:
         self.reactor = MemoryReactorClock()
         #: Bytes each transport holds that its peer has not taken yet.
         self.unsent: dict[object, int] = {}
-        self.servers = RunningPool(makePool(**kw))
+        self.servers = RunningPool(makePool(**kw), self.reactor.seconds)
         self.relay = Relay(
             self.servers, self.reactor, unsent=lambda t: self.unsent.get(t, 0)
         )
 
     def accept(self, client_port: int = 40000) -> tuple[Any, StringTransport]:
-        factory = self.relay.listener(SIP)
+        factory = Listener(self.relay, SIP)
         peer = IPv4Address("TCP", "127.0.0.1", client_port)
         protocol = factory.buildProtocol(peer)
         transport = StringTransport(peerAddress=peer)
@@ -426,7 +427,7 @@ def test_a_missed_refresh_is_reported_once_and_reaped_if_asked() -> None:
             globalLogPublisher.removeObserver(events.append)
         warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
         assert warnings == [
-            "connection from IPv4Address(type='TCP', host='127.0.0.1', port=40000) "
+            "connection from 127.0.0.1:40000 "
             "missed its registration refresh (sip:alice@contoso.com) by more than "
             "120 s"
         ]
@@ -664,7 +665,7 @@ def test_a_splice_goes_through_its_phases_forward_only() -> None:
     client.connectionLost(Failure(ConnectionDone()))
     assert splice.phase is Phase.CLOSED
     with pytest.raises(RuntimeError, match=r"cannot go from Phase\.CLOSED"):
-        splice.expire()
+        splice.close()
 
 
 def test_a_refused_client_closes_and_one_gone_while_connecting_is_closed() -> None:

@@ -22,8 +22,8 @@ from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from ocsbal import OCS_PORTS, ConfigError, Pool, PoolService, Port, PortProtocol, Server
+from ocsbal._listener import Listener
 from ocsbal._pool import AdminState, LastServerError, UnknownServerError
-from ocsbal._relay import Listener
 from ocsbal.admin import AdminTokenError
 from ocsbal.config import Admin, Monitor, TLSMode, TLSSettings, load, render
 from ocsbal.service import ConfigReloader, NetworkSetupError

@@ -21,6 +21,8 @@ def server(name: str, **kw: Any) -> dict[str, Any]:
         "state": "ready",
         "removed": False,
         "health": "up",
+        "streak": 0,
+        "health_detail": "",
         "since": NOW - 7200,
         "last_check": "ok",
         "active": 0,
@@ -127,6 +129,21 @@ def test_a_row_per_server_with_its_health_and_state() -> None:
         "badge up",
     ]
     assert "port 5061 refused" in page.text
+
+
+def test_a_server_not_checked_or_short_of_rise_says_so() -> None:
+    page = parsed(
+        [
+            server("fe1", health="maint", state="maint", health_detail="not checked"),
+            server("fe2", health="down", health_detail="1 of 2 checks passed"),
+        ]
+    )
+    assert [b["class"] for b in page.with_class("badge")] == [
+        "badge maint",
+        "badge down",
+    ]
+    assert "not checked" in page.text
+    assert "1 of 2 checks passed" in page.text
 
 
 def test_bars_are_proportional_to_the_busiest_server() -> None:

@@ -60,8 +60,9 @@ def test_a_certificate_that_cannot_be_used_is_a_usage_error(tmp_path: Path) -> N
         Options().parseOptions(["--config", str(config)])
     assert str(raised.value) == (
         "invalid configuration:\n"
-        f"[tls] certificate = {tmp_path / 'no.pem'}: cannot read: No such file or "
-        "directory"
+        f"{config}: [tls] certificate = {tmp_path / 'no.pem'}: cannot read: No such "
+        "file or directory; give a PEM file of the pool's private key and "
+        "certificate"
     )
 
 

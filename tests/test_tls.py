@@ -25,14 +25,15 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
+from ocsbal._listener import Listener
 from ocsbal._pool import RunningPool
 from ocsbal._relay import Relay
-from ocsbal._tls import TLSSetupError, tls_contexts
+from ocsbal._tls import TLSSetupError, tls_contexts, tls_problems
 from ocsbal.config import Pool, Port, PortProtocol, Server, TLSMode, TLSSettings
 
 SIPS = Port(5061, PortProtocol.SIPS)
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
-PEER = repr(CLIENT)
+PEER = "127.0.0.1:40000"  # as log lines give a client
 FQDN = "pool01.example.com"
 REGISTER = (
     b"REGISTER sip:example.com SIP/2.0\r\nTo: <sip:alice@example.com>\r\n"
@@ -125,7 +126,7 @@ class Network:
 
     def __init__(self, pool: Pool) -> None:
         self.reactor = MemoryReactorClock()
-        self.servers = RunningPool(pool)
+        self.servers = RunningPool(pool, self.reactor.seconds)
         self.relay = Relay(self.servers, self.reactor)
         self.pumps: list[iosim.IOPump] = []
         self.log: list[str] = []
@@ -133,7 +134,7 @@ class Network:
     def connect_client(self, tls: Any) -> Peer:
         """A client connects to the VIP's sips port and handshakes with ``tls``."""
         client = Peer()
-        factory = self.relay.factory_for(self.relay.listener(SIPS))
+        factory = Listener(self.relay, SIPS).factory()
         accepted = factory.buildProtocol(CLIENT)
         connecting = self._tls(tls, True, client)
         self._pump(accepted, CLIENT, connecting)
@@ -397,6 +398,35 @@ class TestSetUp:
         with pytest.raises(TLSSetupError) as raised:
             tls_contexts(pool)
         assert str(raised.value).startswith(f"[tls] {key} = {path}: {message}")
+
+    def test_every_unusable_file_is_named_at_once(self, pki: PKI) -> None:
+        junk = pki.directory / "junk.pem"
+        junk.write_bytes(b"junk")
+        missing = str(pki.directory / "missing.pem")
+        pool = terminating_pool(pki)
+        tls = attrs.evolve(
+            pool.tls, certificate=str(junk), trust=missing, client_certificate=missing
+        )
+        with pytest.raises(TLSSetupError) as raised:
+            tls_contexts(attrs.evolve(pool, tls=tls))
+        assert str(raised.value).splitlines() == [
+            f"[tls] certificate = {junk}: holds no PEM certificate",
+            f"[tls] trust = {missing}: cannot read: No such file or directory; give "
+            "a PEM file of the authorities that sign the servers' certificates",
+            f"[tls] client_certificate = {missing}: cannot read: No such file or "
+            "directory; give a PEM file of a private key and certificate to "
+            "present to servers",
+        ]
+        assert tls_problems(tls, FQDN) == list(raised.value.problems)
+
+    def test_without_a_known_fqdn_the_certificate_name_is_not_checked(
+        self, pki: PKI
+    ) -> None:
+        tls = terminating_pool(pki).tls
+        other = attrs.evolve(tls, certificate=pki.write("o.pem", "other.example.com"))
+        assert tls_problems(tls, FQDN) == []
+        assert [key for key, _, _ in tls_problems(other, FQDN)] == ["certificate"]
+        assert tls_problems(other, None) == []
 
     def test_a_key_that_is_not_the_certificates(self, pki: PKI) -> None:
         mixed = pki.directory / "mixed.pem"

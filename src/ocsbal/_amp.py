@@ -165,11 +165,16 @@ class ConnectFailed(amp.Command):
 
 
 class Log(amp.Command):
-    """One of the worker's log events, as text, in its namespace, at its level."""
+    """One of the worker's log events, as text, in its namespace, at its level.
+
+    A connection's event (:mod:`ocsbal._connlog`) comes with its ``fields``,
+    for the observers that write them.
+    """
 
     arguments = [
         (b"namespace", amp.Unicode()),
         (b"level", amp.Unicode()),
         (b"text", amp.Unicode()),
+        (b"fields", JSON(optional=True)),
     ]
     requiresAnswer = False

@@ -14,15 +14,14 @@ from collections.abc import Sequence
 
 from ocsbal import __version__, _ctl
 from ocsbal._idle import too_short_for_ocs
-from ocsbal._tls import TLSSetupError, tls_contexts
+from ocsbal._tls import tls_problems
 from ocsbal.config import ConfigError, load, render
 
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        pool = load(args.config)
-        tls_contexts(pool)
-    except (ConfigError, TLSSetupError) as e:
+        pool = load(args.config, tls_problems)
+    except ConfigError as e:
         print(f"invalid configuration:\n{e}", file=sys.stderr)
         return 1
     warning = too_short_for_ocs(pool.name, pool.idle_timeout)

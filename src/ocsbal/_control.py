@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
@@ -54,6 +54,7 @@ from ocsbal._amp import (
     Log,
     Retire,
 )
+from ocsbal._connlog import FORMAT
 from ocsbal._endpoints import ReactorTCPTime
 from ocsbal._network import SharedPort
 from ocsbal._pool import AdminState, Backend, RunningPool
@@ -81,8 +82,10 @@ MAX_OUTPUT_LINE = 64 * 1024
 class _CheckedPool(RunningPool):
     """The control's servers: a change of health goes to every worker."""
 
-    def __init__(self, pool: Pool, control: ControlService) -> None:
-        super().__init__(pool, control._reactor)
+    def __init__(
+        self, pool: Pool, now: Callable[[], float], control: ControlService
+    ) -> None:
+        super().__init__(pool, now)
         self.control = control
 
     def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:
@@ -139,14 +142,22 @@ class WorkerLink(amp.AMP):
         return {}
 
     @Log.responder
-    def logged(self, namespace: str, level: str, text: str) -> dict[str, Any]:
-        """Write one of the worker's log events to the log, in its namespace."""
-        Logger(namespace=namespace).emit(
-            LogLevel.levelWithName(level),
-            "worker {worker}: {text}",
-            worker=self.slot + 1,
-            text=text,
-        )
+    def logged(
+        self,
+        namespace: str,
+        level: str,
+        text: str,
+        fields: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write one of the worker's log events to the log, in its namespace.
+
+        A connection's event keeps its fields, and its line its form.
+        """
+        logger, at = Logger(namespace=namespace), LogLevel.levelWithName(level)
+        if fields is not None:
+            logger.emit(at, FORMAT, worker=self.slot + 1, **fields)
+        else:
+            logger.emit(at, "worker {worker}: {text}", worker=self.slot + 1, text=text)
         return {}
 
 
@@ -206,7 +217,7 @@ class ControlService(PoolService):
         super().__init__(pool, reactor, grace_period)
 
     def _running(self, pool: Pool) -> RunningPool:
-        return _CheckedPool(pool, self)
+        return _CheckedPool(pool, self._reactor.seconds, self)
 
     def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:  # noqa: ARG002
         return SharedPort(

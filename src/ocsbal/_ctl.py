@@ -176,6 +176,12 @@ def _table(rows: list[list[object]], head: list[str]) -> str:
     )
 
 
+def _health(server: dict[str, Any]) -> str:
+    """``down (1 of 2 checks passed)``, ``maint (not checked)``, ``up``."""
+    detail = server["health_detail"]
+    return f"{server['health']} ({detail})" if detail else server["health"]
+
+
 def show_servers(servers: list[dict[str, Any]]) -> str:
     """The servers as a table."""
     head = [
@@ -194,7 +200,7 @@ def show_servers(servers: list[dict[str, Any]]) -> str:
             s["address"],
             s["weight"],
             "removed" if s["removed"] else s["state"],
-            s["health"],
+            _health(s),
             s["active"],
             s["total"],
             s["last_check"],
@@ -223,7 +229,12 @@ def show_pool(pool: dict[str, Any]) -> str:
 
 
 def show_connections(connections: list[dict[str, Any]]) -> str:
-    """The open connections as a table."""
+    """The open connections as a table.
+
+    ``CLOSES IN`` is when the idle sweep closes it if nothing more happens,
+    and why then; ``REGISTERED``, on ``sip`` ports, each address of record
+    registered over it, with the seconds left before it expires.
+    """
     rows: list[list[object]] = [
         [
             c["client"],
@@ -231,13 +242,20 @@ def show_connections(connections: list[dict[str, Any]]) -> str:
             c["server"] or "-",
             f"{c['age']:.0f}s",
             f"{c['idle']:.0f}s",
+            f"{c['closes_in']:.0f}s ({c['closes_because']})",
             c["bytes_from_client"],
             c["bytes_from_server"],
+            _registered(c.get("sip")),
         ]
         for c in connections
     ]
-    head = ["CLIENT", "PORT", "SERVER", "AGE", "IDLE", "FROM CLIENT", "FROM SERVER"]
-    return _table(rows, head)
+    head = ["CLIENT", "PORT", "SERVER", "AGE", "IDLE", "CLOSES IN"]
+    return _table(rows, [*head, "FROM CLIENT", "FROM SERVER", "REGISTERED"])
+
+
+def _registered(sip: dict[str, Any] | None) -> str:
+    registered = {} if sip is None else sip["registered"]
+    return ", ".join(f"{aor} ({left:.0f}s)" for aor, left in registered.items()) or "-"
 
 
 def show_workers(workers: list[dict[str, Any]]) -> str:
@@ -258,35 +276,94 @@ def show_workers(workers: list[dict[str, Any]]) -> str:
     return _table(rows, [*head, "RESTARTS"])
 
 
-def _restarted(workers: list[dict[str, Any]]) -> str:
+def _count(number: int, thing: str) -> str:
+    """``1 connection``, ``2 connections``."""
+    return f"{number} {thing}" if number == 1 else f"{number} {thing}s"
+
+
+def _restarted(workers: list[dict[str, Any]], _: argparse.Namespace) -> str:
     new = max(w["generation"] for w in workers)
     old = [w for w in workers if w["generation"] != new]
-    held = sum(w["connections"] for w in old)
+    serves = f"generation {new} of the workers serves"
+    if not old:
+        return f"{serves}; the old workers have left"
+    held = _count(sum(w["connections"] for w in old), "connection")
+    if len(old) == 1:
+        return f"{serves}; 1 old worker finishes its {held}"
+    return f"{serves}; {len(old)} old workers finish their {held}"
+
+
+#: What a weight of 0 means, said where a reply would promise connections.
+_NO_WEIGHT = "its weight is 0: it takes no new connections until it has one above 0"
+
+
+def _added(server: dict[str, Any], _: argparse.Namespace) -> str:
+    added = f"added {server['name']} ({server['address']}), weight {server['weight']}"
+    if not server["weight"]:
+        return f"{added}; {_NO_WEIGHT}"
+    return f"{added}: it takes connections once its health checks pass"
+
+
+def _drained(server: dict[str, Any], _: argparse.Namespace) -> str:
+    return f"{server['name']} is draining: no new connections, {server['active']} open"
+
+
+def _ready(server: dict[str, Any], _: argparse.Namespace) -> str:
+    name = server["name"]
+    if not server["weight"]:
+        return f"{name} is ready, but {_NO_WEIGHT}"
+    if server["health"] == "up":
+        return f"{name} is ready: it takes new connections"
+    # Down, or just back from maint: ready is not enough on its own.
+    waiting = f"{name} is ready, and down: it takes new connections once its "
+    detail = server["health_detail"]
+    return waiting + "health checks pass" + (f" ({detail})" if detail else "")
+
+
+def _in_maint(server: dict[str, Any], _: argparse.Namespace) -> str:
     return (
-        f"generation {new} of the workers serves; {len(old)} old workers "
-        f"finish their {held} connections"
+        f"{server['name']} is in maintenance: no new connections, no checks, "
+        f"{server['active']} open"
     )
 
 
-def _changed(what: str) -> Callable[[dict[str, Any]], str]:
-    def show(server: dict[str, Any]) -> str:
-        return what.format(**server)
+def _weighted(server: dict[str, Any], _: argparse.Namespace) -> str:
+    if not server["weight"]:
+        return f"{server['name']} has weight 0: it takes no new connections"
+    return f"{server['name']} has weight {server['weight']} for new connections"
 
-    return show
+
+def _removed(server: dict[str, Any], args: argparse.Namespace) -> str:
+    removed, active = f"removed {server['name']}", server["active"]
+    if not active:
+        return f"{removed}: it had no open connections"
+    held = _count(active, "open connection")
+    if args.force:
+        return f"{removed}: its {held} are being closed"
+    return f"{removed}: its {held} may finish"
+
+
+def _shown(show: Callable[[Any], str]) -> Callable[[Any, argparse.Namespace], str]:
+    """A view of the answer alone, as a command's reply."""
+    return lambda answer, _: show(answer)
 
 
 #: Each command: how to build its request from the arguments, and how to
-#: show the answer.
+#: reply from the answer (and the arguments).
 _COMMANDS: dict[
     str,
     tuple[
-        Callable[[argparse.Namespace], tuple[str, str, object]], Callable[[Any], str]
+        Callable[[argparse.Namespace], tuple[str, str, object]],
+        Callable[[Any, argparse.Namespace], str],
     ],
 ] = {
-    "servers": (lambda _: ("GET", "/api/servers", None), show_servers),
-    "pool": (lambda _: ("GET", "/api/pool", None), show_pool),
-    "connections": (lambda _: ("GET", "/api/connections", None), show_connections),
-    "workers": (lambda _: ("GET", "/api/workers", None), show_workers),
+    "servers": (lambda _: ("GET", "/api/servers", None), _shown(show_servers)),
+    "pool": (lambda _: ("GET", "/api/pool", None), _shown(show_pool)),
+    "connections": (
+        lambda _: ("GET", "/api/connections", None),
+        _shown(show_connections),
+    ),
+    "workers": (lambda _: ("GET", "/api/workers", None), _shown(show_workers)),
     "restart-workers": (lambda _: ("POST", "/api/workers/restart", {}), _restarted),
     "add": (
         lambda a: (
@@ -294,28 +371,23 @@ _COMMANDS: dict[
             "/api/servers",
             {"name": a.name, "address": a.address, "weight": a.weight},
         ),
-        _changed(
-            "added {name} ({address}), weight {weight}: it takes connections "
-            "once its health checks pass"
-        ),
+        _added,
     ),
     "drain": (
         lambda a: ("PATCH", f"/api/servers/{a.name}", {"state": "drain"}),
-        _changed("{name} is draining: no new connections, {active} open"),
+        _drained,
     ),
     "ready": (
         lambda a: ("PATCH", f"/api/servers/{a.name}", {"state": "ready"}),
-        _changed("{name} is ready: it takes new connections while it is {health}"),
+        _ready,
     ),
     "maint": (
         lambda a: ("PATCH", f"/api/servers/{a.name}", {"state": "maint"}),
-        _changed(
-            "{name} is in maintenance: no new connections, no checks, {active} open"
-        ),
+        _in_maint,
     ),
     "weight": (
         lambda a: ("PATCH", f"/api/servers/{a.name}", {"weight": a.weight}),
-        _changed("{name} has weight {weight} for new connections"),
+        _weighted,
     ),
     "remove": (
         lambda a: (
@@ -323,7 +395,7 @@ _COMMANDS: dict[
             f"/api/servers/{a.name}" + ("?force=1" if a.force else ""),
             None,
         ),
-        _changed("removed {name}: its {active} open connections may finish"),
+        _removed,
     ),
 }
 
@@ -411,9 +483,9 @@ async def run(args: argparse.Namespace, reactor: Any, out: TextIO = sys.stdout) 
         raise CtlError(str(e)) from None
     agent = Agent.usingEndpointFactory(reactor, _OneEndpoint(reactor, endpoint))
     client = AdminClient(HTTPClient(agent), endpoint, token)
-    build, show = _COMMANDS[args.command]
+    build, reply = _COMMANDS[args.command]
     answer = await client.call(*build(args))
-    print(json.dumps(answer, indent=2) if args.json else show(answer), file=out)
+    print(json.dumps(answer, indent=2) if args.json else reply(answer, args), file=out)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectBindError
+from twisted.internet.error import ConnectBindError, ConnectError
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -28,6 +31,13 @@ def is_ipv6(address: str) -> bool:
 def url_host(address: str) -> str:
     """``address`` as the host part of a URI: IPv6 in brackets."""
     return f"[{address}]" if is_ipv6(address) else address
+
+
+def host_port(address: object) -> str:
+    """A TCP address as ``HOST:PORT`` (IPv6 in brackets), as logs and reports say it."""
+    if isinstance(address, IPv4Address | IPv6Address):
+        return f"{url_host(address.host)}:{address.port}"
+    return str(address)
 
 
 def server_endpoint(
@@ -74,11 +84,22 @@ class OneConnection(ClientFactory):
             self.reached.errback(reason)
 
 
+def out_of_ports(error: BaseException | None) -> bool:
+    """Whether a connection failed for want of a free port on its source address.
+
+    The kernel picks the source port at ``connect`` (see
+    :class:`ocsbal._network.SourcedTCP`), and says ``EADDRNOTAVAIL`` when
+    every port of the range is in use to that server's port.
+    """
+    return isinstance(error, ConnectError) and error.osError == errno.EADDRNOTAVAIL
+
+
 def failed_here(error: BaseException | None) -> bool:
     """Whether a connection attempt failed on this host, before any server.
 
     Twisted reports a socket this host could not make or bind (out of file
     descriptors, a source address it does not hold) as
-    :class:`ConnectBindError`: the balancer's trouble, never the server's.
+    :class:`ConnectBindError`; a source out of ports fails the connect.
+    Both are the balancer's trouble, never the server's.
     """
-    return isinstance(error, ConnectBindError)
+    return isinstance(error, ConnectBindError) or out_of_ports(error)

@@ -42,7 +42,13 @@ class PoolCollector(Collector):
                 labels=server,
             ),
             "weight": GaugeMetricFamily(
-                "ocsbal_server_weight", "The server's scheduling weight.", labels=server
+                "ocsbal_server_weight", "The server's configured weight.", labels=server
+            ),
+            "effective_weight": GaugeMetricFamily(
+                "ocsbal_server_effective_weight",
+                "The weight the server is ranked by: less than its weight in slow "
+                "start.",
+                labels=server,
             ),
             "active": GaugeMetricFamily(
                 "ocsbal_server_active_connections",
@@ -86,7 +92,8 @@ class PoolCollector(Collector):
             labels = [pool, backend.name]
             counts = counted.get(backend.name, {})
             families["up"].add_metric(labels, backend.health.up)
-            families["weight"].add_metric(labels, backend.weight)
+            families["weight"].add_metric(labels, backend.server.weight)
+            families["effective_weight"].add_metric(labels, backend.weight)
             for key in ("active", "total", "sent", "received", "registrations"):
                 families[key].add_metric(labels, counts.get(key, 0))
             for admin in AdminState:
@@ -123,6 +130,14 @@ class PoolCollector(Collector):
             accepted.add_metric(values, counts.get("accepted", 0))
             rejected.add_metric(values, counts.get("rejected", 0))
         yield from (active, accepted, rejected)
+        limited = CounterMetricFamily(
+            "ocsbal_limited_connections",
+            "Client connections refused by a limit, by limit.",
+            labels=["pool", "limit"],
+        )
+        for limit, count in sorted(self.counted["limited"].items()):
+            limited.add_metric([pool, limit], count)
+        yield limited
         yield from self._sip(pool)
 
     def _sip(self, pool: str) -> Iterator[Metric]:

@@ -34,14 +34,17 @@ from ocsbal._rules import (
     _check_fqdn,
     _check_port_list,
     _check_scheduler,
+    _check_sources,
     _check_tls_name,
     _check_url,
     _check_workers,
     _enum_rule,
     _normal_address,
     _normal_fqdn,
+    _normal_sources,
     _normal_tls_name,
     _number_rule,
+    _ramp_rule,
     _read_boolean,
     _read_port_list,
     _read_workers,
@@ -50,13 +53,15 @@ from ocsbal._rules import (
     _text,
     _whole_rule,
 )
-from ocsbal._sections import _TLS_FILES, Admin, TLSSettings
+from ocsbal._sections import _TLS_FILES, Admin, Limits, LogSettings, TLSSettings
 
 __all__ = [
     "HEARTBEAT_PORTS",
     "OCS_PORTS",
     "Admin",
     "ConfigError",
+    "Limits",
+    "LogSettings",
     "Monitor",
     "MonitorType",
     "NatMode",
@@ -104,6 +109,8 @@ _SERVER_RULES: dict[str, _Rule[Any]] = {
     "address": _ADDRESS_RULE,
     "weight": _WEIGHT_RULE,
     "tls_name": _TLS_NAME_RULE,
+    "slowstart": _ramp_rule(),
+    "maxconn": _whole_rule(0),
 }
 
 
@@ -119,6 +126,10 @@ class Server:
     :ivar tls_name: the name its certificate must carry, checked when
         ``[tls] mode = terminate`` re-encrypts to it; ``None`` checks its
         address.
+    :ivar slowstart: seconds over which its weight ramps up to its full
+        weight each time it comes up; 0 for none, ``None`` for the pool's
+        :attr:`Pool.slowstart`.
+    :ivar maxconn: the most connections it takes at once; 0 for no limit.
     """
 
     name: str = attrs.field(validator=_NAME_RULE)
@@ -129,6 +140,12 @@ class Server:
     tls_name: str | None = attrs.field(
         default=None, converter=_normal_tls_name, validator=_SERVER_RULES["tls_name"]
     )
+    slowstart: float | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(float),
+        validator=attrs.validators.optional(_SERVER_RULES["slowstart"]),
+    )
+    maxconn: int = attrs.field(default=0, validator=_SERVER_RULES["maxconn"])
 
     @property
     def certificate_name(self) -> str:
@@ -225,10 +242,12 @@ _POOL_RULES: dict[str, _Rule[Any]] = {
     "retries": _whole_rule(0),
     "registration_grace": _seconds_rule(),
     "reap_expired": _Rule(_read_boolean, _check_boolean),
-    "source": _ADDRESS_RULE,
+    "source": _Rule(_normal_sources, _check_sources),
     "freebind": _Rule(_read_boolean, _check_boolean),
     "workers": _Rule(_read_workers, _check_workers),
     "old_workers_timeout": _seconds_rule(),
+    "slowstart": _ramp_rule(),
+    "maxconn": _whole_rule(0),
 }
 
 
@@ -260,8 +279,10 @@ class Pool:
         connection is never closed for idleness.
     :ivar reap_expired: whether a connection whose registration missed its
         refresh by the grace is closed (it is always reported).
-    :ivar source: with full NAT, the address server connections (and
-        health checks) come from; ``None`` lets the routing table choose.
+    :ivar source: with full NAT, the addresses server connections come
+        from, spread over them (one address carries some 28,000 connections
+        to one server port); health checks come from the first.  Empty lets
+        the routing table choose.
     :ivar freebind: whether the listeners may bind the VIP before this host
         holds it (``IP_FREEBIND``), as a standby of a highly available pair
         does; otherwise a VIP that is not an address of this host stops the
@@ -271,9 +292,16 @@ class Pool:
         core.  An embedded :class:`~ocsbal.PoolService` is one process.
     :ivar old_workers_timeout: seconds the workers a restart replaced may
         keep their connections before those are closed.
+    :ivar slowstart: seconds over which a server's weight ramps up to its
+        full weight when it comes up (after being down, added, or in
+        maintenance), unless the server sets its own; 0 for none.
+    :ivar maxconn: the most connections the pool takes at once, over all
+        its servers; 0 for no limit.
     :ivar monitor: how servers are health-checked.
     :ivar tls: what is done with TLS on ``sips`` ports.
     :ivar admin: where the admin interface listens; ``None`` for none.
+    :ivar limits: what one client address may take.
+    :ivar log: what the log says beyond problems and changes.
     """
 
     name: str = attrs.field(validator=_POOL_RULES["name"])
@@ -307,16 +335,18 @@ class Pool:
     reap_expired: bool = attrs.field(
         default=False, validator=_POOL_RULES["reap_expired"]
     )
-    source: str | None = attrs.field(
-        default=None,
-        converter=_normal_address,
-        validator=attrs.validators.optional(_POOL_RULES["source"]),
+    source: tuple[str, ...] = attrs.field(
+        default=(), converter=_normal_sources, validator=_POOL_RULES["source"]
     )
     freebind: bool = attrs.field(default=False, validator=_POOL_RULES["freebind"])
     workers: int | None = attrs.field(default=None, validator=_POOL_RULES["workers"])
     old_workers_timeout: float = attrs.field(
         default=3600.0, converter=float, validator=_POOL_RULES["old_workers_timeout"]
     )
+    slowstart: float = attrs.field(
+        default=0.0, converter=float, validator=_POOL_RULES["slowstart"]
+    )
+    maxconn: int = attrs.field(default=0, validator=_POOL_RULES["maxconn"])
     monitor: Monitor = attrs.field(
         default=Monitor(), validator=attrs.validators.instance_of(Monitor)
     )
@@ -326,6 +356,12 @@ class Pool:
     admin: Admin | None = attrs.field(
         default=None,
         validator=attrs.validators.optional(attrs.validators.instance_of(Admin)),
+    )
+    limits: Limits = attrs.field(
+        default=Limits(), validator=attrs.validators.instance_of(Limits)
+    )
+    log: LogSettings = attrs.field(
+        default=LogSettings(), validator=attrs.validators.instance_of(LogSettings)
     )
 
     @property
@@ -348,6 +384,22 @@ class Pool:
             raise ConfigError(problems)
 
 
+class _MonitorRelated(Protocol):
+    """What :func:`relations` reads of a :class:`Monitor`, or of a draft's.
+
+    In a draft, a value that was refused is ``None``.
+    """
+
+    @property
+    def type(self) -> MonitorType | None: ...
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def interval(self) -> float | None: ...
+    @property
+    def timeout(self) -> float | None: ...
+
+
 class _Related(Protocol):
     """What :func:`relations` reads: a :class:`Pool`, or a file's draft of one.
 
@@ -361,9 +413,9 @@ class _Related(Protocol):
     @property
     def nat(self) -> NatMode | None: ...
     @property
-    def source(self) -> str | None: ...
+    def source(self) -> tuple[str, ...] | None: ...
     @property
-    def monitor(self) -> Monitor | None: ...
+    def monitor(self) -> _MonitorRelated | None: ...
     @property
     def tls(self) -> TLSSettings | None: ...
     @property
@@ -383,8 +435,8 @@ def relations(
     monitor = pool.monitor
     if (
         monitor is not None
-        and monitor.url != "/"
-        and monitor.type is not MonitorType.HTTPS
+        and monitor.url not in (None, "/")
+        and monitor.type not in (None, MonitorType.HTTPS)
     ):
         yield (
             "monitor",
@@ -392,7 +444,12 @@ def relations(
             monitor.url,
             "is only used by type = https",
         )
-    if monitor is not None and monitor.timeout > monitor.interval:
+    if (
+        monitor is not None
+        and monitor.timeout is not None
+        and monitor.interval is not None
+        and monitor.timeout > monitor.interval
+    ):
         yield (
             "monitor",
             "timeout",
@@ -403,11 +460,11 @@ def relations(
     if pool.tls is not None:
         yield from _tls_relations(pool.tls)
     source = pool.source
-    if source is not None and pool.nat is NatMode.HALF:
+    if source and pool.nat is NatMode.HALF:
         yield (
             "pool",
             "source",
-            source,
+            _text(source),
             "is only used by nat = full: with half-NAT, server connections come "
             "from the client's own address",
         )

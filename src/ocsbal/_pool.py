@@ -10,22 +10,22 @@ when a connection ends, and reports failed connections as failed checks.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping
+import math
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Protocol, cast
 
 import attrs
 
 from ocsbal.health import HealthState, judge
-from ocsbal.scheduling import scheduler_class
+from ocsbal.scheduling import NoServerAvailable, scheduler_class
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
-
     from ocsbal._model import Pool, Server
     from ocsbal.scheduling import IScheduler
 
 __all__ = [
     "AdminState",
+    "AtLimitError",
     "Backend",
     "LastServerError",
     "Relayed",
@@ -61,6 +61,24 @@ class Relayed(Protocol):
         """Close the connection, after what is already buffered."""
 
 
+@attrs.define
+class Ramp:
+    """A server's slow start: its weight climbing from next to nothing to full.
+
+    :ivar now: the clock.
+    :ivar start: when the server came up.
+    :ivar seconds: how long the climb takes.
+    """
+
+    now: Callable[[], float]
+    start: float
+    seconds: float
+
+    def part(self) -> float:
+        """How far it has climbed: from 0 when it came up to 1 (and past)."""
+        return (self.now() - self.start) / self.seconds
+
+
 @attrs.define(eq=False)
 class Backend:
     """A server of the pool at run time: its configuration, state and load.
@@ -81,6 +99,7 @@ class Backend:
     :ivar total: connections relayed to it since it joined.
     :ivar removed: whether it has been removed from the pool; it is gone
         once its last connection closes.
+    :ivar ramp: its slow start, while it is in one.
     """
 
     server: Server
@@ -91,6 +110,7 @@ class Backend:
     relayed: set[Relayed] = attrs.Factory(set)
     total: int = 0
     removed: bool = False
+    ramp: Ramp | None = None
     #: Bytes of the connections already closed, from and to the server.
     _closed_received: int = 0
     _closed_sent: int = 0
@@ -107,8 +127,26 @@ class Backend:
 
     @property
     def weight(self) -> int:
-        """The server's configured weight."""
-        return self.server.weight
+        """The weight it is ranked by: its configured weight, less in slow start.
+
+        In slow start it rises in whole steps from 1 with the time since the
+        server came up, reaching the configured weight at the ramp's end.
+        """
+        weight = self.server.weight
+        ramp = self.ramp
+        if ramp is None:
+            return weight
+        part = ramp.part()
+        if part >= 1.0:
+            self.ramp = None
+            return weight
+        return max(1, math.ceil(weight * part)) if weight else 0
+
+    @property
+    def full(self) -> bool:
+        """Whether it has as many connections as its ``maxconn`` allows."""
+        limit = self.server.maxconn
+        return limit > 0 and self.here + self.elsewhere >= limit
 
     @property
     def accepting(self) -> bool:
@@ -118,7 +156,7 @@ class Backend:
     @property
     def pickable(self) -> bool:
         """Whether a new connection may go to this server now."""
-        return self.health.up and self.accepting
+        return self.health.up and self.accepting and not self.full
 
     @property
     def monitored(self) -> bool:
@@ -158,6 +196,11 @@ class LastServerError(ValueError):
     """A pool's last server cannot be removed: a pool needs one."""
 
 
+# The name follows NoServerAvailable's, which it is.
+class AtLimitError(NoServerAvailable):
+    """No server is picked because of a ``maxconn``: the pool's, or every server's."""
+
+
 class RunningPool:
     """The servers of a pool at run time, and the scheduler that picks them.
 
@@ -167,9 +210,9 @@ class RunningPool:
     run.
 
     :param pool: the pool's configuration.
-    :param clock: tells when each server went up or down
-        (:attr:`HealthState.since <ocsbal.health.HealthState.since>`); the
-        global reactor by default.
+    :param now: the clock, which times slow starts and tells when each
+        server went up or down (:attr:`HealthState.since
+        <ocsbal.health.HealthState.since>`).
 
     :ivar pool: the configuration in force, servers and weights included.
     :ivar backends: the pool's servers by name, in configuration order.
@@ -178,16 +221,12 @@ class RunningPool:
         ``[pool] scheduler`` names it.
     """
 
-    def __init__(self, pool: Pool, clock: IReactorTime | None = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast("IReactorTime", reactor)
-        self.clock = clock
+    def __init__(self, pool: Pool, now: Callable[[], float]) -> None:
         self.pool = pool
-        now = clock.seconds()
+        self.now = now
+        started = now()
         self.backends = {
-            s.name: Backend(s, HealthState(since=now)) for s in pool.servers
+            s.name: Backend(s, HealthState(since=started)) for s in pool.servers
         }
         self.leaving: set[Backend] = set()
         self.scheduler: IScheduler = scheduler_class(pool.scheduler)()
@@ -229,7 +268,7 @@ class RunningPool:
         for server in pool.servers:
             kept = self.backends.get(server.name)
             if kept is None or kept.removed:
-                joined = HealthState(up=False, since=self.clock.seconds())
+                joined = HealthState(up=False, since=self.now())
                 backends[server.name] = Backend(server, joined)
                 added.append(backends[server.name])
             else:
@@ -245,7 +284,7 @@ class RunningPool:
         backend = self.backend(name)
         if state is AdminState.MAINT:
             if backend.health.up:
-                backend.health.since = self.clock.seconds()
+                backend.health.since = self.now()
             backend.health.suspend("in maintenance")
         backend.state = state
 
@@ -255,12 +294,49 @@ class RunningPool:
         :param tried: servers this connection tried already.
         :raises ocsbal.scheduling.NoServerAvailable: if none can take it.
         """
+        limit = self.pool.maxconn
+        if limit and self.connections() >= limit:
+            raise AtLimitError(f"the pool has its maxconn of {limit} connections")
         candidates = [
             b for b in self.backends.values() if b.pickable and b not in tried
         ]
-        backend = cast(Backend, self.scheduler.pick(candidates))
+        try:
+            backend = cast(Backend, self.scheduler.pick(candidates))
+        except NoServerAvailable:
+            full = [
+                f"{b.name} ({b.server.maxconn})"
+                for b in self.backends.values()
+                if b.full and b.health.up and b.accepting and b not in tried
+            ]
+            if full:
+                raise AtLimitError(
+                    "every server that could take it has its maxconn: "
+                    + ", ".join(full)
+                ) from None
+            raise
         backend.here += 1
         return backend
+
+    def connections(self) -> int:
+        """Connections open or being opened to the pool's servers, host-wide.
+
+        Those to servers removed but still finishing count too.
+        """
+        return sum(b.active for b in self.backends.values()) + sum(
+            b.active for b in self.leaving
+        )
+
+    def set_up(self, backend: Backend, up: bool) -> None:
+        """Take ``backend`` up or down, as the control process found it."""
+        was, backend.health.up = backend.health.up, up
+        if up and not was:
+            self._came_up(backend)
+
+    def _came_up(self, backend: Backend) -> None:
+        seconds = backend.server.slowstart
+        if seconds is None:
+            seconds = self.pool.slowstart
+        backend.ramp = Ramp(self.now, self.now(), seconds) if seconds > 0 else None
 
     def count_elsewhere(
         self, servers: Mapping[str, int], leaving: Mapping[str, int]
@@ -284,10 +360,15 @@ class RunningPool:
     def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:
         """Count a health check's result, or a failed connection, for ``backend``.
 
-        A change of state is logged once, with its reason, and its time kept.
+        A change of state is logged once, with its reason, and its time kept;
+        a server that comes up starts its slow start.
         """
-        if judge(backend.health, backend.server, self.pool.monitor, ok, reason):
-            backend.health.since = self.clock.seconds()
+        was = backend.health.up
+        judge(backend.health, backend.server, self.pool.monitor, ok, reason)
+        if backend.health.up != was:
+            backend.health.since = self.now()
+            if backend.health.up:
+                self._came_up(backend)
 
     def _forget_if_done(self, backend: Backend) -> None:
         if backend.removed and not backend.active:

@@ -28,32 +28,28 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, succeed
-from twisted.internet.error import (
-    ConnectingCancelledError,
-    ConnectionDone,
-    ConnectionLost,
-)
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import ClientFactory, ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from ocsbal._endpoints import OneConnection, ReactorTCPTime, failed_here, url_host
+from ocsbal._connlog import closed
+from ocsbal._endpoints import ReactorTCPTime, failed_here, host_port
+from ocsbal._limits import SourceLimits
 from ocsbal._logs import LimitedLog
-from ocsbal._model import NatMode, PortProtocol
-from ocsbal._network import SourcedTCP
+from ocsbal._model import PortProtocol
+from ocsbal._outbound import Outbound
+from ocsbal._pool import AtLimitError
 from ocsbal._sides import ClientSide, Held, ServerSide, Side, unsent_bytes
 from ocsbal._tls import tls_contexts, tls_reason
 from ocsbal.scheduling import NoServerAvailable
 from ocsbal.sip import Registrations, SIPInspector, SIPTally, follow
 
 if TYPE_CHECKING:
-    from ocsbal._model import Pool, Port, Server
+    from ocsbal._model import Pool, Port
     from ocsbal._pool import Backend, RunningPool
 
-__all__ = ["Listener", "Phase", "Relay", "Splice"]
+__all__ = ["Phase", "Relay", "Splice"]
 
 log = Logger(namespace="ocsbal")
 
@@ -103,14 +99,17 @@ class Splice:
     __slots__ = (
         "_connecting",
         "backend",
+        "cause",
         "client",
         "clock",
+        "connected",
         "last_activity",
         "phase",
         "port",
         "relay",
         "server",
         "sip",
+        "source",
         "started",
         "still_since",
         "tls",
@@ -128,10 +127,16 @@ class Splice:
         self.server: Side | None = None
         self.backend: Backend | None = None
         self.started = self.last_activity = self.clock.seconds()
+        #: When its server was connected, if it was.
+        self.connected: float | None = None
+        #: What ended it, first (see :data:`ocsbal._connlog.CAUSES`).
+        self.cause: str | None = None
         self._connecting: Deferred[Any] | None = None
         self.unsent_seen = 0
         self.still_since = self.started
         self.sip: Registrations | None = None
+        #: Where the client counts against ``[limits]``, if it does.
+        self.source: str | None = None
         if port.protocol is PortProtocol.SIP or (self.tls and relay.pool.tls.inspect):
             self.sip = Registrations()
             self.client.inspector = SIPInspector()
@@ -150,6 +155,11 @@ class Splice:
     def peer(self) -> IAddress:
         """The client's address."""
         return self.client.transport.getPeer()
+
+    @property
+    def client_name(self) -> str:
+        """The client's address and port, as log lines give them."""
+        return host_port(self.peer)
 
     @property
     def upstream(self) -> int:
@@ -180,7 +190,9 @@ class Splice:
         self.relay.splices.add(self)
         self.relay.accepted[self.port.number] += 1
         ensureDeferred(self._connect()).addErrback(
-            lambda f: log.failure("unexpected error relaying {peer}", f, peer=self.peer)
+            lambda f: log.failure(
+                "unexpected error relaying {peer}", f, peer=self.client_name
+            )
         )
 
     async def _handshake(self, handshake: Deferred[None]) -> bool:
@@ -199,7 +211,7 @@ class Splice:
             self.relay.log.info(
                 "TLS client {peer} on port {port} dropped: {reason}",
                 kind=(self.port.number, reason),
-                peer=self.peer,
+                peer=self.client_name,
                 port=self.port.number,
                 reason=reason,
             )
@@ -225,20 +237,22 @@ class Splice:
             try:
                 backend = servers.pick(tried)
             except NoServerAvailable as e:
-                reason = str(e)
-                break
+                at_limit = isinstance(e, AtLimitError)
+                self._reject(str(e), "limit" if at_limit else "no-server")
+                return
             tried.append(backend)
             try:
                 side = await self._try(backend)
             except _UnreachedError as e:
                 reason = str(e)
                 if e.final:
-                    break
+                    self._reject(reason, "no-server")
+                    return
                 continue
             if side is not None:
                 self._attach(backend, side)
             return
-        self._reject(reason)
+        self._reject(reason, "server-down")
 
     async def _try(self, backend: Backend) -> Side | None:
         """Connect to ``backend``; the side connected to it.
@@ -249,7 +263,9 @@ class Splice:
         """
         relay, servers = self.relay, self.relay.servers
         side = ServerSide(self, self.tls)
-        self._connecting = relay.connect(backend.server, self.port, side, self.peer)
+        self._connecting = relay.outbound.connect(
+            backend.server, self.port, side, self.peer
+        )
         try:
             await self._connecting
             if side.handshake is not None:
@@ -273,7 +289,7 @@ class Splice:
                 "connection from {peer} to server {server} "
                 "({address}:{port}) failed: {error}",
                 kind=(backend.name, self.port.number, error),
-                peer=self.peer,
+                peer=self.client_name,
                 server=backend.name,
                 address=backend.server.address,
                 port=self.port.number,
@@ -293,17 +309,26 @@ class Splice:
             )
         return side
 
-    def _reject(self, reason: str) -> None:
-        """No server takes the client: close it, with one line saying why."""
+    def _reject(self, reason: str, cause: str) -> None:
+        """No server takes the client: close it, with one line saying why.
+
+        :param cause: ``limit`` if a ``maxconn`` refused it, else whether no
+            server could be picked (``no-server``) or those tried failed
+            (``server-down``).
+        """
         relay = self.relay
+        self.cause = cause
         relay.log.warn(
             "rejected connection from {peer} to port {port}: {reason}",
             kind=(self.port.number, reason),
-            peer=self.peer,
+            peer=self.client_name,
             port=self.port.number,
             reason=reason,
         )
-        relay.rejected[self.port.number] += 1
+        if cause == "limit":
+            relay.limited["maxconn"] += 1
+        else:
+            relay.rejected[self.port.number] += 1
         self._leave()
         # Reading again lets TLS hear the client's close_notify, without
         # which it would keep the connection open; plain TCP minds not.
@@ -311,6 +336,7 @@ class Splice:
         self.client.transport.loseConnection()
 
     def _attach(self, backend: Backend, server: Side) -> None:
+        self.connected = self.clock.seconds()
         self.backend = backend
         self.server = server
         backend.attached(self)
@@ -329,6 +355,8 @@ class Splice:
 
     def client_lost(self) -> None:
         """The client's connection is gone: the server's side finishes."""
+        if self.cause is None:
+            self.cause = "client-closed"
         if self._connecting is not None:
             self._connecting.cancel()
         server = self.server
@@ -351,6 +379,8 @@ class Splice:
         server = self.server
         if server is None or not server.lost:
             return
+        if self.cause is None:
+            self.cause = "server-closed"
         backend = cast("Backend", self.backend)
         backend.detached(self)
         self.relay.servers.release(backend)
@@ -368,38 +398,49 @@ class Splice:
 
     def _closed(self) -> None:
         self._move(Phase.CLOSED)
-        self.relay.flushing.discard(self)
-        self.relay.draining.discard(self)
+        relay = self.relay
+        relay.flushing.discard(self)
+        relay.draining.discard(self)
+        if relay.pool.log.connections:
+            connected = self.connected
+            closed(
+                client=self.client_name,
+                vip_port=self.port.number,
+                server=None if self.backend is None else self.backend.name,
+                connect=None if connected is None else connected - self.started,
+                duration_s=self.clock.seconds() - self.started,
+                up=self.upstream,
+                down=self.downstream,
+                cause=self.cause or "client-closed",
+                aors=() if self.sip is None else self.sip.bindings,
+            )
 
-    def close(self) -> None:
-        """Close both sides, after flushing what is already buffered."""
+    def close(self, cause: str = "admin") -> None:
+        """Close both sides, after flushing what is already buffered.
+
+        If a peer takes none of it, the sweep aborts it later
+        (:func:`ocsbal._sweep.stuck`).
+
+        :param cause: what ends it, for its log event.
+        """
+        if self.cause is None:
+            self.cause = cause
+        self._leave()
         self.client.transport.loseConnection()
         if self.server is not None:
             self.server.transport.loseConnection()
 
-    def abort(self) -> None:
-        """Close both sides at once, discarding what is buffered."""
+    def abort(self, cause: str = "idle-timeout") -> None:
+        """Close both sides at once, discarding what is buffered.
+
+        :param cause: what ends it, for its log event: by default, its
+            peers took nothing for the idle timeout.
+        """
+        if self.cause is None:
+            self.cause = cause
         for side in (self.client, self.server):
             if side is not None and not side.lost:
                 side.transport.abortConnection()
-
-    def expire(self) -> None:
-        """Close this idle connection, after what is buffered for its peers.
-
-        If a peer takes none of it, the sweep aborts it later
-        (:func:`ocsbal._sweep.stuck`).
-        """
-        self._leave()
-        server = "none" if self.backend is None else self.backend.server.name
-        peer = cast(IPv4Address | IPv6Address, self.peer)
-        self.relay.log.info(
-            "closing idle connection from {client} on port {port} (server {server})",
-            kind=(self.port.number, server),
-            client=f"{url_host(peer.host)}:{peer.port}",
-            port=self.port.number,
-            server=server,
-        )
-        self.close()
 
 
 class _UnreachedError(Exception):
@@ -411,23 +452,6 @@ class _UnreachedError(Exception):
     def __init__(self, reason: str, final: bool = False) -> None:
         super().__init__(reason)
         self.final = final
-
-
-class Listener(ServerFactory):
-    """Accepts client connections on one VIP port.
-
-    :ivar port: the VIP port and what it carries; a reload may replace it.
-    """
-
-    # The port already logs that it listens; the factory would say it again.
-    noisy = False
-
-    def __init__(self, relay: Relay, port: Port) -> None:
-        self.relay = relay
-        self.port = port
-
-    def buildProtocol(self, addr: IAddress | None) -> Side:  # noqa: ARG002
-        return Splice(self.relay, self.port).client
 
 
 class Relay:
@@ -448,7 +472,11 @@ class Relay:
     :ivar accepted: client connections accepted, by VIP port.
     :ivar rejected: client connections closed because no server could
         take them, by VIP port.
+    :ivar limited: client connections refused by a limit, by limit:
+        ``maxconn`` (the pool's or every server's), ``per_source_connections``
+        and ``per_source_rate``.
     :ivar sip: what the SIP on all its connections said, counted.
+    :ivar sources: what each client address holds, against ``[limits]``.
     :ivar log: where the lines of single connections go, which clients can
         repeat at will: rate-limited (:class:`~ocsbal._logs.LimitedLog`).
     """
@@ -465,13 +493,14 @@ class Relay:
         self.splices: set[Splice] = set()
         self.flushing: set[Splice] = set()
         self.draining: set[Splice] = set()
-        self._transparent = cast(ReactorTCPTime, SourcedTCP(reactor, transparent=True))
-        self._sourced = cast(ReactorTCPTime, SourcedTCP(reactor))
         self.tls = tls_contexts(servers.pool)
         self.accepted: Counter[int] = Counter()
         self.rejected: Counter[int] = Counter()
+        self.limited: Counter[str] = Counter()
         self.sip = SIPTally()
         self.log = LimitedLog(log, reactor)
+        self.outbound = Outbound(lambda: self.pool, reactor, self.tls, self.log)
+        self.sources = SourceLimits(servers.pool.limits, reactor.seconds)
         self._emptied: list[Deferred[None]] = []
 
     @property
@@ -479,57 +508,9 @@ class Relay:
         """The configuration in force."""
         return self.servers.pool
 
-    def listener(self, port: Port) -> Listener:
-        """The factory accepting client connections on ``port``."""
-        return Listener(self, port)
-
     def terminates(self, port: Port) -> bool:
         """Whether TLS on ``port`` is terminated here."""
         return self.tls is not None and port.protocol is PortProtocol.SIPS
-
-    def factory_for(self, listener: Listener) -> ServerFactory[Any]:
-        """What accepts on ``listener``'s port: it, behind TLS if terminated."""
-        if self.tls is None or not self.terminates(listener.port):
-            return listener
-        tls = TLSMemoryBIOFactory(self.tls.accepting, False, listener, self.reactor)
-        # Typed a client factory, it serves as well; listenTCP's stub wants one.
-        return cast(ServerFactory[Any], tls)
-
-    def connect(
-        self, server: Server, port: Port, side: ServerSide, client: IAddress
-    ) -> Deferred[None]:
-        """Connect ``side`` to ``server`` on ``port``, over TLS if terminated.
-
-        With half-NAT the connection comes from ``client``'s own address;
-        with full NAT, from the pool's ``source``, if it has one.  Cancelled,
-        it fails with :class:`ConnectingCancelledError`, as an endpoint's.
-        """
-
-        def cancel(d: Deferred[None]) -> None:
-            d.errback(ConnectingCancelledError(connector.getDestination()))
-            connector.stopConnecting()
-
-        side.reached = Deferred(cancel)
-        factory: ClientFactory = OneConnection(side, side.reached)
-        if self.tls is not None and self.terminates(port):
-            creator = self.tls.connecting(server)
-            # Not wrapClientTLS: TLS must take its clock from this reactor.
-            factory = cast(
-                ClientFactory, TLSMemoryBIOFactory(creator, True, factory, self.reactor)
-            )
-        reactor, source = self.reactor, self.pool.source
-        if source is not None:
-            reactor = self._sourced
-        if self.pool.nat is NatMode.HALF:
-            reactor, source = (
-                self._transparent,
-                cast(IPv4Address | IPv6Address, client).host,
-            )
-        bind = None if source is None else (source, 0)
-        connector = reactor.connectTCP(
-            server.address, port.number, factory, self.pool.connect_timeout, bind
-        )
-        return side.reached
 
     def active_by_port(self) -> Counter[int]:
         """Client connections open, by VIP port."""
@@ -538,6 +519,8 @@ class Relay:
     def forget(self, splice: Splice) -> None:
         """Drop a splice whose client connection is gone."""
         self.splices.discard(splice)
+        if splice.source is not None:
+            self.sources.release(splice.source)
         if not self.splices:
             emptied, self._emptied = self._emptied, []
             for d in emptied:

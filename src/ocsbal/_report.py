@@ -12,11 +12,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.address import IPv4Address, IPv6Address
-
+from ocsbal._endpoints import host_port
+from ocsbal._pool import AdminState
 from ocsbal._sweep import closing_time
 
 if TYPE_CHECKING:
+    from ocsbal._model import Monitor
     from ocsbal._pool import Backend, RunningPool
     from ocsbal._relay import Relay, Splice
 
@@ -46,6 +47,7 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
             }
             for port in relay.pool.ports
         },
+        "limited": dict(relay.limited),
         "sip": {
             "requests": dict(tally.requests),
             "responses": dict(tally.responses),
@@ -103,10 +105,12 @@ def _add(a: Any, b: Any) -> Any:
 
 
 def server_report(
-    backend: Backend, counted: dict[str, int] | None = None
+    backend: Backend, monitor: Monitor, counted: dict[str, int] | None = None
 ) -> dict[str, Any]:
     """One server: configuration, state, health (and since when) and load.
 
+    :param monitor: the ``[monitor]`` in force, whose ``rise`` and ``fall``
+        the health's streak is counted against.
     :param counted: its figures (see :func:`figures`); none: it has had no
         connection yet.
     """
@@ -120,10 +124,12 @@ def server_report(
     return {
         "name": backend.name,
         "address": backend.server.address,
-        "weight": backend.weight,
+        "weight": backend.server.weight,
+        "effective_weight": backend.weight,
+        "maxconn": backend.server.maxconn,
         "state": backend.state.value,
         "removed": backend.removed,
-        "health": "up" if backend.health.up else "down",
+        **_health(backend, monitor),
         "since": round(backend.health.since, 3),
         "last_check": backend.health.last,
         "active": counts["active"],
@@ -134,17 +140,45 @@ def server_report(
     }
 
 
+def _health(backend: Backend, monitor: Monitor) -> dict[str, Any]:
+    """A server's health, as the API, ``ocsbal ctl`` and the status page say it.
+
+    ``health`` is ``up``, ``down``, or ``maint``: in maintenance, not
+    checked.  ``streak`` is :attr:`~ocsbal.health.HealthState.streak`, and
+    ``health_detail`` says it against ``rise`` or ``fall`` ("1 of 2 checks
+    passed"), or that the server is not checked; "" when there is nothing
+    to add.
+    """
+    health = backend.health
+    if backend.state is AdminState.MAINT:
+        return {"health": "maint", "streak": 0, "health_detail": "not checked"}
+    detail = ""
+    if backend.removed:
+        detail = "no longer checked"
+    elif health.streak:
+        needed, result = (
+            (monitor.fall, "failed") if health.up else (monitor.rise, "passed")
+        )
+        detail = f"{health.streak} of {needed} checks {result}"
+    return {
+        "health": "up" if health.up else "down",
+        "streak": health.streak,
+        "health_detail": detail,
+    }
+
+
 def servers_report(
     servers: RunningPool, counted: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Every server, in configuration order, then those being removed."""
     leaving = sorted(servers.leaving, key=lambda b: b.name)
+    monitor = servers.pool.monitor
     return [
         *(
-            server_report(b, counted["servers"].get(b.name))
+            server_report(b, monitor, counted["servers"].get(b.name))
             for b in servers.backends.values()
         ),
-        *(server_report(b, counted["leaving"].get(b.name)) for b in leaving),
+        *(server_report(b, monitor, counted["leaving"].get(b.name)) for b in leaving),
     ]
 
 
@@ -204,7 +238,7 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
     """
     closes_at, closes_because = closing_time(splice)
     report: dict[str, Any] = {
-        "client": _address(splice.peer),
+        "client": host_port(splice.peer),
         "port": splice.port.number,
         "protocol": splice.port.protocol.value,
         "server": None if splice.backend is None else splice.backend.name,
@@ -236,11 +270,3 @@ def connections_report(relay: Relay) -> list[dict[str, Any]]:
     now = relay.reactor.seconds()
     splices = sorted(relay.splices, key=lambda s: s.started)
     return [connection_report(s, now) for s in splices]
-
-
-def _address(address: object) -> str:
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    return str(address)

@@ -226,6 +226,14 @@ def _seconds_rule() -> _Rule[float]:
     )
 
 
+def _ramp_rule() -> _Rule[float]:
+    return _number_rule(
+        float,
+        "must be a number of seconds, 0 (off) or more",
+        lambda s: math.isfinite(s) and s >= 0,
+    )
+
+
 #: The most worker processes a pool may have: enough for 100,000 clients at
 #: under 10,000 connections a process (20,000 descriptors), with room.
 MAX_WORKERS = 64
@@ -326,6 +334,37 @@ _NAME_RULE = _Rule(str, _check_name)
 _ADDRESS_RULE: _Rule[str] = _Rule(_normal_address, _check_address)
 _PORT_RULE = _whole_rule(1, 65535)
 _WEIGHT_RULE = _whole_rule(0, 65535)
+
+
+#: The most source addresses a pool's server connections may come from.
+MAX_SOURCES = 64
+
+
+def _normal_sources(value: Any) -> Any:
+    """Take one address or several, as a tuple of addresses written one way."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, (list, tuple)):
+        return tuple(
+            _normal_address(a.strip() if isinstance(a, str) else a) for a in value
+        )
+    return value
+
+
+def _check_sources(value: tuple[str, ...]) -> None:
+    if not isinstance(value, tuple) or len(value) > MAX_SOURCES:
+        raise _NotAllowedError(
+            f"must be up to {MAX_SOURCES} IP addresses, separated by commas"
+        )
+    for address in value:
+        try:
+            _check_address(address)
+        except _NotAllowedError as e:
+            raise _NotAllowedError(f"lists {address}, which {e}") from None
+    if len(set(value)) != len(value):
+        raise _NotAllowedError("must not list an address twice")
 
 
 def _normal_tls_name(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The model's ``[admin]`` and ``[tls]`` sections: frozen, validated attrs classes.
+"""The model's ``[admin]``, ``[tls]``, ``[limits]`` and ``[log]`` sections.
 
 Each holds its section's keys under the rules of :mod:`ocsbal._rules`, as
 :mod:`ocsbal._model` does for the pool; :class:`~ocsbal._model.Pool` holds
@@ -25,9 +25,10 @@ from ocsbal._rules import (
     _read_boolean,
     _read_names,
     _Rule,
+    _whole_rule,
 )
 
-__all__ = ["Admin", "TLSSettings"]
+__all__ = ["Admin", "Limits", "LogSettings", "TLSSettings"]
 
 
 #: The rule of each ``[admin]`` key, which is also the rule of its attribute.
@@ -125,3 +126,53 @@ class TLSSettings:
     def terminate(self) -> bool:
         """Whether TLS is terminated here."""
         return self.mode is TLSMode.TERMINATE
+
+
+#: The rule of each ``[limits]`` key, which is also the rule of its attribute.
+_LIMITS_RULES: dict[str, _Rule[Any]] = {
+    "per_source_connections": _whole_rule(0),
+    "per_source_rate": _whole_rule(0),
+}
+
+
+@attrs.frozen
+class Limits:
+    """What one client address may take, for pools that face the internet.
+
+    A source is an IPv4 address, or an IPv6 /64 (what one subscriber is
+    given).  A connection over a limit is closed as it is accepted.
+
+    :ivar per_source_connections: the most connections one source may hold
+        open at once; 0 for no limit.
+    :ivar per_source_rate: the most new connections one source may open a
+        second, with bursts of as many; 0 for no limit.
+    """
+
+    per_source_connections: int = attrs.field(
+        default=0, validator=_LIMITS_RULES["per_source_connections"]
+    )
+    per_source_rate: int = attrs.field(
+        default=0, validator=_LIMITS_RULES["per_source_rate"]
+    )
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return bool(self.per_source_connections or self.per_source_rate)
+
+
+#: The rule of each ``[log]`` key, which is also the rule of its attribute.
+_LOG_RULES: dict[str, _Rule[Any]] = {
+    "connections": _Rule(_read_boolean, _check_boolean),
+}
+
+
+@attrs.frozen
+class LogSettings:
+    """What the log says beyond problems and changes.
+
+    :ivar connections: whether each connection, as it closes, is one event
+        (see :mod:`ocsbal._connlog`).
+    """
+
+    connections: bool = attrs.field(default=False, validator=_LOG_RULES["connections"])

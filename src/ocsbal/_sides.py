@@ -49,6 +49,8 @@ class Owner(Shape):
     """What a side needs of the splice it belongs to."""
 
     last_activity: float
+    #: What ended it first, once something has.
+    cause: str | None
 
     @property
     def clock(self) -> IReactorTime:
@@ -134,6 +136,10 @@ class Side(Protocol):
             self.splice.inspect(self, data, now)
 
     def readConnectionLost(self) -> None:
+        # The first end of a stream, even half of one, is what ends it.
+        splice = self.splice
+        if splice.cause is None:
+            splice.cause = "server-closed" if self.from_server else "client-closed"
         self._read_closed = True
         if not self.peer.lost:
             self.peer.transport.loseWriteConnection()

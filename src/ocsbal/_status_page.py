@@ -41,6 +41,8 @@ th.n, td.n { text-align: right; font-variant-numeric: tabular-nums;
          color: #fff; font-weight: 600; }
 .badge.up { background: #1a7f37; }
 .badge.down { background: #cf222e; }
+.badge.maint { background: #59636e; }
+.detail { color: #59636e; margin-left: 6px; }
 .state-ready { color: #1a7f37; }
 .state-drain { color: #9a6700; font-weight: 600; }
 .state-maint, .state-removed { color: #59636e; font-weight: 600; }
@@ -170,7 +172,7 @@ def _servers(servers: list[dict[str, Any]], now: float) -> Tag:
 
 
 def _server(server: dict[str, Any], busiest: int, now: float) -> Tag:
-    health = server["health"]
+    health, detail = server["health"], server["health_detail"]
     state = "removed" if server["removed"] else server["state"]
     width = 100 * server["active"] // busiest if busiest else 0
     row = tags.tr(class_=f"server {health} {state}", id=f"server-{server['name']}")
@@ -185,7 +187,11 @@ def _server(server: dict[str, Any], busiest: int, now: float) -> Tag:
     return row(
         tags.td(tags.b(server["name"])),
         tags.td(server["address"]),
-        tags.td(tags.span(class_=f"badge {health}")(health), down_since),
+        tags.td(
+            tags.span(class_=f"badge {health}")(health),
+            tags.span(class_="detail")(detail) if detail else "",
+            down_since,
+        ),
         tags.td(class_=f"state-{state}")(state),
         tags.td(class_="n")(str(server["weight"])),
         tags.td(class_="n")(

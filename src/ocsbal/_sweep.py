@@ -45,7 +45,8 @@ def sweep(relay: Relay) -> None:
     aborting = [
         s for s in rule.expired(relay.flushing, now) if stuck(s, now, rule.timeout)
     ]
-    expiring: set[Splice] = set()
+    #: What the sweep closes, and why.
+    expiring: dict[Splice, str] = {}
     for splice in rule.expired(relay.splices, now):
         if splice.closing:
             if stuck(splice, now, rule.timeout):
@@ -53,7 +54,7 @@ def sweep(relay: Relay) -> None:
         elif splice.sip is not None and closing_time(splice)[0] > now:
             continue  # its registration keeps it
         elif idle(splice, now):
-            expiring.add(splice)
+            expiring[splice] = "idle-timeout"
     grace = pool.registration_grace
     for splice in relay.splices:
         if splice.sip is None:
@@ -62,7 +63,7 @@ def sweep(relay: Relay) -> None:
             relay.log.warn(
                 "connection from {peer} missed its registration refresh "
                 "({aors}) by more than {grace:g} s",
-                peer=splice.peer,
+                peer=splice.client_name,
                 aors=", ".join(splice.sip.bindings),
                 grace=grace,
             )
@@ -71,11 +72,19 @@ def sweep(relay: Relay) -> None:
             and not splice.closing
             and splice.sip.missed_refresh(now, grace)
         ):
-            expiring.add(splice)
+            expiring[splice] = "registration-expired"
     for splice in aborting:
         splice.abort()
-    for splice in expiring:
-        splice.expire()
+    for splice, cause in expiring.items():
+        server = "none" if splice.backend is None else splice.backend.name
+        relay.log.info(
+            "closing idle connection from {client} on port {port} (server {server})",
+            kind=(splice.port.number, server),
+            client=splice.client_name,
+            port=splice.port.number,
+            server=server,
+        )
+        splice.close(cause)
 
 
 def closing_time(splice: Splice) -> tuple[float, str]:

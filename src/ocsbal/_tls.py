@@ -10,8 +10,9 @@ connection; the contexts are then shared by every connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -40,7 +41,16 @@ MINIMUM_VERSION = TLSVersion.TLSv1_2
 
 
 class TLSSetupError(ValueError):
-    """A ``[tls]`` file cannot be used; the message names the key, file and why."""
+    """``[tls]`` files cannot be used; the message names each key, file and why.
+
+    :ivar problems: ``(key, file, why)`` of each, a line of the message each.
+    """
+
+    def __init__(self, problems: Sequence[tuple[str, str, str]]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            "\n".join(f"[tls] {key} = {path}: {why}" for key, path, why in problems)
+        )
 
 
 def tls_reason(error: BaseException) -> str:
@@ -62,21 +72,14 @@ class TLSContexts:
 
     :param settings: the pool's ``[tls]`` section, with ``mode = terminate``.
     :param fqdn: the pool FQDN, which the pool's certificate must carry.
-    :raises TLSSetupError: if a file cannot be read or used.
+    :raises TLSSetupError: naming every file that cannot be read or used.
 
     :ivar accepting: what clients handshake with: the pool's key and
         certificate chain, TLS 1.2 or later.
     """
 
     def __init__(self, settings: TLSSettings, fqdn: str) -> None:
-        self.accepting = _accepting(settings.certificate or "", fqdn)
-        self._trust: IOpenSSLTrustRoot = platformTrust()
-        if settings.trust is not None:
-            authorities = _certificates("trust", settings.trust)
-            self._trust = trustRootFromCertificates(authorities)
-        self._own: PrivateCertificate | None = None
-        if settings.client_certificate is not None:
-            self._own = _private("client_certificate", settings.client_certificate)[0]
+        self.accepting, self._trust, self._own = _read_files(settings, fqdn)
         self._connecting: dict[str, IOpenSSLClientConnectionCreator] = {}
 
     def connecting(self, server: Server) -> IOpenSSLClientConnectionCreator:
@@ -102,13 +105,70 @@ def tls_contexts(pool: Pool) -> TLSContexts | None:
     return TLSContexts(pool.tls, pool.fqdn) if pool.tls.terminate else None
 
 
+def tls_problems(settings: TLSSettings, fqdn: str | None) -> list[tuple[str, str, str]]:
+    """Why each ``[tls]`` file of a terminating pool cannot be used, if any.
+
+    Each is ``(key, file, why)``, as in :class:`TLSSetupError`: the files
+    are read as :func:`tls_contexts` reads them, and the pool's certificate
+    checked against ``fqdn``, unless that is not known (``None``).
+    """
+    try:
+        _read_files(settings, fqdn)
+    except TLSSetupError as e:
+        return list(e.problems)
+    return []
+
+
+_R = TypeVar("_R")
+
+
+def _read_files(
+    settings: TLSSettings, fqdn: str | None
+) -> tuple[CertificateOptions, IOpenSSLTrustRoot, PrivateCertificate | None]:
+    """The ``[tls]`` files, read and checked.
+
+    That is what clients handshake with, the authorities the servers'
+    certificates are verified against, and the certificate presented to
+    the servers, if any; ``fqdn`` ``None`` checks no name.
+
+    :raises TLSSetupError: naming every file that cannot be read or used,
+        not the first only.
+    """
+    problems: list[tuple[str, str, str]] = []
+
+    def attempt(read: Callable[[], _R]) -> _R | None:
+        try:
+            return read()
+        except TLSSetupError as e:
+            problems.extend(e.problems)
+            return None
+
+    trust, client = settings.trust, settings.client_certificate
+    accepting = attempt(lambda: _accepting(settings.certificate or "", fqdn))
+    authorities = attempt(lambda: _certificates("trust", trust)) if trust else None
+    own = attempt(lambda: _private("client_certificate", client)) if client else None
+    if problems or accepting is None:  # None only with a problem
+        raise TLSSetupError(problems)
+    presented = None if own is None else own[0]
+    if authorities is None:
+        return accepting, platformTrust(), presented
+    return accepting, trustRootFromCertificates(authorities), presented
+
+
+#: What each ``[tls]`` file must hold, said when it cannot be read.
+_WANTED = {
+    "certificate": "the pool's private key and certificate",
+    "trust": "the authorities that sign the servers' certificates",
+    "client_certificate": "a private key and certificate to present to servers",
+}
+
+
 def _read(key: str, path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise TLSSetupError(
-            f"[tls] {key} = {path}: cannot read: {e.strerror}"
-        ) from None
+        why = f"cannot read: {e.strerror}; give a PEM file of {_WANTED[key]}"
+        raise TLSSetupError([(key, path, why)]) from None
 
 
 def _certificates(key: str, path: str) -> list[Certificate]:
@@ -117,7 +177,7 @@ def _certificates(key: str, path: str) -> list[Certificate]:
     try:
         found = x509.load_pem_x509_certificates(pem)
     except ValueError:
-        raise TLSSetupError(f"[tls] {key} = {path}: holds no PEM certificate") from None
+        raise TLSSetupError([(key, path, "holds no PEM certificate")]) from None
     return [Certificate(X509.from_cryptography(c)) for c in found]
 
 
@@ -127,14 +187,14 @@ def _private(key: str, path: str) -> tuple[PrivateCertificate, list[Certificate]
     try:
         own = PrivateCertificate.loadPEM(_read(key, path))
     except VerifyError:
-        raise TLSSetupError(
-            f"[tls] {key} = {path}: its private key is not its certificate's"
-        ) from None
+        why = "its private key is not its certificate's"
+        raise TLSSetupError([(key, path, why)]) from None
     except Exception:  # pyOpenSSL raises its own Error, or ValueError
-        raise TLSSetupError(
-            f"[tls] {key} = {path}: holds no usable PEM private key "
-            "(it must hold the key and the certificate, unencrypted)"
-        ) from None
+        why = (
+            "holds no usable PEM private key (it must hold the key and the "
+            "certificate, unencrypted)"
+        )
+        raise TLSSetupError([(key, path, why)]) from None
     return own, certificates[1:]
 
 
@@ -144,17 +204,20 @@ def _pattern(pattern: object) -> str:
     return text.decode() if isinstance(text, bytes) else str(text)
 
 
-def _accepting(path: str, fqdn: str) -> CertificateOptions:
+def _accepting(path: str, fqdn: str | None) -> CertificateOptions:
+    """The pool's side of a client's handshake; ``fqdn`` ``None`` checks no name."""
     own, chain = _private("certificate", path)
     certificate = own.original.to_cryptography()
     try:
-        verify_certificate_hostname(certificate, fqdn)
+        if fqdn is not None:
+            verify_certificate_hostname(certificate, fqdn)
     except (VerificationError, CertificateError):
         names = ", ".join(map(_pattern, extract_patterns(certificate))) or "none"
-        raise TLSSetupError(
-            f"[tls] certificate = {path}: is not issued to the pool fqdn {fqdn} "
-            f"(its names: {names}); clients would refuse it"
-        ) from None
+        why = (
+            f"is not issued to the pool fqdn {fqdn} (its names: {names}); "
+            "clients would refuse it"
+        )
+        raise TLSSetupError([("certificate", path, why)]) from None
     return CertificateOptions(
         privateKey=own.privateKey.original,
         certificate=own.original,

@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from twisted.python.usage import Options
 from zope.interface import provider
 
+from ocsbal import _connlog as connlog
 from ocsbal._amp import (
     AdoptPort,
     BecomeUser,
@@ -73,8 +74,10 @@ FLUSH_TIMEOUT = 5.0
 class _ReportingPool(RunningPool):
     """A worker's servers: they report counts and failures to the control."""
 
-    def __init__(self, pool: Pool, control: ControlLink) -> None:
-        super().__init__(pool, control.reactor)
+    def __init__(
+        self, pool: Pool, now: Callable[[], float], control: ControlLink
+    ) -> None:
+        super().__init__(pool, now)
         self.control = control
 
     def pick(self, tried: Collection[Backend] = ()) -> Backend:
@@ -111,7 +114,7 @@ class WorkerPoolService(PoolService):
         super().__init__(pool, reactor, grace_period)
 
     def _running(self, pool: Pool) -> RunningPool:
-        return _ReportingPool(pool, self.control)
+        return _ReportingPool(pool, self._reactor.seconds, self.control)
 
     def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:
         fd = self.control.sockets.pop(number)
@@ -172,12 +175,17 @@ class ControlLink(amp.AMP):
     @provider(ILogObserver)
     def _forward(self, event: LogEvent) -> None:
         text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        namespace = event.get("log_namespace", "-")
+        fields = None
+        if namespace == connlog.NAMESPACE:
+            fields = {key: event[key] for key in (*connlog.FIELDS, "aor")}
         if self.transport is not None and not self._link_down():
             self.callRemote(
                 Log,
-                namespace=event.get("log_namespace", "-"),
+                namespace=namespace,
                 level=event["log_level"].name,
                 text=text,
+                fields=fields,
             )
 
     def _link_down(self) -> bool:
@@ -258,7 +266,7 @@ class ControlLink(amp.AMP):
             backend = running.backends.get(name)
             if backend is not None:
                 running.set_state(name, AdminState(wanted["state"]))
-                backend.health.up = wanted["up"]
+                running.set_up(backend, wanted["up"])
         for backend in list(running.leaving):
             if backend.name in close:
                 for connection in list(backend.relayed):
@@ -269,9 +277,10 @@ class ControlLink(amp.AMP):
     def health(self, server: str, up: bool) -> dict[str, Any]:
         """Take ``server`` up or down."""
         if self.service is not None:
-            backend = self.service.servers.backends.get(server)
+            running = self.service.servers
+            backend = running.backends.get(server)
             if backend is not None:
-                backend.health.up = up
+                running.set_up(backend, up)
         return {}
 
     @Elsewhere.responder

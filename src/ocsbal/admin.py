@@ -187,7 +187,8 @@ class _Endpoint(_Exact):
         """``backend``'s report, with the figures of its connections."""
         counted = await self.control.figures()
         kind = "leaving" if backend.removed else "servers"
-        return server_report(backend, counted[kind].get(backend.name))
+        monitor = self.control.servers.pool.monitor
+        return server_report(backend, monitor, counted[kind].get(backend.name))
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
@@ -357,12 +358,12 @@ class _ServerEndpoint(_Endpoint):
         except ValueError:
             choices = ", ".join(s.value for s in AdminState)
             _refuse(400, f"state must be one of {choices}")
-        weight = fields.get("weight", backend.weight)
+        weight = fields.get("weight", backend.server.weight)
         try:
             attrs.evolve(backend.server, weight=weight)
         except ValueError as e:
             _refuse(400, str(e))
-        if weight != backend.weight:
+        if weight != backend.server.weight:
             await self.control.reweight(self.name, weight)
         await self.control.set_state(self.name, new_state)
         return await self.report(backend)

@@ -46,13 +46,25 @@ from ocsbal._rules import (
     _Rule,
     _text,
 )
-from ocsbal._sections import _ADMIN_RULES, _TLS_FILES, _TLS_RULES, Admin, TLSSettings
+from ocsbal._sections import (
+    _ADMIN_RULES,
+    _LIMITS_RULES,
+    _LOG_RULES,
+    _TLS_FILES,
+    _TLS_RULES,
+    Admin,
+    Limits,
+    LogSettings,
+    TLSSettings,
+)
 
 __all__ = [
     "HEARTBEAT_PORTS",
     "OCS_PORTS",
     "Admin",
     "ConfigError",
+    "Limits",
+    "LogSettings",
     "Monitor",
     "MonitorType",
     "NatMode",
@@ -71,6 +83,25 @@ __all__ = [
 
 _T = TypeVar("_T")
 
+#: What reads the ``[tls]`` files of a pool that terminates TLS, given its
+#: settings and its FQDN (``None`` if refused): ``(key, file, why)`` for
+#: each that cannot be used.  :func:`ocsbal._tls.tls_problems` is the one;
+#: it is passed in, as the model imports nothing of Twisted or OpenSSL.
+_FileCheck = Callable[[TLSSettings, str | None], Iterable[tuple[str, str, str]]]
+
+
+@attrs.frozen
+class _MonitorDraft:
+    """A ``[monitor]`` some of whose values were refused, for :func:`relations`.
+
+    A refused value is ``None``; one not given is the default.
+    """
+
+    type: MonitorType | None = attrs.fields(Monitor).type.default
+    url: str | None = attrs.fields(Monitor).url.default
+    interval: float | None = attrs.fields(Monitor).interval.default
+    timeout: float | None = attrs.fields(Monitor).timeout.default
+
 
 @attrs.define
 class _Draft:
@@ -84,10 +115,13 @@ class _Draft:
     servers: list[Server] = attrs.Factory(list)
     #: Where relative file names are taken from.
     directory: Path = Path()
-    #: ``None`` where a ``[monitor]`` or ``[tls]`` value was refused.
-    monitor: Monitor | None = attrs.Factory(Monitor)
+    #: A :class:`_MonitorDraft` where a ``[monitor]`` value was refused.
+    monitor: Monitor | _MonitorDraft = attrs.Factory(Monitor)
+    #: ``None`` where the ``[tls]`` mode was refused.
     tls: TLSSettings | None = attrs.Factory(TLSSettings)
     admin: Admin | None = None
+    limits: Limits | None = attrs.Factory(Limits)
+    log: LogSettings | None = attrs.Factory(LogSettings)
     problems: list[Problem] = attrs.Factory(list)
 
     @property
@@ -103,7 +137,7 @@ class _Draft:
         return self.fields.get("vip")
 
     @property
-    def source(self) -> str | None:
+    def source(self) -> tuple[str, ...] | None:
         return self.fields.get("source")
 
     def problem(
@@ -178,6 +212,10 @@ def _read_server(draft: _Draft, section: configparser.SectionProxy) -> None:
     }
     if len(draft.problems) == before:
         draft.servers.append(Server(name, **values))
+    elif problem is None and values.get("address") is not None:
+        # For the relations alone (with a problem, no pool is built from the
+        # draft): they read a server's name and address, which were read.
+        draft.servers.append(Server(name, values["address"]))
 
 
 def _read_monitor(draft: _Draft, section: configparser.SectionProxy) -> None:
@@ -185,7 +223,13 @@ def _read_monitor(draft: _Draft, section: configparser.SectionProxy) -> None:
         key: draft.read(section.name, key, text, _MONITOR_RULES[key])
         for key, text in draft.known_items(section, _MONITOR_RULES)
     }
-    draft.monitor = None if None in values.values() else Monitor(**values)
+    if None not in values.values():
+        draft.monitor = Monitor(**values)
+    else:
+        related = attrs.fields_dict(_MonitorDraft)
+        draft.monitor = _MonitorDraft(
+            **{key: value for key, value in values.items() if key in related}
+        )
 
 
 def _read_tls(draft: _Draft, section: configparser.SectionProxy) -> None:
@@ -196,7 +240,15 @@ def _read_tls(draft: _Draft, section: configparser.SectionProxy) -> None:
     for key in _TLS_FILES:
         if values.get(key):
             values[key] = os.path.join(draft.directory, values[key])
-    draft.tls = None if None in values.values() else TLSSettings(**values)
+    if "mode" in values and values["mode"] is None:
+        draft.tls = None  # nothing else of the section can be judged
+    else:
+        # A refused value takes its default, for the relations and the file
+        # checks alone (with a problem, no pool is built from the draft).
+        # No default misleads them: a file not named is not read, and no
+        # relation refuses inspect = yes or any handshake_timeout.
+        given = {key: value for key, value in values.items() if value is not None}
+        draft.tls = TLSSettings(**given)
 
 
 def _read_admin(draft: _Draft, section: configparser.SectionProxy) -> None:
@@ -207,6 +259,22 @@ def _read_admin(draft: _Draft, section: configparser.SectionProxy) -> None:
     }
     if len(draft.problems) == before:
         draft.admin = Admin(**values)
+
+
+def _read_limits(draft: _Draft, section: configparser.SectionProxy) -> None:
+    values: dict[str, Any] = {
+        key: draft.read(section.name, key, text, _LIMITS_RULES[key])
+        for key, text in draft.known_items(section, _LIMITS_RULES)
+    }
+    draft.limits = None if None in values.values() else Limits(**values)
+
+
+def _read_log(draft: _Draft, section: configparser.SectionProxy) -> None:
+    values: dict[str, Any] = {
+        key: draft.read(section.name, key, text, _LOG_RULES[key])
+        for key, text in draft.known_items(section, _LOG_RULES)
+    }
+    draft.log = None if None in values.values() else LogSettings(**values)
 
 
 #: How each section is read: ``(pattern, reader)``, first match wins.  A new
@@ -221,17 +289,27 @@ _SECTIONS: list[
     (re.compile(r"monitor\Z"), _read_monitor),
     (re.compile(r"tls\Z"), _read_tls),
     (re.compile(r"admin\Z"), _read_admin),
+    (re.compile(r"limits\Z"), _read_limits),
+    (re.compile(r"log\Z"), _read_log),
 ]
-_SECTION_NAMES = "[pool], [ports], [server:NAME], [monitor], [tls], [admin]"
+_SECTION_NAMES = (
+    "[pool], [ports], [server:NAME], [monitor], [tls], [admin], [limits], [log]"
+)
 
 
 def parse(
-    text: str, source: str = "<string>", directory: str | Path | None = None
+    text: str,
+    source: str = "<string>",
+    directory: str | Path | None = None,
+    check_files: _FileCheck | None = None,
 ) -> Pool:
     """Read a pool from INI text; ``source`` names it in problems.
 
     :param directory: where file names that are not absolute are taken
         from; by default the working directory.
+    :param check_files: reads the ``[tls]`` files, if the pool terminates
+        TLS, so that what is wrong with them is listed with the rest;
+        without it no file is read (they are when the pool starts).
     :raises ConfigError: listing every problem found.
     """
     parser = configparser.ConfigParser(
@@ -260,6 +338,10 @@ def parse(
             draft.problem(name, None, None, allowed)
         else:
             reader(draft, parser[name])
+    tls = draft.tls
+    if check_files is not None and tls is not None and tls.terminate:
+        for unusable in check_files(tls, draft.fields.get("fqdn")):
+            draft.problem("tls", *unusable)
     if draft.problems:  # and what the values read break of each other
         for section, key, value, message in relations(draft):
             draft.problem(section, key, value, message)
@@ -268,9 +350,11 @@ def parse(
         return Pool(
             servers=draft.servers,
             ports=draft.ports,
-            monitor=cast(Monitor, draft.monitor),  # not None: no problem was found
+            monitor=cast(Monitor, draft.monitor),  # no value was refused
             tls=cast(TLSSettings, draft.tls),
             admin=draft.admin,
+            limits=cast(Limits, draft.limits),
+            log=cast(LogSettings, draft.log),
             **draft.fields,
         )
     except ConfigError as e:  # the pool checks its relations: name the file
@@ -291,9 +375,10 @@ def _syntax(error: configparser.Error) -> str:
     return str(error)
 
 
-def load(path: str | Path) -> Pool:
+def load(path: str | Path, check_files: _FileCheck | None = None) -> Pool:
     """Read a pool from an INI file.
 
+    :param check_files: reads the ``[tls]`` files too (see :func:`parse`).
     :raises ConfigError: listing every problem found, or that the file
         cannot be read.
     """
@@ -305,7 +390,18 @@ def load(path: str | Path) -> Pool:
         raise ConfigError(
             [Problem(source, None, None, None, f"cannot read: {reason}")]
         ) from None
-    return parse(text, source, Path(path).parent)
+    return parse(text, source, Path(path).parent, check_files)
+
+
+def _server_lines(server: Server) -> Iterator[str]:
+    yield f"address = {server.address}"
+    yield f"weight = {server.weight}"
+    if server.tls_name is not None:
+        yield f"tls_name = {server.tls_name}"
+    if server.slowstart is not None:
+        yield f"slowstart = {_text(server.slowstart)}"
+    if server.maxconn:
+        yield f"maxconn = {server.maxconn}"
 
 
 def render(pool: Pool) -> str:
@@ -313,15 +409,12 @@ def render(pool: Pool) -> str:
     fields = attrs.asdict(pool, recurse=False)
     lines = ["[pool]"]
     for key in _POOL_RULES:
-        if fields[key] is not None:
+        if fields[key] not in (None, ()):
             lines.append(f"{key} = {_text(fields[key])}")
     lines += ["", "[ports]"]
     lines += [f"{port.number} = {port.protocol.value}" for port in pool.ports]
     for server in pool.servers:
-        lines += ["", f"[server:{server.name}]"]
-        lines += [f"address = {server.address}", f"weight = {server.weight}"]
-        if server.tls_name is not None:
-            lines.append(f"tls_name = {server.tls_name}")
+        lines += ["", f"[server:{server.name}]", *_server_lines(server)]
     lines += ["", "[monitor]"]
     monitor = attrs.asdict(pool.monitor, recurse=False)
     for key in _MONITOR_RULES:
@@ -335,6 +428,12 @@ def render(pool: Pool) -> str:
         lines += [
             f"{key} = {_text(tls[key])}" for key in _TLS_RULES if tls[key] is not None
         ]
+    if pool.limits != Limits():
+        lines += ["", "[limits]"]
+        limits = attrs.asdict(pool.limits, recurse=False)
+        lines += [f"{key} = {limits[key]}" for key in _LIMITS_RULES]
+    if pool.log != LogSettings():
+        lines += ["", "[log]", f"connections = {_text(pool.log.connections)}"]
     if pool.admin is not None:
         lines += ["", "[admin]", f"listen = {pool.admin.listen}"]
         if pool.admin.token_file is not None:

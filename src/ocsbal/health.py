@@ -52,6 +52,16 @@ class HealthState:
     passed: int = 0
     failed: int = 0
 
+    @property
+    def streak(self) -> int:
+        """Checks in a row, up to now, whose result went against :attr:`up`.
+
+        While down, the successes so far (``rise`` of them bring it up);
+        while up, the failures (``fall`` take it down); 0 when the last
+        result agreed, or since :meth:`suspend`.
+        """
+        return self._streak
+
     def record(self, ok: bool, monitor: Monitor, reason: str = "ok") -> bool:
         """Count one check's result; return whether :attr:`up` changed.
 
@@ -84,15 +94,13 @@ def judge(
     monitor: Monitor,
     ok: bool,
     reason: str = "ok",
-) -> bool:
+) -> None:
     """Count a check's result, or a failed connection, for ``server``.
 
     A change of state is logged once, with its reason.
-
-    :return: whether the server went up or down.
     """
     if not health.record(ok, monitor, reason):
-        return False
+        return
     if ok:
         log.info(
             "server {server} ({address}) is up: {rise} checks in a row passed",
@@ -107,7 +115,6 @@ def judge(
             address=server.address,
             reason=reason,
         )
-    return True
 
 
 class CheckNotMadeError(Exception):

@@ -501,7 +501,7 @@ def monitor_for(
     monitor = pool.monitor
     ports, timeout = pool.heartbeat_ports, monitor.timeout
     # With half-NAT the checks, being no client's, come from this host.
-    source = pool.source
+    source = pool.source[0] if pool.source else None
     client: TLSFor = Unverified() if tls is None else tls.connecting
     if monitor.type is MonitorType.TLS:
         return TLSMonitor(reactor, ports, timeout, client, source)

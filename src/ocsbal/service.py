@@ -7,7 +7,6 @@ or let ``twistd ocsbal`` do so.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import (
     Deferred,
     DeferredList,
@@ -24,26 +23,25 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorSocket,
-    IReactorThreads,
 )
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from ocsbal._endpoints import ReactorTCPTime
 from ocsbal._idle import IdleTimeout, too_short_for_ocs
+from ocsbal._listener import Listener
 from ocsbal._network import NetworkSetupError, check_network, listen_freebind
 from ocsbal._pool import AdminState, LastServerError, RunningPool, UnknownServerError
-from ocsbal._relay import Listener, Relay
+from ocsbal._relay import Relay
+from ocsbal._reloader import ConfigReloader, ReloadError
 from ocsbal._report import figures
 from ocsbal._sweep import sweep as sweep_idle
 from ocsbal._tls import TLSSetupError
-from ocsbal._token import AdminTokenError, read_token
+from ocsbal._token import read_token
 from ocsbal.admin import AdminService, NoWorkersError
-from ocsbal.config import ConfigError, load
 from ocsbal.monitors import HealthChecks, monitor_for
 from ocsbal.sip import COMPILED
 
@@ -71,10 +69,6 @@ LISTEN_BACKLOG = socket.SOMAXCONN
 #: After the grace period, connections are closed politely; those that still
 #: have not flushed their buffers this many seconds later are aborted.
 CLOSE_TIMEOUT = 5.0
-
-
-class ReloadError(ValueError):
-    """A new configuration asks for a change that needs a restart."""
 
 
 class PoolService(MultiService):
@@ -142,7 +136,7 @@ class PoolService(MultiService):
 
     def _running(self, pool: Pool) -> RunningPool:
         """The pool at run time (a worker's reports to its control process)."""
-        return RunningPool(pool, self._reactor)
+        return RunningPool(pool, self._reactor.seconds)
 
     def figures(self, connections: bool = False) -> Deferred[dict[str, Any]]:
         """What the pool's connections count: see :func:`ocsbal._report.figures`."""
@@ -247,12 +241,10 @@ class PoolService(MultiService):
     def _listen(self, ports: Iterable[Port]) -> None:
         """Bind ``ports`` on the VIP: all of them, or none and raise."""
         bound: dict[int, IListeningPort] = {}
-        listeners = {port.number: self.relay.listener(port) for port in ports}
+        listeners = {port.number: Listener(self.relay, port) for port in ports}
         try:
             for number, listener in listeners.items():
-                bound[number] = self._bind_port(
-                    number, self.relay.factory_for(listener)
-                )
+                bound[number] = self._bind_port(number, listener.factory())
         except Exception:
             for port in bound.values():
                 port.stopListening()
@@ -455,100 +447,17 @@ class PoolService(MultiService):
         if relay.splices and self.grace_period > 0:
             await self._within(relay.when_empty(), self.grace_period)
         for splice in list(relay.splices):
-            splice.close()
+            splice.close("shutdown")
         if relay.splices:
             await self._within(relay.when_empty(), CLOSE_TIMEOUT)
         for splice in list(relay.splices):
-            splice.abort()
+            splice.abort("shutdown")
         relay.log.flush()  # the repeats counted so far
 
     async def _within(self, d: Deferred[None], seconds: float) -> None:
         """Wait for ``d``, but no longer than ``seconds``."""
         with suppress(TimeoutError):
             await d.addTimeout(seconds, self._reactor)
-
-
-class ConfigReloader(Service):
-    """Re-reads a pool's configuration file on SIGHUP and applies it.
-
-    A file that does not validate, or a change that needs a restart, is
-    logged with its reasons and the running configuration stays.  Reloads
-    never overlap: a SIGHUP during a reload runs one more reload after it,
-    however many arrive.
-
-    :param path: the INI file.
-    :param pool_service: the service the configuration is applied to.
-    :param reactor: where the signal's work is handed over to.
-    """
-
-    def __init__(
-        self, path: str, pool_service: PoolService, reactor: IReactorThreads
-    ) -> None:
-        self.path = path
-        self.pool_service = pool_service
-        self.reactor = reactor
-        self._running = False
-        self._again = False
-        self._waiting: list[Deferred[None]] = []
-        self._previous: Any = signal.SIG_DFL
-
-    def startService(self) -> None:
-        """Reload on SIGHUP from now on."""
-        super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._hangup)
-
-    def stopService(self) -> None:
-        """Give SIGHUP back to whoever had it."""
-        super().stopService()
-        signal.signal(signal.SIGHUP, self._previous)
-
-    def _hangup(self, signum: int, frame: object) -> None:  # noqa: ARG002
-        # A signal handler may interrupt anything: hand over to the reactor.
-        self.reactor.callFromThread(self.reload)
-
-    def reload(self) -> Deferred[None]:
-        """Reload now, or once the reload in progress is done.
-
-        The returned Deferred fires when the file as it is now, or as a
-        later reload read it, is in force or has been refused; it never
-        fails.
-        """
-        d: Deferred[None] = Deferred()
-        self._waiting.append(d)
-        if self._running:
-            self._again = True
-        else:
-            Deferred.fromCoroutine(self._reload())
-        return d
-
-    async def _reload(self) -> None:
-        self._running = True
-        try:
-            while True:
-                self._again = False
-                waiting, self._waiting = self._waiting, []
-                await self._once()
-                for d in waiting:
-                    d.callback(None)
-                if not self._again:
-                    return
-        finally:
-            self._running = False
-
-    async def _once(self) -> None:
-        try:
-            pool = load(self.path)
-            await self.pool_service.reload(pool)
-        except (ConfigError, ReloadError, AdminTokenError, CannotListenError) as e:
-            log.error(
-                "reloading {path} refused; the running configuration stays:\n{why}",
-                path=self.path,
-                why=e,
-            )
-        except Exception:
-            log.failure("reloading {path} failed unexpectedly", path=self.path)
-        else:
-            log.info("reloaded {path}", path=self.path)
 
 
 _STATE_MEANINGS = {

@@ -18,7 +18,7 @@ from twisted.python import usage
 
 from ocsbal._control import ControlService
 from ocsbal._network import NetworkSetupError, check_network, check_ports_free
-from ocsbal._tls import TLSSetupError, tls_contexts
+from ocsbal._tls import tls_problems
 from ocsbal.config import ConfigError, Pool, load
 from ocsbal.service import ConfigReloader, PoolService
 
@@ -51,9 +51,8 @@ class Options(usage.Options):
         if self["grace"] < 0:
             raise usage.UsageError("--grace must be 0 or more seconds")
         try:
-            self.pool = load(self["config"])
-            tls_contexts(self.pool)
-        except (ConfigError, TLSSetupError) as e:
+            self.pool = load(self["config"], tls_problems)
+        except ConfigError as e:
             raise usage.UsageError(f"invalid configuration:\n{e}") from e
         try:
             check_network(self.pool)

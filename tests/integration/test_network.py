@@ -107,6 +107,70 @@ def test_full_nat_servers_see_the_balancer(net: Lab, source: str | None) -> None
     assert servers.peers() == {expected}
 
 
+def test_full_nat_spreads_server_connections_over_the_source_addresses(
+    net: Lab,
+) -> None:
+    """Several ``[pool] source`` addresses (a SNAT pool): connections to the
+    servers come from each in turn."""
+    sources = f"{Line.BACK}, {Line.SOURCE}"
+    line, _ = start_line(net, line_pool(source=sources, workers=1))
+    seen = []
+    for _ in range(4):
+        with line.client.connect(Line.VIP, PORT) as sock:
+            seen.append(hello(sock).peer)
+    assert seen == [Line.BACK, Line.SOURCE] * 2
+
+
+def test_a_source_address_out_of_ports_is_skipped_not_blamed(net: Lab) -> None:
+    """With ten ephemeral ports, two source addresses carry about twenty
+    connections to one server; past that the client is refused as this
+    host's trouble, and the server stays up."""
+    line = Line.build(net)
+    line.balancer.sysctl("ipv4.ip_local_port_range", "40000 40009")
+    server = Line.SERVERS[0]
+    net.serve(line.servers, (server,), PORT)
+    monitor = "[monitor]\ninterval = 300\ntimeout = 1\n"  # one check: one port
+    ini = "\n".join(
+        [
+            pool_ini(
+                Line.VIP,
+                servers_of((server,)),
+                {PORT: "tcp"},
+                source=f"{Line.BACK}, {Line.SOURCE}",
+                retries=0,
+            ),
+            monitor,
+        ]
+    )
+    balancer = net.twistd("ocsbal", line.balancer, ini)
+    line.balancer.wait_listening(Line.VIP, PORT, balancer)
+    held: list[socket.socket] = []
+    peers = []
+    refused = 0
+    try:
+        for _ in range(30):  # bounded: 20 ports and a few refusals
+            sock = line.client.connect(Line.VIP, PORT)
+            try:
+                peers.append(hello(sock).peer)
+                held.append(sock)
+            except ConnectionError:
+                sock.close()
+                refused += 1
+                if refused == 3:
+                    break
+        # The health check's closed connection holds one port of the first.
+        assert 18 <= len(held) <= 20, peers
+        assert {peers.count(Line.BACK), peers.count(Line.SOURCE)} <= set(range(8, 11))
+        assert refused == 3
+    finally:
+        for sock in held:
+            sock.close()
+    output = balancer.output
+    assert "has no port left for connections to" in output
+    assert "every source address is out of ports" in output
+    assert " is down" not in output
+
+
 def route_half_nat(balancer: Namespace, device: str, ports: list[int]) -> None:
     """The balancer's policy routing for half-NAT, one rule per VIP port.
 

@@ -492,7 +492,7 @@ def test_plain_text_on_the_terminated_port_is_closed_with_one_log_line(
     with socket.create_connection((VIP, SIPS), WAIT, (CLIENT, 0)) as plain:
         plain.sendall(register(0))
         port = plain.getsockname()[1]
-        peer = f"IPv4Address(type='TCP', host='{CLIENT}', port={port})"
+        peer = f"{CLIENT}:{port}"
         reply = b""
         try:
             while chunk := plain.recv(65536):

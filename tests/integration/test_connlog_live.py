@@ -1,0 +1,102 @@
+"""``[log] connections = yes`` through ``twistd -n ocsbal``: a line per
+connection, with the cause of its end, from the workers as from one process."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import pytest
+from harness import WAIT, Launcher, Process, admin_call, options, pool_ini
+
+SIP_ONLY = {15060: "sip"}
+LINE = re.compile(
+    r"client=(?P<client>\S+) vip_port=15060 server=(?P<server>\S+) "
+    r"connect_ms=\S+ duration_s=[\d.]+ up=(?P<up>\d+) down=(?P<down>\d+) "
+    r"cause=(?P<cause>[a-z-]+)"
+)
+
+
+def causes(output: str) -> dict[str, str]:
+    """The cause each client's connection ended with, by its HOST:PORT."""
+    return {m["client"]: m["cause"] for m in LINE.finditer(output)}
+
+
+def wait_for(balancer: Process, client: str) -> None:
+    """Wait until ``client``'s connection has its line."""
+    deadline = time.monotonic() + WAIT
+    while client not in causes(balancer.output):
+        assert time.monotonic() < deadline, balancer.output
+        time.sleep(0.05)
+
+
+def connect_from(source: str, vip: str) -> socket.socket:
+    return socket.create_connection((vip, 15060), WAIT, (source, 0))
+
+
+def name(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_connection_is_one_line_with_why_it_ended(
+    launch: Launcher, workers: int
+) -> None:
+    block = 64 + workers
+    vip, admin = f"127.0.{block}.10", f"127.0.{block}.1:19900"
+    fe1, fe2 = f"127.0.{block}.11", f"127.0.{block}.12"
+    # The clients come from .100 (the harness's probes from 127.0.0.1).
+    client = f"127.0.{block}.100"
+    ini = pool_ini(vip, {"fe1": (fe1, 1)}, SIP_ONLY, workers=workers, idle_timeout=3)
+    ini += (
+        "\n[monitor]\ninterval = 1\ntimeout = 0.5\nrise = 1\n"
+        "\n[log]\nconnections = yes\n"
+        f"\n[admin]\nlisten = tcp:19900:interface=127.0.{block}.1\n"
+        "\n[limits]\nper_source_connections = 2\n"
+    )
+    launch.servers(pool_ini(vip, {"fe1": (fe1, 1), "fe2": (fe2, 1)}, SIP_ONLY))
+    balancer = launch.balancer(ini)
+    seen: dict[str, str] = {}
+
+    with connect_from(client, vip) as sock:  # the client closes
+        options(sock)
+        first = name(sock)
+    seen[first] = "client-closed"
+    wait_for(balancer, first)
+    with connect_from(client, vip) as idle:  # nothing passes for the idle timeout
+        options(idle)
+        seen[name(idle)] = "idle-timeout"
+        wait_for(balancer, name(idle))
+    held = [connect_from(client, vip) for _ in range(2)]
+    for n, sock in enumerate(held):
+        options(sock, n)
+    if workers == 1:  # each worker has its own [limits] table: a third may pass
+        with connect_from(client, vip) as sock:  # a third: over the limit
+            seen[name(sock)] = "limit"
+            wait_for(balancer, name(sock))
+    # The operator adds fe2, and removes fe1 forcing its connections closed.
+    new = {"name": "fe2", "address": fe2, "weight": 1}
+    assert admin_call(admin, "POST", "/api/servers", new)[0] == 201
+    assert admin_call(admin, "DELETE", "/api/servers/fe1?force=1")[0] == 200
+    for sock in held:
+        seen[name(sock)] = "admin"
+        wait_for(balancer, name(sock))
+        sock.close()
+    deadline = time.monotonic() + WAIT
+    while admin_call(admin, "GET", "/api/servers/fe2")[1]["health"] != "up":
+        assert time.monotonic() < deadline, "fe2 never came up"
+        time.sleep(0.05)
+    last = connect_from(client, vip)
+    assert options(last) == "fe2"
+    seen[name(last)] = "shutdown"
+    # fe2 in maintenance: no server can take a new client.
+    admin_call(admin, "PATCH", "/api/servers/fe2", {"state": "maint"})
+    with connect_from(client, vip) as sock:
+        seen[name(sock)] = "no-server"
+        wait_for(balancer, name(sock))
+    balancer.stop()  # closes the last, held connection
+    last.close()
+    logged = causes(balancer.output)
+    assert {client: logged.get(client) for client in seen} == seen
