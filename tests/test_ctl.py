@@ -26,6 +26,7 @@ from ocsbal._ctl import (
     show_pool,
     show_servers,
 )
+from ocsbal._history import History
 from ocsbal._report import connections_report, figures, pool_report, servers_report
 from ocsbal.admin import admin_site
 from test_relay import REGISTER, REGISTERED
@@ -124,7 +125,9 @@ class ClientTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.service = PoolService(pool, self.reactor)
         self.service.startService()
-        site = admin_site(self.service, lambda: b"s3cret")
+        site = admin_site(
+            self.service, lambda: b"s3cret", history=History(self.reactor)
+        )
         self.http = StubTreq(site.resource)
 
     def call(self, token: bytes | None, *request: Any) -> Any:

@@ -70,11 +70,22 @@ class PoolCollector(Collector):
                 "Bytes relayed from the server.",
                 labels=server,
             ),
+            "registrations": GaugeMetricFamily(
+                "ocsbal_server_registrations",
+                "SIP addresses of record registered over the server's "
+                "connections, not expired yet.",
+                labels=server,
+            ),
         }
         state = GaugeMetricFamily(
             "ocsbal_server_admin_state",
             "1 for the server's admin state (ready, drain or maint).",
             labels=[*server, "state"],
+        )
+        checks = CounterMetricFamily(
+            "ocsbal_health_checks",
+            "Health checks of the server, by result (ok or failed).",
+            labels=[*server, "result"],
         )
         counted = self.counted["servers"]
         for backend in self.servers.backends.values():
@@ -83,12 +94,15 @@ class PoolCollector(Collector):
             families["up"].add_metric(labels, backend.health.up)
             families["weight"].add_metric(labels, backend.server.weight)
             families["effective_weight"].add_metric(labels, backend.weight)
-            for key in ("active", "total", "sent", "received"):
+            for key in ("active", "total", "sent", "received", "registrations"):
                 families[key].add_metric(labels, counts.get(key, 0))
             for admin in AdminState:
                 state.add_metric([*labels, admin.value], admin is backend.state)
+            checks.add_metric([*labels, "ok"], backend.health.passed)
+            checks.add_metric([*labels, "failed"], backend.health.failed)
         yield from families.values()
         yield state
+        yield checks
         yield from self._listeners(pool)
 
     def _listeners(self, pool: str) -> Iterator[Metric]:

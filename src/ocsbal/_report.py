@@ -8,6 +8,7 @@ as :func:`figures`: one process's, or those of every worker added up.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +33,12 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
     """
     active = relay.active_by_port()
     tally = relay.sip
+    held = _registrations(relay)
     return {
-        "servers": {b.name: _counts(b) for b in relay.servers.backends.values()},
-        "leaving": {b.name: _counts(b) for b in relay.servers.leaving},
+        "servers": {
+            b.name: _counts(b, held[b]) for b in relay.servers.backends.values()
+        },
+        "leaving": {b.name: _counts(b, held[b]) for b in relay.servers.leaving},
         "ports": {
             str(port.number): {
                 "active": active[port.number],
@@ -54,13 +58,29 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
     }
 
 
-def _counts(backend: Backend) -> dict[str, int]:
+def _counts(backend: Backend, registrations: int) -> dict[str, int]:
     return {
         "active": backend.here,
         "total": backend.total,
         "sent": backend.sent,
         "received": backend.received,
+        "registrations": registrations,
     }
+
+
+def _registrations(relay: Relay) -> Counter[Backend]:
+    """The SIP registrations each server holds over this process's connections.
+
+    Each address of record registered over a connection and not expired yet
+    counts once for the connection's server.
+    """
+    now = relay.reactor.seconds()
+    held: Counter[Backend] = Counter()
+    for splice in relay.splices:
+        sip, backend = splice.sip, splice.backend
+        if sip is not None and backend is not None:
+            held[backend] += sum(expiry > now for expiry in sip.bindings.values())
+    return held
 
 
 def add_figures(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -90,7 +110,7 @@ def server_report(
     counted: dict[str, int] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One server: configuration, state, health and load.
+    """One server: configuration, state, health (and since when) and load.
 
     :param monitor: the ``[monitor]`` in force, whose ``rise`` and ``fall``
         the health's streak is counted against.
@@ -99,7 +119,13 @@ def server_report(
     :param overrides: what it runs with that the pool's file does not say
         (:meth:`ocsbal._overrides.Overrides.differences`).
     """
-    counts = counted or {"active": 0, "total": 0, "sent": 0, "received": 0}
+    counts = counted or {
+        "active": 0,
+        "total": 0,
+        "sent": 0,
+        "received": 0,
+        "registrations": 0,
+    }
     return {
         "name": backend.name,
         "address": backend.server.address,
@@ -109,11 +135,13 @@ def server_report(
         "state": backend.state.value,
         "removed": backend.removed,
         **_health(backend, monitor),
+        "since": round(backend.health.since, 3),
         "last_check": backend.health.last,
         "active": counts["active"],
         "total": counts["total"],
         "bytes_to_server": counts["sent"],
         "bytes_from_server": counts["received"],
+        "registrations": counts["registrations"],
         "overrides": overrides or {},
     }
 

@@ -25,7 +25,6 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import (
     IListeningPort,
-    IReactorCore,
     IReactorSocket,
 )
 from twisted.internet.protocol import ServerFactory
@@ -133,7 +132,7 @@ class PoolService(MultiService):
         self.health = self._checker()
         self.admin: AdminService | None = None
         if pool.admin is not None:
-            self.admin = AdminService(self, pool.admin, cast(IReactorCore, reactor))
+            self.admin = AdminService(self, pool.admin, reactor)
             self.admin.setServiceParent(self)
 
     @property
