@@ -51,9 +51,7 @@ class AdminTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.service = PoolService(makePool(), self.reactor)
         self.service.startService()
-        site = admin_site(
-            self.service, lambda: self.token, history=History(self.reactor)
-        )
+        site = admin_site([(self.service, History(self.reactor))], lambda: self.token)
         self.treq = StubTreq(site.resource)
 
     def call(

@@ -63,8 +63,9 @@ LAYERS: dict[str, set[str]] = {
     "_metrics": {"_pool", "_relay"},
     "_history": {"_pool"},
     "_guard": {"_model"},
+    "_api": {"_guard", "_history", "_model", "_pool", "_report"},
     "admin": {
-        *("_endpoints", "_guard", "_history", "_metrics", "_model", "_pool"),
+        *("_api", "_endpoints", "_guard", "_history", "_metrics", "_model"),
         *("_report", "_status_page", "_token"),
     },
     # The composition root, and what runs it.
