@@ -69,7 +69,8 @@ LAYERS: dict[str, set[str]] = {
         *("_report", "_status_page", "_token"),
     },
     # The composition root, and what runs it.
-    "_reloader": {"_model", "_token", "config"},
+    "_site": {"_rules", "config"},
+    "_reloader": {"_model", "_site", "_token", "config"},
     "_overrides": {"_model"},
     "_statefile": {"_overrides"},
     "service": {
@@ -88,9 +89,10 @@ LAYERS: dict[str, set[str]] = {
         *("_amp", "_endpoints", "_model", "_network", "_pool", "_report"),
         *("_connlog", "config", "service"),
     },
-    "tap": {"_control", "_network", "_tls", "config", "service"},
-    "_ctl": {"_token", "config"},
-    "_cli": {"_ctl", "_idle", "_tls", "config"},
+    "tap": {"_control", "_network", "_site", "_tls", "config", "service"},
+    "_views": set(),
+    "_ctl": {"_token", "_views", "config"},
+    "_cli": {"_ctl", "_idle", "_site", "_tls", "config"},
     "demo": {"_ctl", "config", "service", "sip"},
     "__init__": {"_pool", "config", "service"},
 }
