@@ -388,6 +388,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def request_for(args: argparse.Namespace) -> tuple[str, str, object]:
+    """The method, path and body of the request the arguments ask for.
+
+    With ``--pool``, the path is that pool's: ``/api/pools/NAME/...``.
+    """
+    method, path, body = _COMMANDS[args.command][0](args)
+    if args.pool is not None and args.command != "pools":
+        path = path.replace("/api/", f"/api/pools/{quote(args.pool, safe='')}/", 1)
+    return method, path, body
+
+
 def _target(args: argparse.Namespace) -> tuple[str, Admin]:
     """The client endpoint and the admin settings the arguments name."""
     # The token file may be given relative to where ctl runs.
@@ -416,11 +427,8 @@ async def run(args: argparse.Namespace, reactor: Any, out: TextIO = sys.stdout) 
         raise CtlError(str(e)) from None
     agent = Agent.usingEndpointFactory(reactor, _OneEndpoint(reactor, endpoint))
     client = AdminClient(HTTPClient(agent), endpoint, token)
-    build, reply = _COMMANDS[args.command]
-    method, path, body = build(args)
-    if args.pool is not None and args.command != "pools":
-        path = path.replace("/api/", f"/api/pools/{quote(args.pool, safe='')}/", 1)
-    answer = await client.call(method, path, body)
+    answer = await client.call(*request_for(args))
+    reply = _COMMANDS[args.command][1]
     print(json.dumps(answer, indent=2) if args.json else reply(answer, args), file=out)
 
 
