@@ -391,3 +391,20 @@ def test_forget_names_what_it_dropped(
         "/api/overrides" if args.all else f"/api/overrides/{args.name}",
     )
     assert said in reply({"forgotten": answer}, args)
+
+
+def test_a_server_in_slow_start_shows_the_part_of_its_weight_it_has() -> None:
+    row = {
+        "name": "fe1",
+        "address": "10.0.0.11",
+        "weight": 100,
+        "effective_weight": 25,
+        "state": "ready",
+        "removed": False,
+        "health": "up",
+        "health_detail": "",
+        "active": 0,
+        "total": 0,
+        "last_check": "ok",
+    }
+    assert show_servers([row]).splitlines()[1].split()[2] == "25/100"

@@ -220,6 +220,13 @@ def pool_report(servers: RunningPool, counted: dict[str, Any]) -> dict[str, Any]
         "idle_timeout": pool.idle_timeout,
         "connect_timeout": pool.connect_timeout,
         "retries": pool.retries,
+        "source": list(pool.source),
+        "slowstart": pool.slowstart,
+        "maxconn": pool.maxconn,
+        "limits": {
+            "per_source_connections": pool.limits.per_source_connections,
+            "per_source_rate": pool.limits.per_source_rate,
+        },
         "monitor": {
             "type": monitor.type.value,
             "ports": list(pool.heartbeat_ports),

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.web.template import Tag, flattenString, tags
 
-from ocsbal._views import changed
+from ocsbal._views import changed, weight
 
 #: Inline, so the page needs nothing but itself.
 _STYLE = """
@@ -211,7 +211,7 @@ def _server(server: dict[str, Any], busiest: int, now: float, prefix: str) -> Ta
             down_since,
         ),
         tags.td(class_=f"state-{state}")(state),
-        tags.td(class_="n")(str(server["weight"])),
+        tags.td(class_="n")(weight(server)),
         tags.td(class_="n")(
             tags.span(class_="track")(
                 tags.span(class_="bar", style=f"width: {width}%")

@@ -12,6 +12,7 @@ __all__ = [
     "show_pools",
     "show_servers",
     "show_workers",
+    "weight",
 ]
 
 
@@ -28,6 +29,14 @@ def _health(server: dict[str, Any]) -> str:
     """``down (1 of 2 checks passed)``, ``maint (not checked)``, ``up``."""
     detail = server["health_detail"]
     return f"{server['health']} ({detail})" if detail else server["health"]
+
+
+def weight(server: dict[str, Any]) -> str:
+    """A server's weight; in slow start, the part it has of it: ``25/100``."""
+    effective = server.get("effective_weight", server["weight"])
+    if effective == server["weight"]:
+        return str(server["weight"])
+    return f"{effective}/{server['weight']}"
 
 
 def changed(server: dict[str, Any]) -> str:
@@ -68,7 +77,7 @@ def show_servers(servers: list[dict[str, Any]]) -> str:
         [
             s["name"],
             s["address"],
-            s["weight"],
+            weight(s),
             "removed" if s["removed"] else s["state"],
             _health(s),
             s["active"],
