@@ -193,9 +193,12 @@ class ReadTests(AdminTests):
             "bytes_from_server": 0,
             "closes_in": 1793,
             "closes_because": "idle",
+            "quiet": True,
             "sip": {
                 "registered": {},
                 "keepalives": 0,
+                "transactions": 0,
+                "dialogs": 0,
                 "last_message": None,
                 "inspection": "on",
                 "missed_refresh": False,

@@ -269,6 +269,7 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
         "bytes_from_server": splice.downstream,
         "closes_in": round(closes_at - now, 3),
         "closes_because": closes_because,
+        "quiet": splice.sip is not None and splice.sip.quiet,
     }
     sip = splice.sip
     if sip is not None:
@@ -277,6 +278,8 @@ def connection_report(splice: Splice, now: float) -> dict[str, Any]:
                 aor: round(expiry - now, 3) for aor, expiry in sip.bindings.items()
             },
             "keepalives": sip.keepalives,
+            "transactions": sip.transactions,
+            "dialogs": sip.dialogs,
             "last_message": sip.last_message,
             "inspection": f"gave up: {sip.gave_up}" if sip.gave_up else "on",
             "missed_refresh": sip.missed_refresh(

@@ -34,8 +34,16 @@ class _Pending(NamedTuple):
     star: bool
 
 
+#: Which side a request came from, as :class:`Registrations` counts them.
+_CLIENT, _SERVER = 0, 1
+
+#: Confirmed dialogs one connection's Call-IDs are kept for; past it the
+#: connection is never quiet again, so that no call is cut for want of room.
+MAX_DIALOGS = 32
+
+
 class Registrations:
-    """What one connection's SIP says about its registrations.
+    """What one connection's SIP says about its registrations, and its calls.
 
     Fed the inspector's events of both directions with the time they were
     seen (it has no clock of its own), it matches each REGISTER with its
@@ -52,6 +60,13 @@ class Registrations:
         beyond it the oldest is forgotten, so a client cannot grow it.
     :param max_bindings: bindings remembered; beyond it the one that
         expires first is forgotten, for the same reason.
+    It also follows whether the connection is :attr:`quiet`: no
+    transaction open either way (a request seen, its final response not
+    yet: on a stream, each request's final response comes back on the same
+    connection, so they are counted, each way), and no confirmed INVITE
+    dialog (a 2xx to an INVITE seen, its BYE not yet; kept by Call-ID).
+    Only INVITEs' final responses and BYEs have a header read for it.
+
     :ivar keepalives: keep-alive pings and pongs seen.
     :ivar gave_up: why the connection's SIP is followed no more, if it is
         not (a :class:`GaveUp` reason).
@@ -59,10 +74,14 @@ class Registrations:
 
     # One per SIP connection, plain: mypyc compiles it into a native class.
     __slots__ = (
+        "_dialogs",
         "_expiries",
+        "_invites",
         "_lapsed",
         "_last",
+        "_open",
         "_pending",
+        "_too_many_dialogs",
         "gave_up",
         "keepalives",
         "max_bindings",
@@ -81,6 +100,13 @@ class Registrations:
         self._expiries: dict[tuple[str, str], float] = {}
         #: Whether the last :meth:`lapsed` found a missed refresh.
         self._lapsed = False
+        #: Requests (and INVITEs among them) awaiting their final response:
+        #: the client's, then the server's.
+        self._open = [0, 0]
+        self._invites = [0, 0]
+        #: The Call-IDs of the confirmed INVITE dialogs.
+        self._dialogs: dict[str, None] = {}
+        self._too_many_dialogs = False
 
     def __repr__(self) -> str:
         return (
@@ -104,13 +130,14 @@ class Registrations:
     def from_client(self, event: Event, now: float) -> None:  # noqa: ARG002
         """Count an event of the client's direction, seen at ``now``.
 
-        A request but a REGISTER costs nothing more than being kept as the
-        last message; only a REGISTER's headers are read.
+        A request but a REGISTER or a BYE costs nothing more than being
+        counted and kept as the last message: only theirs are read.
         """
         kind = type(event)
         if kind is Request:
             request = cast(Request, event)
             self._last = request
+            self._asked(request, _CLIENT)
             if request.method != "REGISTER":
                 return
             headers = request.headers
@@ -130,6 +157,11 @@ class Registrations:
             self._pending[key] = _Pending(headers.to_uri, asked, headers.contact_star)
             if len(self._pending) > self.max_pending:
                 del self._pending[next(iter(self._pending))]
+        elif kind is Response:
+            response = cast(Response, event)
+            self._last = response
+            if response.status >= 200:
+                self._answered(response, _SERVER)
         elif kind is Ping or kind is Pong:
             self.keepalives += 1
 
@@ -143,35 +175,112 @@ class Registrations:
         if kind is Response:
             response = cast(Response, event)
             self._last = response
-            if response.status < 200 or not self._pending:
-                return
-            headers = response.headers
-            cseq = headers.cseq
-            if not (cseq and cseq[1] == "REGISTER" and headers.call_id):
-                return
-            pending = self._pending.pop((headers.call_id, cseq[0]), None)
-            if pending is None or response.status >= 300:
-                return
-            if pending.star:
-                for binding in [b for b in self._expiries if b[0] == pending.aor]:
-                    del self._expiries[binding]
-            # The first time a 2xx lists a Contact is what it says of it.
-            answered = {c.uri: c.expires for c in reversed(headers.contacts)}
-            for uri, asked in pending.asked:
-                granted = _granted(asked, answered.get(uri), headers.expires)
-                binding = (pending.aor, uri)
-                if not granted:
-                    self._expiries.pop(binding, None)
-                    continue
-                if (
-                    binding not in self._expiries
-                    and len(self._expiries) >= self.max_bindings
-                ):
-                    first = min(self._expiries, key=self._expiries.__getitem__)
-                    del self._expiries[first]
-                self._expiries[binding] = now + granted
+            if response.status >= 200:
+                self._answered(response, _CLIENT)
+                if self._pending:
+                    self._registered(response, now)
+        elif kind is Request:
+            request = cast(Request, event)
+            self._last = request
+            self._asked(request, _SERVER)
         elif kind is Ping or kind is Pong:
             self.keepalives += 1
+
+    def _registered(self, response: Response, now: float) -> None:
+        """Take a final response that may be a REGISTER's, seen at ``now``."""
+        headers = response.headers
+        cseq = headers.cseq
+        if not (cseq and cseq[1] == "REGISTER" and headers.call_id):
+            return
+        pending = self._pending.pop((headers.call_id, cseq[0]), None)
+        if pending is None or response.status >= 300:
+            return
+        if pending.star:
+            for binding in [b for b in self._expiries if b[0] == pending.aor]:
+                del self._expiries[binding]
+        # The first time a 2xx lists a Contact is what it says of it.
+        answered = {c.uri: c.expires for c in reversed(headers.contacts)}
+        for uri, asked in pending.asked:
+            granted = _granted(asked, answered.get(uri), headers.expires)
+            binding = (pending.aor, uri)
+            if not granted:
+                self._expiries.pop(binding, None)
+                continue
+            if (
+                binding not in self._expiries
+                and len(self._expiries) >= self.max_bindings
+            ):
+                first = min(self._expiries, key=self._expiries.__getitem__)
+                del self._expiries[first]
+            self._expiries[binding] = now + granted
+
+    def _asked(self, request: Request, side: int) -> None:
+        """Count a request from ``side`` (the client's, or the server's)."""
+        method = request.method
+        if method != "ACK":  # an ACK is answered by nothing
+            self._open[side] += 1
+            if method == "INVITE":
+                self._invites[side] += 1
+            elif method == "BYE":
+                self._bye(request)
+
+    def _answered(self, response: Response, side: int) -> None:
+        """Count a final response to a request from ``side``.
+
+        INVITEs are counted apart, by their responses' CSeq, so that a stray
+        response can never stand for an INVITE's and hide its call.
+        """
+        if self._open[side]:
+            self._open[side] -= 1
+        if self._invites[side]:
+            self._invites[side] -= self._final(response)
+
+    def _final(self, response: Response) -> int:
+        """1 if ``response``, final, answers an INVITE (a 2xx confirms its dialog)."""
+        headers = response.headers
+        cseq = headers.cseq
+        if cseq is None or cseq[1] != "INVITE":
+            return 0
+        call_id = headers.call_id
+        if response.status < 300 and call_id:
+            if len(self._dialogs) >= MAX_DIALOGS:
+                self._too_many_dialogs = True
+            self._dialogs[call_id] = None
+        return 1
+
+    def _bye(self, request: Request) -> None:
+        call_id = request.headers.call_id
+        if call_id:
+            self._dialogs.pop(call_id, None)
+
+    @property
+    def transactions(self) -> int:
+        """Transactions open, either way."""
+        return max(self._open[_CLIENT], self._invites[_CLIENT]) + max(
+            self._open[_SERVER], self._invites[_SERVER]
+        )
+
+    @property
+    def dialogs(self) -> int:
+        """Confirmed INVITE dialogs, not yet ended by a BYE."""
+        return len(self._dialogs)
+
+    @property
+    def quiet(self) -> bool:
+        """Whether nothing is under way: no transaction, no call.
+
+        Never while the SIP is not followed (:attr:`gave_up`), nor once
+        there were more dialogs at once than :data:`MAX_DIALOGS`.
+        """
+        return not (
+            self._open[_CLIENT]
+            or self._open[_SERVER]
+            or self._invites[_CLIENT]
+            or self._invites[_SERVER]
+            or self._dialogs
+            or self._too_many_dialogs
+            or self.gave_up
+        )
 
     @property
     def bindings(self) -> dict[str, float]:
