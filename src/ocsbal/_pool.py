@@ -336,12 +336,18 @@ class RunningPool:
         """Take the other processes' connections, per server name.
 
         ``servers`` counts those to the servers of the pool, ``leaving``
-        those to servers removed; a name not given has none.
+        those to servers removed; a name not given has none.  A process that
+        has not yet applied a removal still counts the server's connections
+        in ``servers``: they count for the server being removed, unless its
+        name is in the pool again.
         """
         for backend in self.backends.values():
             backend.elsewhere = servers.get(backend.name, 0)
         for backend in list(self.leaving):
-            backend.elsewhere = leaving.get(backend.name, 0)
+            behind = (
+                0 if backend.name in self.backends else servers.get(backend.name, 0)
+            )
+            backend.elsewhere = leaving.get(backend.name, 0) + behind
             self._forget_if_done(backend)
 
     def release(self, backend: Backend) -> None:
