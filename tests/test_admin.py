@@ -8,10 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ocsbal import Pool, PoolService, Port, Server
@@ -302,7 +305,7 @@ class ChangeTests(AdminTests):
             "fe2",
             "fe1",
         ]
-        assert self.call("DELETE", "/api/servers/fe1")[0] == 404
+        assert self.call("DELETE", "/api/servers/fe1")[0] == 409
 
     def test_delete_with_force_closes_connections(self) -> None:
         client = self.connect()
@@ -316,6 +319,94 @@ class ChangeTests(AdminTests):
             409,
             {"error": "fe2 is the pool's last server; add another before removing it"},
         )
+
+
+class RemovingTests(AdminTests):
+    """A server removed keeps its name, its figures and the API's reach
+    until its last connection closes."""
+
+    #: What every refusal of a server being removed with 1 connection ends with.
+    FORCE = "; DELETE /api/servers/fe1?force=1 (ocsbal ctl remove --force fe1) "
+
+    def close_all(self) -> None:
+        """Every server side closes, and with it its client's connection."""
+        for splice in list(self.service.relay.splices):
+            assert splice.server is not None
+            splice.server.connectionLost(Failure(ConnectionDone()))
+
+    def test_it_answers_with_its_counts_until_its_last_connection_closes(
+        self,
+    ) -> None:
+        self.connect()
+        self.call("DELETE", "/api/servers/fe1")
+        status, server = self.call("GET", "/api/servers/fe1")
+        assert status == 200
+        assert (server["name"], server["removed"], server["active"]) == (
+            "fe1",
+            True,
+            1,
+        )
+        self.close_all()
+        assert self.call("GET", "/api/servers/fe1")[0] == 404
+
+    def test_a_plain_delete_is_refused_and_a_forced_one_closes_its_connections(
+        self,
+    ) -> None:
+        client = self.connect()
+        self.call("DELETE", "/api/servers/fe1")
+        assert self.call("DELETE", "/api/servers/fe1") == (
+            409,
+            {
+                "error": "fe1 is being removed and still has 1 open connection, "
+                "which may finish" + self.FORCE + "closes them now"
+            },
+        )
+        assert not client.disconnecting
+        status, server = self.call("DELETE", "/api/servers/fe1?force=1")
+        assert (status, server["removed"]) == (200, True)
+        assert client.disconnecting
+
+    def test_its_name_cannot_be_taken_nor_its_settings_changed(self) -> None:
+        self.connect()
+        self.call("DELETE", "/api/servers/fe1")
+        before = self.service.pool
+        new = {"name": "fe1", "address": "127.0.1.13"}
+        assert self.call("POST", "/api/servers", new) == (
+            409,
+            {
+                "error": "fe1 is being removed and still has 1 open connection: its "
+                "name is free once they have closed" + self.FORCE + "closes them now"
+            },
+        )
+        assert self.call("PATCH", "/api/servers/fe1", {"weight": 5}) == (
+            409,
+            {"error": _Containing("its state and weight no longer matter;")},
+        )
+        assert self.service.pool == before
+        self.close_all()
+        assert self.call("POST", "/api/servers", new)[0] == 201
+
+    def test_a_reload_may_give_its_name_to_another_server(self) -> None:
+        """The file rules: the name goes to the new server, which the API
+        addresses; the old one is listed as removed, and a forced delete of
+        the name closes the connections of both."""
+        old = self.connect()
+        moved = attrs.evolve(
+            self.service.pool,
+            servers=(Server("fe1", "127.0.1.13"), Server("fe2", "127.0.1.12", 50)),
+        )
+        self.successResultOf(self.service.reload(moved))
+        listed = self.call("GET", "/api/servers")[1]
+        assert [
+            (s["name"], s["address"], s["removed"], s["active"]) for s in listed
+        ] == [
+            ("fe1", "127.0.1.13", False, 0),
+            ("fe2", "127.0.1.12", False, 0),
+            ("fe1", "127.0.1.11", True, 1),
+        ]
+        assert self.call("GET", "/api/servers/fe1")[1]["address"] == "127.0.1.13"
+        assert self.call("DELETE", "/api/servers/fe1?force=1")[0] == 200
+        assert old.disconnecting
 
 
 class _Containing(str):

@@ -236,6 +236,30 @@ class RunningPool:
         except KeyError:
             raise UnknownServerError(name) from None
 
+    def find(self, name: str) -> Backend:
+        """The server called ``name``: the pool's, else one being removed.
+
+        :raises UnknownServerError: if there is neither.
+        """
+        removing = self.removing(name)
+        if name in self.backends or not removing:
+            return self.backend(name)
+        return removing[0]
+
+    def removing(self, name: str) -> list[Backend]:
+        """The servers called ``name`` being removed, still finishing connections.
+
+        Usually none or one; more if a reload gave the name to another
+        server, then removed that one too, before the first had finished.
+        """
+        return [b for b in self.leaving if b.name == name]
+
+    def close_removing(self, name: str) -> None:
+        """Close this process's connections to the servers ``name`` being removed."""
+        for backend in self.removing(name):
+            for connection in list(backend.relayed):
+                connection.close()
+
     def reconfigure(self, pool: Pool) -> tuple[list[Backend], list[Backend]]:
         """Make ``pool`` the configuration in force, keeping every connection.
 

@@ -8,7 +8,7 @@ One :mod:`twisted.web` site, served on the ``[admin] listen`` endpoint
     GET    /api/pool               settings, listeners, totals
     GET    /api/servers            every server
     POST   /api/servers            add one: {"name", "address", "weight"}
-    GET    /api/servers/NAME       one server
+    GET    /api/servers/NAME       one server, or one being removed
     PATCH  /api/servers/NAME       {"weight": N} and/or {"state": "drain"}
     DELETE /api/servers/NAME       remove it (?force=1 closes its connections)
     GET    /api/connections        open client connections
@@ -177,8 +177,28 @@ class _Endpoint(_Exact):
         self.control = control
 
     def backend(self, name: str) -> Backend:
-        """The server called ``name``; unknown, a 404."""
-        return self.control.servers.backend(name)
+        """The server called ``name``, or one being removed; unknown, a 404."""
+        return self.control.servers.find(name)
+
+    def refuse_removing(self, name: str, then: str) -> None:
+        """Refuse (409) while ``name`` names only a server being removed.
+
+        Its name stays its own until its last connection closes, so that
+        the API can still show it and force them closed.
+
+        :param then: what the refusal says after its open connections.
+        """
+        servers = self.control.servers
+        removing = servers.removing(name)
+        if removing and name not in servers.backends:
+            active = sum(b.active for b in removing)
+            held = f"{active} open connection" + ("" if active == 1 else "s")
+            _refuse(
+                409,
+                f"{name} is being removed and still has {held}{then}; DELETE "
+                f"/api/servers/{name}?force=1 (ocsbal ctl remove --force {name}) "
+                "closes them now",
+            )
 
     async def report(self, backend: Backend) -> dict[str, Any]:
         """``backend``'s report, with the figures of its connections."""
@@ -306,6 +326,9 @@ class _ServersEndpoint(_Endpoint):
             _refuse(400, f"missing field {missing[0]!r}")
         try:
             server = Server(**fields)
+            self.refuse_removing(
+                server.name, ": its name is free once they have closed"
+            )
             await self.control.add_server(server)
         except ConfigError as e:
             _refuse(409, "; ".join(map(str, e.problems)))
@@ -326,6 +349,7 @@ class _ServerEndpoint(_Endpoint):
 
     async def do_PATCH(self, request: Request) -> object:
         fields = _body(request, {"weight": _WHOLE, "state": _STRING})
+        self.refuse_removing(self.name, ": its state and weight no longer matter")
         backend = self.backend(self.name)
         # Check everything before changing anything.
         state = fields.get("state", backend.state.value)
@@ -346,6 +370,8 @@ class _ServerEndpoint(_Endpoint):
 
     async def do_DELETE(self, request: Request) -> object:
         force = request.args.get(b"force", [b"0"])[-1] in (b"1", b"yes", b"true")
+        if not force:
+            self.refuse_removing(self.name, ", which may finish")
         backend = self.backend(self.name)
         try:
             await self.control.remove_server(self.name, force=force)
