@@ -152,8 +152,10 @@ class ReadTests(AdminTests):
         for line in [
             'ocsbal_server_up{pool="pool01",server="fe1"} 1.0',
             'ocsbal_server_weight{pool="pool01",server="fe2"} 50.0',
-            'ocsbal_server_active_connections{pool="pool01",server="fe1"} 1.0',
-            'ocsbal_server_connections_total{pool="pool01",server="fe1"} 1.0',
+            'ocsbal_server_active_connections{pool="pool01",removed="no",'
+            'server="fe1"} 1.0',
+            'ocsbal_server_connections_total{pool="pool01",removed="no",'
+            'server="fe1"} 1.0',
             'ocsbal_server_admin_state{pool="pool01",server="fe1",state="drain"} 0.0',
             'ocsbal_listener_accepted_connections_total{pool="pool01",port="5060",'
             'protocol="sip"} 1.0',
@@ -407,6 +409,28 @@ class RemovingTests(AdminTests):
         assert self.call("GET", "/api/servers/fe1")[1]["address"] == "127.0.1.13"
         assert self.call("DELETE", "/api/servers/fe1?force=1")[0] == 200
         assert old.disconnecting
+
+    def test_its_connections_count_in_the_metrics_until_they_close(self) -> None:
+        """The servers' active connections add up to the listeners'."""
+        for _ in range(3):  # round robin: fe1, fe2, fe1
+            self.connect()
+        self.call("DELETE", "/api/servers/fe1")
+        lines = self.call("GET", "/metrics")[1].decode().splitlines()
+
+        def values(family: str) -> dict[str, float]:
+            return {
+                line.split("{")[1].split("}")[0]: float(line.split()[-1])
+                for line in lines
+                if line.startswith(family + "{")
+            }
+
+        servers = values("ocsbal_server_active_connections")
+        listeners = values("ocsbal_listener_active_connections")
+        assert sum(servers.values()) == sum(listeners.values()) == 3
+        assert servers['pool="pool01",removed="yes",server="fe1"'] == 2
+        assert 'pool="pool01",removed="yes",server="fe1"' in values(
+            "ocsbal_server_connections_total"
+        )
 
 
 class _Containing(str):

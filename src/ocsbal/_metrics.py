@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from ocsbal._pool import RunningPool
 
 
+#: The figures of a server's connections, each a family of its own.
+_CONNECTION_FIGURES = ("active", "total", "sent", "received")
+
+
 class PoolCollector(Collector):
     """Collects the metrics of one pool's servers and listeners.
 
@@ -35,6 +39,9 @@ class PoolCollector(Collector):
         """Yield every metric family, labelled by pool and server or port."""
         pool = self.servers.pool.name
         server = ["pool", "server"]
+        # A server being removed is counted under its name until its last
+        # connection closes, so that the servers add up to the listeners.
+        connections = [*server, "removed"]
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "up": GaugeMetricFamily(
                 "ocsbal_server_up",
@@ -53,22 +60,22 @@ class PoolCollector(Collector):
             "active": GaugeMetricFamily(
                 "ocsbal_server_active_connections",
                 "Connections to the server open or being opened.",
-                labels=server,
+                labels=connections,
             ),
             "total": CounterMetricFamily(
                 "ocsbal_server_connections",
                 "Connections relayed to the server.",
-                labels=server,
+                labels=connections,
             ),
             "sent": CounterMetricFamily(
                 "ocsbal_server_sent_bytes",
                 "Bytes relayed to the server.",
-                labels=server,
+                labels=connections,
             ),
             "received": CounterMetricFamily(
                 "ocsbal_server_received_bytes",
                 "Bytes relayed from the server.",
-                labels=server,
+                labels=connections,
             ),
         }
         state = GaugeMetricFamily(
@@ -83,10 +90,13 @@ class PoolCollector(Collector):
             families["up"].add_metric(labels, backend.health.up)
             families["weight"].add_metric(labels, backend.server.weight)
             families["effective_weight"].add_metric(labels, backend.weight)
-            for key in ("active", "total", "sent", "received"):
-                families[key].add_metric(labels, counts.get(key, 0))
+            for key in _CONNECTION_FIGURES:
+                families[key].add_metric([*labels, "no"], counts.get(key, 0))
             for admin in AdminState:
                 state.add_metric([*labels, admin.value], admin is backend.state)
+        for name, counts in sorted(self.counted["leaving"].items()):
+            for key in _CONNECTION_FIGURES:
+                families[key].add_metric([pool, name, "yes"], counts[key])
         yield from families.values()
         yield state
         yield from self._listeners(pool)
