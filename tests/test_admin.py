@@ -377,7 +377,7 @@ class RemovingTests(AdminTests):
             409,
             {
                 "error": "fe1 is being removed and still has 1 open connection: its "
-                "name is free once they have closed" + self.FORCE + "closes them now"
+                "name is free once they close" + self.FORCE + "closes them now"
             },
         )
         assert self.call("PATCH", "/api/servers/fe1", {"weight": 5}) == (

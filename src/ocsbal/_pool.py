@@ -254,6 +254,15 @@ class RunningPool:
         """
         return [b for b in self.leaving if b.name == name]
 
+    def removing_only(self, name: str) -> int:
+        """The connections of the servers ``name`` being removed, which hold the name.
+
+        0 if a server of the pool is called ``name`` too: the name is its own.
+        """
+        if name in self.backends:
+            return 0
+        return sum(b.active for b in self.removing(name))
+
     def close_removing(self, name: str) -> None:
         """Close this process's connections to the servers ``name`` being removed."""
         for backend in self.removing(name):

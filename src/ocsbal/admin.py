@@ -32,7 +32,6 @@ cannot send across sites without asking first.
 from __future__ import annotations
 
 import inspect
-import io
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -53,7 +52,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ocsbal._guard import Guard, json_answer
+from ocsbal._guard import MAX_BODY, BoundedRequest, Guard, json_answer
 from ocsbal._metrics import PoolCollector, WorkersCollector
 from ocsbal._model import Admin, ConfigError, Server
 from ocsbal._pool import AdminState, LastServerError, UnknownServerError
@@ -115,28 +114,6 @@ class NoWorkersError(Exception):
     """The pool runs in one process: it has no workers to restart."""
 
 
-#: The largest request body accepted; the API's bodies are a few fields.
-MAX_BODY = 64 * 1024
-
-
-class _BoundedRequest(Request):
-    """A request that keeps at most :data:`MAX_BODY` + 1 bytes of its body.
-
-    twisted.web would spool a large body to a temporary file before any
-    resource sees it, token or not; this one keeps the first bytes in
-    memory, enough for :func:`_body` to know it is too long, and drops the
-    rest as it arrives.
-    """
-
-    def gotLength(self, length: int | None) -> None:  # noqa: ARG002 -- any length
-        self.content = self._kept = io.BytesIO()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        room = MAX_BODY + 1 - self._kept.tell()
-        if room > 0:
-            self._kept.write(data[:room])
-
-
 class _RequestError(Exception):
     """A request is refused with ``status``; ``message`` says why."""
 
@@ -181,23 +158,16 @@ class _Endpoint(_Exact):
         return self.control.servers.find(name)
 
     def refuse_removing(self, name: str, then: str) -> None:
-        """Refuse (409) while ``name`` names only a server being removed.
-
-        Its name stays its own until its last connection closes, so that
-        the API can still show it and force them closed.
+        """Refuse (409) while only servers being removed are called ``name``.
 
         :param then: what the refusal says after its open connections.
         """
-        servers = self.control.servers
-        removing = servers.removing(name)
-        if removing and name not in servers.backends:
-            active = sum(b.active for b in removing)
-            held = f"{active} open connection" + ("" if active == 1 else "s")
+        if active := self.control.servers.removing_only(name):
             _refuse(
                 409,
-                f"{name} is being removed and still has {held}{then}; DELETE "
-                f"/api/servers/{name}?force=1 (ocsbal ctl remove --force {name}) "
-                "closes them now",
+                f"{name} is being removed and still has {active} open connection"
+                f"{'' if active == 1 else 's'}{then}; DELETE /api/servers/{name}"
+                f"?force=1 (ocsbal ctl remove --force {name}) closes them now",
             )
 
     async def report(self, backend: Backend) -> dict[str, Any]:
@@ -326,9 +296,7 @@ class _ServersEndpoint(_Endpoint):
             _refuse(400, f"missing field {missing[0]!r}")
         try:
             server = Server(**fields)
-            self.refuse_removing(
-                server.name, ": its name is free once they have closed"
-            )
+            self.refuse_removing(server.name, ": its name is free once they close")
             await self.control.add_server(server)
         except ConfigError as e:
             _refuse(409, "; ".join(map(str, e.problems)))
@@ -449,7 +417,7 @@ def admin_site(
     api.putChild(b"servers", _ServersEndpoint(control))
     api.putChild(b"connections", _ConnectionsEndpoint(control))
     api.putChild(b"workers", _WorkersEndpoint(control))
-    site = Site(Guard(root, token, admin), requestFactory=_BoundedRequest)
+    site = Site(Guard(root, token, admin), requestFactory=BoundedRequest)
     site.noisy = False
     site.displayTracebacks = False
     return site
