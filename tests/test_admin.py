@@ -12,15 +12,21 @@ import attrs
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from ocsbal import Pool, PoolService, Port, Server
+from ocsbal._history import History
 from ocsbal.admin import AdminTokenError, admin_site
 from ocsbal.config import Admin
+from ocsbal.health import IMonitor
+from ocsbal.monitors import HealthChecks
 from pools import make_pool
+from test_relay import REGISTER, REGISTERED
 
 URL = "http://127.0.0.1:9900"
 
@@ -31,6 +37,16 @@ def makePool(**kw: Any) -> Pool:
     return make_pool(Server("fe1", "127.0.1.11"), Server("fe2", "127.0.1.12", 50), **kw)
 
 
+@implementer(IMonitor)
+class Answers:
+    """A monitor under which fe1 passes every check and fe2 fails every one."""
+
+    def check(self, server: Server) -> Deferred[None]:
+        if server.name == "fe1":
+            return succeed(None)
+        return fail(Exception("port 5060 refused"))
+
+
 class AdminTests(SynchronousTestCase):
     token: bytes | None = None
 
@@ -38,7 +54,10 @@ class AdminTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.service = PoolService(makePool(), self.reactor)
         self.service.startService()
-        self.treq = StubTreq(admin_site(self.service, lambda: self.token).resource)
+        site = admin_site(
+            self.service, lambda: self.token, history=History(self.reactor)
+        )
+        self.treq = StubTreq(site.resource)
 
     def call(
         self, method: str, path: str, body: object = None, **kw: Any
@@ -111,13 +130,57 @@ class ReadTests(AdminTests):
             "health": "up",
             "streak": 0,
             "health_detail": "",
+            "since": 0,
             "last_check": "not checked yet",
             "active": 1,
             "total": 1,
             "bytes_to_server": 0,
             "bytes_from_server": 0,
+            "registrations": 0,
+            "overrides": {},
         }
         assert self.call("GET", "/api/servers/fe2")[1] == servers[1]
+
+    def test_a_server_says_since_when_it_is_down(self) -> None:
+        self.reactor.advance(1234.5)
+        fe2 = self.service.servers.backend("fe2")
+        for _ in range(self.service.pool.monitor.fall):
+            self.service.servers.record(fe2, False, "port 5060 refused")
+        self.reactor.advance(60)
+        _, report = self.call("GET", "/api/servers/fe2")
+        assert (report["health"], report["since"]) == ("down", 1234.5)
+
+    def test_registrations_held_per_server_are_those_not_expired(self) -> None:
+        self.connect()
+        [splice] = self.service.relay.splices
+        assert splice.server is not None
+        splice.client.dataReceived(REGISTER)
+        splice.server.dataReceived(REGISTERED)  # for 900 s, from now
+        metric = 'ocsbal_server_registrations{pool="pool01",removed="no",server="fe1"}'
+        for seconds, held in [(0, 1), (899, 1), (2, 0)]:
+            self.reactor.advance(seconds)
+            assert self.call("GET", "/api/servers/fe1")[1]["registrations"] == held
+            assert f"{metric} {held:.1f}" in self.call("GET", "/metrics")[1].decode()
+        assert self.call("GET", "/api/servers/fe2")[1]["registrations"] == 0
+
+    def test_health_checks_are_counted_per_server_and_result(self) -> None:
+        # The service's own checks, started at random offsets, make way.
+        self.successResultOf(self.service.health.stopService())
+        checks = HealthChecks(
+            self.service.servers, Answers(), 5, self.reactor, jitter=lambda: 0.0
+        )
+        checks.startService()
+        self.reactor.advance(0)
+        self.reactor.advance(5)
+        lines = self.call("GET", "/metrics")[1].decode().splitlines()
+        for server, result, count in [
+            ("fe1", "ok", 2),
+            ("fe1", "failed", 0),
+            ("fe2", "ok", 0),
+            ("fe2", "failed", 2),
+        ]:
+            labels = f'pool="pool01",result="{result}",server="{server}"'
+            assert f"ocsbal_health_checks_total{{{labels}}} {count}.0" in lines
 
     def test_connections(self) -> None:
         self.connect()

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 import test_admin
 from ocsbal import PoolService
+from ocsbal._history import History
 from ocsbal.admin import MAX_BODY, admin_site
 from ocsbal.config import Admin, parse
 
@@ -50,10 +51,14 @@ class API:
     """A pool service with its admin site, called through StubTreq."""
 
     def __init__(self, token: bytes | None, admin: Admin | None = None) -> None:
-        self.service = PoolService(test_admin.makePool(), MemoryReactorClock())
+        reactor = MemoryReactorClock()
+        self.service = PoolService(test_admin.makePool(), reactor)
         self.service.startService()
         self.site = admin_site(
-            self.service, lambda: token, admin=lambda: admin or Admin()
+            self.service,
+            lambda: token,
+            admin=lambda: admin or Admin(),
+            history=History(reactor),
         )
         self.treq = StubTreq(self.site.resource)
         self.token = token

@@ -302,6 +302,7 @@ BAD_VALUES = [
     ("server:fe1", "tls_name", "-fe.contoso.com", "must be the DNS name"),
     ("limits", "per_source_connections", "-1", "must be a whole number, 0 or more"),
     ("limits", "per_source_rate", "1.5", "must be a whole number, 0 or more"),
+    ("admin", "state_file", "", "must be a file name"),
     ("log", "connections", "maybe", "must be yes or no"),
     ("log", "format", "json", "unknown key; allowed: connections"),
     ("limits", "burst", "5", "unknown key; allowed: per_source_connections"),
@@ -713,3 +714,15 @@ def pools(draw: st.DrawFn) -> Pool:
 @given(pools())
 def test_render_writes_what_parse_reads_back(pool: Pool) -> None:
     assert parse(render(pool)) == pool
+
+
+def test_the_state_file_is_beside_the_pools_file(tmp_path: Path) -> None:
+    path = tmp_path / "fe.ini"
+    text = "[pool]\nname = p\nfqdn = p.example.com\nvip = 10.0.0.10\n"
+    text += "[server:fe1]\naddress = 10.0.0.11\n"
+    path.write_text(text)
+    assert load(path).admin is None
+    path.write_text(text + "[admin]\n")
+    assert load(path).admin.state_file == str(tmp_path / "fe.state")
+    path.write_text(text + "[admin]\nstate_file = run/fe.json\n")
+    assert load(path).admin.state_file == str(tmp_path / "run" / "fe.json")

@@ -26,6 +26,7 @@ from ocsbal._ctl import (
     show_pool,
     show_servers,
 )
+from ocsbal._history import History
 from ocsbal._report import connections_report, figures, pool_report, servers_report
 from ocsbal.admin import admin_site
 from test_relay import REGISTER, REGISTERED
@@ -124,7 +125,9 @@ class ClientTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.service = PoolService(pool, self.reactor)
         self.service.startService()
-        site = admin_site(self.service, lambda: b"s3cret")
+        site = admin_site(
+            self.service, lambda: b"s3cret", history=History(self.reactor)
+        )
         self.http = StubTreq(site.resource)
 
     def call(self, token: bytes | None, *request: Any) -> Any:
@@ -197,7 +200,7 @@ class ClientTests(SynchronousTestCase):
         counted = figures(relay)
         servers = show_servers(servers_report(servers_now, counted)).splitlines()
         assert " ".join(servers[0].split()) == (
-            "NAME ADDRESS WEIGHT STATE HEALTH ACTIVE TOTAL LAST CHECK"
+            "NAME ADDRESS WEIGHT STATE HEALTH ACTIVE TOTAL LAST CHECK CHANGED"
         )
         assert servers[1].split() == [
             "fe1",
@@ -210,6 +213,7 @@ class ClientTests(SynchronousTestCase):
             "not",
             "checked",
             "yet",
+            "-",
         ]
         pool = show_pool(pool_report(servers_now, counted))
         assert pool.startswith("pool pool01 (pool01.example.com) on 127.0.1.10:")
@@ -325,13 +329,13 @@ def test_show_servers_says_what_health_waits_for_or_why_it_is_not_checked() -> N
     ).splitlines()
     assert table == [
         "NAME  ADDRESS    WEIGHT  STATE  HEALTH                       ACTIVE  TOTAL"
-        "  LAST CHECK",
+        "  LAST CHECK      CHANGED",
         "fe1   10.0.0.11  100     ready  down (2 of 3 checks passed)  0       0"
-        "      ok",
+        "      ok              -",
         "fe2   10.0.0.11  100     maint  maint (not checked)          0       0"
-        "      in maintenance",
+        "      in maintenance  -",
         "fe3   10.0.0.11  100     ready  up                           0       0"
-        "      ok",
+        "      ok              -",
     ]
 
 
@@ -343,3 +347,49 @@ def test_a_relative_token_file_is_taken_from_where_ctl_runs(
         parse("--admin", "unix:path=/s", "--token-file", "t", "pool")
     )
     assert (endpoint, admin.token_file) == ("unix:path=/s", str(tmp_path / "t"))
+
+
+def test_show_servers_says_what_the_operator_changed_of_the_file() -> None:
+    row = {
+        "name": "fe1",
+        "address": "10.0.0.11",
+        "weight": 50,
+        "state": "drain",
+        "removed": False,
+        "health": "up",
+        "health_detail": "",
+        "active": 0,
+        "total": 0,
+        "last_check": "ok",
+        "overrides": {
+            "weight": {"running": 50, "file": 100},
+            "state": {"running": "drain", "file": "ready"},
+        },
+    }
+    added = {**row, "name": "fe9", "overrides": {"added": True}}
+    lines = show_servers([row, added]).splitlines()
+    assert lines[1].endswith("weight 50 (file 100), state drain (file ready)")
+    assert lines[2].endswith("added")
+
+
+@pytest.mark.parametrize(
+    ("argv", "answer", "said"),
+    [
+        (["forget", "fe1"], ["fe1"], "forgot the operator's changes to fe1"),
+        (["forget", "--all"], ["fe1", "fe2"], "changes to fe1, fe2: as the pool"),
+        (["forget", "fe3"], [], "changed nothing of fe3: nothing to forget"),
+    ],
+)
+def test_forget_names_what_it_dropped(
+    argv: list[str], answer: list[str], said: str
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--admin", "127.0.0.1:9900", *argv])
+    build, reply = _COMMANDS["forget"]
+    method, path, _ = build(args)
+    assert (method, path) == (
+        "DELETE",
+        "/api/overrides" if args.all else f"/api/overrides/{args.name}",
+    )
+    assert said in reply({"forgotten": answer}, args)

@@ -102,7 +102,7 @@ class ScriptedMonitor:
                 d.callback(None) if ok else d.errback(Exception(reason))
 
 
-def makeServers(**monitor: Any) -> RunningPool:
+def makeServers(clock: Clock | None = None, **monitor: Any) -> RunningPool:
     pool = Pool(
         name="p",
         fqdn="p.example.com",
@@ -112,7 +112,36 @@ def makeServers(**monitor: Any) -> RunningPool:
         scheduler="round-robin",
         monitor=Monitor(**monitor),
     )
-    return RunningPool(pool, Clock().seconds)
+    return RunningPool(pool, (clock or Clock()).seconds)
+
+
+def test_since_is_when_a_server_last_went_up_or_down() -> None:
+    clock = Clock()
+    clock.advance(100)
+    servers = makeServers(clock, rise=2, fall=2)
+    fe1, fe2 = servers.backends.values()
+    assert (fe1.health.since, fe2.health.since) == (100, 100)  # up from the start
+    for at, ok, since in [
+        (105, False, 100),
+        (110, False, 110),  # the second of fall = 2: down
+        (115, False, 110),
+        (120, True, 110),
+        (125, True, 125),  # the second of rise = 2: up
+    ]:
+        clock.advance(at - clock.seconds())
+        servers.record(fe1, ok, "refused")
+        assert fe1.health.since == since
+    clock.advance(5)
+    servers.set_state("fe2", AdminState.MAINT)  # taken down at once
+    assert fe2.health.since == 130
+    clock.advance(5)
+    servers.set_state("fe2", AdminState.READY)  # still down, until it rises
+    servers.set_state("fe2", AdminState.MAINT)
+    assert fe2.health.since == 130
+    (fe3,), _ = servers.reconfigure(
+        attrs.evolve(servers.pool, servers=[FE1, Server("fe3", "127.0.1.13")])
+    )
+    assert (fe3.health.up, fe3.health.since) == (False, 135)  # joins down
 
 
 class TestHealthChecks:
@@ -171,6 +200,16 @@ class TestHealthChecks:
         assert "server fe1 not checked, its state stays: port 5061: Too many " in (
             formatEvent(events[0])
         )
+        fe1 = self.servers.backends["fe1"].health
+        assert (fe1.passed, fe1.failed) == (0, 0)
+
+    def test_each_check_is_counted_by_its_result(self) -> None:
+        for ok in (True, False, False):
+            self.monitor.answer(ok)
+            self.clock.advance(5)
+        fe1, fe2 = (b.health for b in self.servers.backends.values())
+        assert (fe1.passed, fe1.failed) == (1, 2)
+        assert (fe2.passed, fe2.failed) == (0, 2)  # its first check came at 2.5 s
 
     def test_rise_passed_checks_bring_it_back(self) -> None:
         self.clock.advance(2.5)

@@ -61,16 +61,20 @@ LAYERS: dict[str, set[str]] = {
     # Read-only views and the web API, never the service.
     "_report": {"_endpoints", "_model", "_pool", "_relay", "_sweep"},
     "_metrics": {"_pool", "_relay"},
+    "_history": {"_pool"},
     "_guard": {"_model"},
     "admin": {
-        *("_guard", "_metrics", "_model", "_pool", "_report", "_status_page"),
-        "_token",
+        *("_endpoints", "_guard", "_history", "_metrics", "_model", "_pool"),
+        *("_report", "_status_page", "_token"),
     },
     # The composition root, and what runs it.
+    "_reloader": {"_model", "_token", "config"},
+    "_overrides": {"_model"},
+    "_statefile": {"_overrides"},
     "service": {
         *("_endpoints", "_idle", "_model", "_network", "_pool"),
         *("_relay", "_report", "_sweep", "_tls", "_token", "admin", "config"),
-        *("_listener", "monitors"),
+        *("_listener", "_reloader", "_statefile", "monitors"),
         "sip",  # to say at start whether it runs compiled
     },
     # The processes: a control process and its workers, which relay.

@@ -22,7 +22,7 @@ def test_the_pool_is_loaded_while_options_are_parsed() -> None:
     assert options.pool.vip == "127.0.0.10"
     service = makeService(options)
     assert isinstance(service, PoolService)
-    assert service.pool is options.pool
+    assert service.configured is options.pool
     assert service.grace_period == 2.5
     [reloader] = [c for c in service if isinstance(c, ConfigReloader)]
     assert (reloader.path, reloader.pool_service) == (DEMO, service)

@@ -12,9 +12,13 @@ The names are loaded when first used (PEP 562), so that importing a part,
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+#: The installed distribution's version, so pyproject.toml is its one source;
+#: read once, at import, so a running daemon tells the version it runs even
+#: after another is installed under it.
+__version__ = importlib.metadata.version("ocsbal")
 
 __all__ = [
     "OCS_PORTS",

@@ -23,6 +23,9 @@ log = Logger(namespace="ocsbal")
 class HealthChecks(Service):
     """Check every server of a pool, forever, and keep its health.
 
+    Each check's result is counted in the server's :class:`HealthState`
+    (``passed``, ``failed``) as well as judged.
+
     Each server has its own :class:`LoopingCall`, started after a random
     part of the interval so that the servers are not all checked at the
     same moment.  A check that has not finished when the next is due delays
@@ -101,10 +104,14 @@ class HealthChecks(Service):
             return None
         d = self.monitor.check(backend.server)
         d.addCallbacks(
-            lambda _: self.servers.record(backend, True),
+            lambda _: self._passed(backend),
             lambda f: self._failed(backend, f.value),
         )
         return d
+
+    def _passed(self, backend: Backend) -> None:
+        backend.health.passed += 1
+        self.servers.record(backend, True)
 
     def _failed(self, backend: Backend, error: BaseException) -> None:
         if isinstance(error, CheckNotMadeError):
@@ -114,4 +121,5 @@ class HealthChecks(Service):
                 reason=error,
             )
             return
+        backend.health.failed += 1
         self.servers.record(backend, False, str(error))

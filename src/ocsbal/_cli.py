@@ -1,9 +1,9 @@
 """The ``ocsbal`` console script.
 
 ``ocsbal check POOL.INI`` validates a configuration file (and loads the
-certificates it names) and prints the
-effective pool, every default filled in, as INI text.  ``ocsbal ctl ...``
-calls a running pool's admin API (:mod:`ocsbal._ctl`).
+certificates it names) and prints the effective pool, every default filled
+in, as INI text.  ``ocsbal ctl ...`` calls a running pool's admin API
+(:mod:`ocsbal._ctl`).  ``ocsbal --version`` prints ``ocsbal X.Y.Z``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ocsbal import _ctl
+from ocsbal import __version__, _ctl
 from ocsbal._idle import too_short_for_ocs
 from ocsbal._tls import tls_problems
 from ocsbal.config import ConfigError, load, render
@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ocsbal", description="Tools for ocsbal pools."
     )
+    parser.add_argument("--version", action="version", version=f"ocsbal {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     check = commands.add_parser(
         "check",

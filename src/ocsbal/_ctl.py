@@ -182,8 +182,29 @@ def _health(server: dict[str, Any]) -> str:
     return f"{server['health']} ({detail})" if detail else server["health"]
 
 
+def _changed(server: dict[str, Any]) -> str:
+    """What the operator changed of the file: ``weight 50 (file 100), added``."""
+    changes = server.get("overrides", {})
+    said = [
+        f"{key} {v['running']} (file {v['file']})"
+        for key, v in changes.items()
+        if isinstance(v, dict) and v["file"] is not None
+    ]
+    said += [key for key, v in changes.items() if v is True]
+    said += [
+        f"{key} {v['running']}"
+        for key, v in changes.items()
+        if isinstance(v, dict) and v["file"] is None
+    ]
+    return ", ".join(said) or "-"
+
+
 def show_servers(servers: list[dict[str, Any]]) -> str:
-    """The servers as a table."""
+    """The servers as a table.
+
+    ``CHANGED`` is what the operator changed of the pool's file, which a
+    reload or a restart keeps until ``ocsbal ctl forget``.
+    """
     head = [
         "NAME",
         "ADDRESS",
@@ -193,6 +214,7 @@ def show_servers(servers: list[dict[str, Any]]) -> str:
         "ACTIVE",
         "TOTAL",
         "LAST CHECK",
+        "CHANGED",
     ]
     rows: list[list[object]] = [
         [
@@ -204,6 +226,7 @@ def show_servers(servers: list[dict[str, Any]]) -> str:
             s["active"],
             s["total"],
             s["last_check"],
+            _changed(s),
         ]
         for s in servers
     ]
@@ -343,6 +366,17 @@ def _removed(server: dict[str, Any], args: argparse.Namespace) -> str:
     return f"{removed}: its {held} may finish"
 
 
+def _forgotten(answer: dict[str, list[str]], args: argparse.Namespace) -> str:
+    names = answer["forgotten"]
+    if not names:
+        which = "any server" if args.name is None else args.name
+        return f"the operator has changed nothing of {which}: nothing to forget"
+    return (
+        f"forgot the operator's changes to {', '.join(names)}: as the pool's "
+        "file says from now on"
+    )
+
+
 def _shown(show: Callable[[Any], str]) -> Callable[[Any, argparse.Namespace], str]:
     """A view of the answer alone, as a command's reply."""
     return lambda answer, _: show(answer)
@@ -396,6 +430,14 @@ _COMMANDS: dict[
             None,
         ),
         _removed,
+    ),
+    "forget": (
+        lambda a: (
+            "DELETE",
+            "/api/overrides" + ("" if a.name is None else f"/{a.name}"),
+            None,
+        ),
+        _forgotten,
     ),
 }
 
@@ -452,6 +494,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     remove.add_argument("name")
     remove.add_argument(
         "--force", action="store_true", help="close its connections now"
+    )
+    forget = command(
+        "forget",
+        help="drop the operator's changes to a server (or all): back to the file",
+    )
+    which = forget.add_mutually_exclusive_group(required=True)
+    which.add_argument("name", nargs="?")
+    which.add_argument(
+        "--all", action="store_true", help="every server the operator changed"
     )
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 #: The figures of a server's connections, each a family of its own.
-_CONNECTION_FIGURES = ("active", "total", "sent", "received")
+_CONNECTION_FIGURES = ("active", "total", "sent", "received", "registrations")
 
 
 class PoolCollector(Collector):
@@ -77,11 +77,22 @@ class PoolCollector(Collector):
                 "Bytes relayed from the server.",
                 labels=connections,
             ),
+            "registrations": GaugeMetricFamily(
+                "ocsbal_server_registrations",
+                "SIP addresses of record registered over the server's "
+                "connections, not expired yet.",
+                labels=connections,
+            ),
         }
         state = GaugeMetricFamily(
             "ocsbal_server_admin_state",
             "1 for the server's admin state (ready, drain or maint).",
             labels=[*server, "state"],
+        )
+        checks = CounterMetricFamily(
+            "ocsbal_health_checks",
+            "Health checks of the server, by result (ok or failed).",
+            labels=[*server, "result"],
         )
         counted = self.counted["servers"]
         for backend in self.servers.backends.values():
@@ -94,11 +105,14 @@ class PoolCollector(Collector):
                 families[key].add_metric([*labels, "no"], counts.get(key, 0))
             for admin in AdminState:
                 state.add_metric([*labels, admin.value], admin is backend.state)
+            checks.add_metric([*labels, "ok"], backend.health.passed)
+            checks.add_metric([*labels, "failed"], backend.health.failed)
         for name, counts in sorted(self.counted["leaving"].items()):
             for key in _CONNECTION_FIGURES:
                 families[key].add_metric([pool, name, "yes"], counts[key])
         yield from families.values()
         yield state
+        yield checks
         yield from self._listeners(pool)
 
     def _listeners(self, pool: str) -> Iterator[Metric]:

@@ -210,7 +210,9 @@ class RunningPool:
     run.
 
     :param pool: the pool's configuration.
-    :param now: the clock, which times slow starts.
+    :param now: the clock, which times slow starts and tells when each
+        server went up or down (:attr:`HealthState.since
+        <ocsbal.health.HealthState.since>`).
 
     :ivar pool: the configuration in force, servers and weights included.
     :ivar backends: the pool's servers by name, in configuration order.
@@ -222,7 +224,10 @@ class RunningPool:
     def __init__(self, pool: Pool, now: Callable[[], float]) -> None:
         self.pool = pool
         self.now = now
-        self.backends = {s.name: Backend(s) for s in pool.servers}
+        started = now()
+        self.backends = {
+            s.name: Backend(s, HealthState(since=started)) for s in pool.servers
+        }
         self.leaving: set[Backend] = set()
         self.scheduler: IScheduler = scheduler_class(pool.scheduler)()
 
@@ -296,7 +301,8 @@ class RunningPool:
         for server in pool.servers:
             kept = self.backends.get(server.name)
             if kept is None or kept.removed:
-                backends[server.name] = Backend(server, HealthState(up=False))
+                joined = HealthState(up=False, since=self.now())
+                backends[server.name] = Backend(server, joined)
                 added.append(backends[server.name])
             else:
                 kept.server = server
@@ -310,6 +316,8 @@ class RunningPool:
         """Put server ``name`` in ``state``; see :class:`AdminState`."""
         backend = self.backend(name)
         if state is AdminState.MAINT:
+            if backend.health.up:
+                backend.health.since = self.now()
             backend.health.suspend("in maintenance")
         backend.state = state
 
@@ -391,13 +399,15 @@ class RunningPool:
     def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:
         """Count a health check's result, or a failed connection, for ``backend``.
 
-        A change of state is logged once, with its reason; a server that
-        comes up starts its slow start.
+        A change of state is logged once, with its reason, and its time kept;
+        a server that comes up starts its slow start.
         """
         was = backend.health.up
         judge(backend.health, backend.server, self.pool.monitor, ok, reason)
-        if backend.health.up and not was:
-            self._came_up(backend)
+        if backend.health.up != was:
+            backend.health.since = self.now()
+            if backend.health.up:
+                self._came_up(backend)
 
     def _forget_if_done(self, backend: Backend) -> None:
         if backend.removed and not backend.active:

@@ -8,7 +8,8 @@ as :func:`figures`: one process's, or those of every worker added up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ocsbal._endpoints import host_port
@@ -32,9 +33,12 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
     """
     active = relay.active_by_port()
     tally = relay.sip
+    held = _registrations(relay)
     return {
-        "servers": {b.name: _counts(b) for b in relay.servers.backends.values()},
-        "leaving": {b.name: _counts(b) for b in relay.servers.leaving},
+        "servers": {
+            b.name: _counts(b, held[b]) for b in relay.servers.backends.values()
+        },
+        "leaving": {b.name: _counts(b, held[b]) for b in relay.servers.leaving},
         "ports": {
             str(port.number): {
                 "active": active[port.number],
@@ -54,13 +58,29 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
     }
 
 
-def _counts(backend: Backend) -> dict[str, int]:
+def _counts(backend: Backend, registrations: int) -> dict[str, int]:
     return {
         "active": backend.here,
         "total": backend.total,
         "sent": backend.sent,
         "received": backend.received,
+        "registrations": registrations,
     }
+
+
+def _registrations(relay: Relay) -> Counter[Backend]:
+    """The SIP registrations each server holds over this process's connections.
+
+    Each address of record registered over a connection and not expired yet
+    counts once for the connection's server.
+    """
+    now = relay.reactor.seconds()
+    held: Counter[Backend] = Counter()
+    for splice in relay.splices:
+        sip, backend = splice.sip, splice.backend
+        if sip is not None and backend is not None:
+            held[backend] += sum(expiry > now for expiry in sip.bindings.values())
+    return held
 
 
 def add_figures(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -85,16 +105,27 @@ def _add(a: Any, b: Any) -> Any:
 
 
 def server_report(
-    backend: Backend, monitor: Monitor, counted: dict[str, int] | None = None
+    backend: Backend,
+    monitor: Monitor,
+    counted: dict[str, int] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One server: configuration, state, health and load.
+    """One server: configuration, state, health (and since when) and load.
 
     :param monitor: the ``[monitor]`` in force, whose ``rise`` and ``fall``
         the health's streak is counted against.
     :param counted: its figures (see :func:`figures`); none: it has had no
         connection yet.
+    :param overrides: what it runs with that the pool's file does not say
+        (:meth:`ocsbal._overrides.Overrides.differences`).
     """
-    counts = counted or {"active": 0, "total": 0, "sent": 0, "received": 0}
+    counts = counted or {
+        "active": 0,
+        "total": 0,
+        "sent": 0,
+        "received": 0,
+        "registrations": 0,
+    }
     return {
         "name": backend.name,
         "address": backend.server.address,
@@ -104,11 +135,14 @@ def server_report(
         "state": backend.state.value,
         "removed": backend.removed,
         **_health(backend, monitor),
+        "since": round(backend.health.since, 3),
         "last_check": backend.health.last,
         "active": counts["active"],
         "total": counts["total"],
         "bytes_to_server": counts["sent"],
         "bytes_from_server": counts["received"],
+        "registrations": counts["registrations"],
+        "overrides": overrides or {},
     }
 
 
@@ -140,14 +174,21 @@ def _health(backend: Backend, monitor: Monitor) -> dict[str, Any]:
 
 
 def servers_report(
-    servers: RunningPool, counted: dict[str, Any]
+    servers: RunningPool,
+    counted: dict[str, Any],
+    overridden: Callable[[str], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every server, in configuration order, then those being removed."""
+    """Every server, in configuration order, then those being removed.
+
+    :param overridden: what a server, by name, runs with that the pool's
+        file does not say.
+    """
     leaving = sorted(servers.leaving, key=lambda b: b.name)
     monitor = servers.pool.monitor
+    changes = overridden or (lambda _name: {})
     return [
         *(
-            server_report(b, monitor, counted["servers"].get(b.name))
+            server_report(b, monitor, counted["servers"].get(b.name), changes(b.name))
             for b in servers.backends.values()
         ),
         *(server_report(b, monitor, counted["leaving"].get(b.name)) for b in leaving),

@@ -36,6 +36,7 @@ _ADMIN_RULES: dict[str, _Rule[Any]] = {
     "listen": _Rule(str, _check_listen),
     "token_file": _Rule(str, _check_token_file),
     "hosts": _Rule(_read_names, _check_names),
+    "state_file": _Rule(str, _check_file),
 }
 
 
@@ -55,6 +56,10 @@ class Admin:
         on, that requests may give as their ``Host``: any other is refused,
         so that a web page cannot reach the interface through a name of its
         own that resolves to it (DNS rebinding).
+    :ivar state_file: where the operator's changes through the interface
+        are kept, so that a reload or a restart undoes none of them
+        (:mod:`ocsbal._overrides`); ``None`` keeps them in memory only.
+        :func:`ocsbal.config.load` puts it beside the pool's file.
     """
 
     listen: str = attrs.field(
@@ -65,6 +70,10 @@ class Admin:
     )
     hosts: tuple[str, ...] = attrs.field(
         default=(), converter=_names, validator=_ADMIN_RULES["hosts"]
+    )
+    state_file: str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_ADMIN_RULES["state_file"]),
     )
 
 

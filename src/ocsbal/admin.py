@@ -12,6 +12,7 @@ One :mod:`twisted.web` site, served on the ``[admin] listen`` endpoint
     PATCH  /api/servers/NAME       {"weight": N} and/or {"state": "drain"}
     DELETE /api/servers/NAME       remove it (?force=1 closes its connections)
     GET    /api/connections        open client connections
+    GET    /api/history            connections per server over the last hour
     GET    /api/workers            the processes that relay
     POST   /api/workers/restart    start a new generation of workers
 
@@ -47,12 +48,13 @@ from prometheus_client.registry import Collector
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ocsbal._guard import MAX_BODY, BoundedRequest, Guard, json_answer
+from ocsbal._history import History
 from ocsbal._metrics import PoolCollector, WorkersCollector
 from ocsbal._model import Admin, ConfigError, Server
 from ocsbal._pool import AdminState, LastServerError, UnknownServerError
@@ -61,6 +63,7 @@ from ocsbal._status_page import render_status_page
 from ocsbal._token import AdminTokenError, read_token
 
 if TYPE_CHECKING:
+    from ocsbal._endpoints import ReactorTCPTime
     from ocsbal._pool import Backend, RunningPool
 
 log = Logger(namespace="ocsbal")
@@ -99,6 +102,15 @@ class PoolControl(Protocol):
 
     def restart_workers(self) -> Deferred[None]:
         """Start a new generation of workers; see ``docs/operations.md``."""
+
+    def overridden(self, name: str) -> dict[str, Any]:
+        """What server ``name`` runs with that the pool's file does not say."""
+
+    def every_override(self) -> dict[str, dict[str, Any]]:
+        """:meth:`overridden` of every server the operator changed, by name."""
+
+    def forget(self, name: str | None = None) -> Deferred[list[str]]:
+        """Drop the operator's changes; see :meth:`ocsbal.PoolService.forget`."""
 
 
 __all__ = [
@@ -175,7 +187,12 @@ class _Endpoint(_Exact):
         counted = await self.control.figures()
         kind = "leaving" if backend.removed else "servers"
         monitor = self.control.servers.pool.monitor
-        return server_report(backend, monitor, counted[kind].get(backend.name))
+        return server_report(
+            backend,
+            monitor,
+            counted[kind].get(backend.name),
+            self.control.overridden(backend.name),
+        )
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
@@ -248,9 +265,30 @@ def _body(request: Request, allowed: dict[str, tuple[type, str]]) -> dict[str, A
     return body
 
 
-class _PoolEndpoint(_Endpoint):
+class _Remembering(_Endpoint):
+    """An endpoint that tells of the daemon's past too."""
+
+    def __init__(self, control: PoolControl, history: History) -> None:
+        super().__init__(control)
+        self.history = history
+
+
+def _pool_and_daemon(
+    servers: RunningPool, counted: dict[str, Any], history: History
+) -> dict[str, Any]:
+    """``/api/pool``: the pool's report, and the daemon's (version, uptime)."""
+    return pool_report(servers, counted) | {"daemon": history.about()}
+
+
+class _PoolEndpoint(_Remembering):
     async def do_GET(self, _request: Request) -> object:
-        return pool_report(self.control.servers, await self.control.figures())
+        counted = await self.control.figures()
+        return _pool_and_daemon(self.control.servers, counted, self.history)
+
+
+class _HistoryEndpoint(_Remembering):
+    def do_GET(self, _request: Request) -> object:
+        return self.history.report()
 
 
 class _ConnectionsEndpoint(_Endpoint):
@@ -280,6 +318,30 @@ class _RestartEndpoint(_Endpoint):
         return self.control.workers()
 
 
+class _OverridesEndpoint(_Endpoint):
+    """``/api/overrides``: the operator's changes to the file, by server."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
+        if not path:
+            return self
+        return _OverrideEndpoint(self.control, path.decode("utf-8", "replace"))
+
+    def do_GET(self, _request: Request) -> object:
+        return self.control.every_override()
+
+    async def do_DELETE(self, _request: Request) -> object:
+        return {"forgotten": await self.control.forget()}
+
+
+class _OverrideEndpoint(_Endpoint):
+    def __init__(self, control: PoolControl, name: str) -> None:
+        super().__init__(control)
+        self.name = name
+
+    async def do_DELETE(self, _request: Request) -> object:
+        return {"forgotten": await self.control.forget(self.name)}
+
+
 class _ServersEndpoint(_Endpoint):
     def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
         if not path:
@@ -287,7 +349,8 @@ class _ServersEndpoint(_Endpoint):
         return _ServerEndpoint(self.control, path.decode("utf-8", "replace"))
 
     async def do_GET(self, _request: Request) -> object:
-        return servers_report(self.control.servers, await self.control.figures())
+        counted = await self.control.figures()
+        return servers_report(self.control.servers, counted, self.control.overridden)
 
     async def do_POST(self, request: Request) -> object:
         fields = _body(request, {"name": _STRING, "address": _STRING, "weight": _WHOLE})
@@ -370,9 +433,10 @@ class _Metrics(_Exact):
 
 
 class _StatusPage(_Exact):
-    def __init__(self, control: PoolControl) -> None:
+    def __init__(self, control: PoolControl, history: History) -> None:
         super().__init__()
         self.control = control
+        self.history = history
 
     def render_GET(self, request: Request) -> int:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -382,7 +446,9 @@ class _StatusPage(_Exact):
     async def _page(self) -> bytes:
         servers, counted = self.control.servers, await self.control.figures()
         return render_status_page(
-            pool_report(servers, counted), servers_report(servers, counted)
+            _pool_and_daemon(servers, counted, self.history),
+            servers_report(servers, counted),
+            self.history.report(),
         )
 
 
@@ -398,6 +464,8 @@ def admin_site(
     token: Callable[[], bytes | None],
     collectors: tuple[Collector, ...] = (),
     admin: Callable[[], Admin] = Admin,
+    *,
+    history: History,
 ) -> Site:
     """The admin site of a running pool.
 
@@ -407,16 +475,20 @@ def admin_site(
         the pool's own (e.g. a ``ProcessCollector``).
     :param admin: returns the ``[admin]`` settings in force (the names
         requests may give as their ``Host``); called for each request.
+    :param history: the daemon's start and its servers' connections over
+        time (which :class:`AdminService` samples).
     """
     root = _Directory()
     api = _Directory()
-    root.putChild(b"", _StatusPage(control))
+    root.putChild(b"", _StatusPage(control, history))
     root.putChild(b"api", api)
     root.putChild(b"metrics", _Metrics(control, collectors))
-    api.putChild(b"pool", _PoolEndpoint(control))
+    api.putChild(b"pool", _PoolEndpoint(control, history))
+    api.putChild(b"history", _HistoryEndpoint(control, history))
     api.putChild(b"servers", _ServersEndpoint(control))
     api.putChild(b"connections", _ConnectionsEndpoint(control))
     api.putChild(b"workers", _WorkersEndpoint(control))
+    api.putChild(b"overrides", _OverridesEndpoint(control))
     site = Site(Guard(root, token, admin), requestFactory=BoundedRequest)
     site.noisy = False
     site.displayTracebacks = False
@@ -428,7 +500,12 @@ class AdminService(StreamServerEndpointService):
 
     The token file is read before listening, so a missing token stops the
     start instead of leaving the API open; a reload hands over the token it
-    read with :meth:`use`.
+    read with :meth:`use`.  While it runs, it samples the connections of
+    each server into :attr:`history` every :attr:`History.interval` seconds
+    (a pool without ``[admin]`` keeps none).
+
+    :ivar history: the daemon's start and its servers' connections over
+        time, for ``/api/history`` and the status page.
     """
 
     #: A port that cannot be bound stops the start, as the VIP's ports do
@@ -436,18 +513,39 @@ class AdminService(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(
-        self, control: PoolControl, admin: Admin, reactor: IReactorCore
+        self, control: PoolControl, admin: Admin, reactor: ReactorTCPTime
     ) -> None:
         self.admin = admin
         self._token: bytes | None = None
+        self.history = History(reactor)
+        self._sampling = LoopingCall(lambda: self.history.sample(control.servers))
+        self._sampling.clock = reactor
         process = ProcessCollector(registry=None)
-        site = admin_site(control, lambda: self._token, (process,), lambda: self.admin)
+        site = admin_site(
+            control,
+            lambda: self._token,
+            (process,),
+            lambda: self.admin,
+            history=self.history,
+        )
         super().__init__(serverFromString(reactor, admin.listen), site)
 
     def privilegedStartService(self) -> None:
         """Read the token, then listen."""
         self._token = read_token(self.admin)
         super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Listen, and take a sample now and every interval from now on."""
+        super().startService()
+        self._sampling.start(self.history.interval)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop sampling and listening; fires once no longer listening."""
+        if self._sampling.running:
+            self._sampling.stop()
+        stopped: Deferred[None] = super().stopService()
+        return stopped
 
     def use(self, admin: Admin, token: bytes | None) -> None:
         """Take ``admin``'s token file, already read as ``token``, from now on."""

@@ -257,6 +257,8 @@ def _read_admin(draft: _Draft, section: configparser.SectionProxy) -> None:
         key: draft.read(section.name, key, text, _ADMIN_RULES[key])
         for key, text in draft.known_items(section, _ADMIN_RULES)
     }
+    if values.get("state_file"):
+        values["state_file"] = os.path.join(draft.directory, values["state_file"])
     if len(draft.problems) == before:
         draft.admin = Admin(**values)
 
@@ -378,6 +380,9 @@ def _syntax(error: configparser.Error) -> str:
 def load(path: str | Path, check_files: _FileCheck | None = None) -> Pool:
     """Read a pool from an INI file.
 
+    With an ``[admin]`` section, the state file is beside the pool's file
+    unless it says where: ``pool.ini``'s is ``pool.state``.
+
     :param check_files: reads the ``[tls]`` files too (see :func:`parse`).
     :raises ConfigError: listing every problem found, or that the file
         cannot be read.
@@ -390,7 +395,11 @@ def load(path: str | Path, check_files: _FileCheck | None = None) -> Pool:
         raise ConfigError(
             [Problem(source, None, None, None, f"cannot read: {reason}")]
         ) from None
-    return parse(text, source, Path(path).parent, check_files)
+    pool = parse(text, source, Path(path).parent, check_files)
+    if pool.admin is not None and pool.admin.state_file is None:
+        beside = str(Path(path).absolute().with_suffix(".state"))
+        pool = attrs.evolve(pool, admin=attrs.evolve(pool.admin, state_file=beside))
+    return pool
 
 
 def _server_lines(server: Server) -> Iterator[str]:
@@ -440,4 +449,6 @@ def render(pool: Pool) -> str:
             lines.append(f"token_file = {pool.admin.token_file}")
         if pool.admin.hosts:
             lines.append(f"hosts = {_text(pool.admin.hosts)}")
+        if pool.admin.state_file is not None:
+            lines.append(f"state_file = {pool.admin.state_file}")
     return "\n".join(lines) + "\n"

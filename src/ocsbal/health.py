@@ -36,11 +36,21 @@ class HealthState:
 
     :ivar up: whether the server may be picked.
     :ivar last: what the last check said: ``"ok"`` or why it failed.
+    :ivar since: clock time :attr:`up` last changed, or the state was made;
+        its owner, which has the clock, sets it (see
+        :meth:`ocsbal._pool.RunningPool.record`).
+    :ivar passed: health checks of the server that passed, for ``/metrics``;
+        the runner counts them (a failed connection is no check).
+    :ivar failed: health checks of the server that failed; one that could
+        not be made (:class:`CheckNotMadeError`) counts neither way.
     """
 
     up: bool = True
     last: str = "not checked yet"
     _streak: int = 0
+    since: float = 0.0
+    passed: int = 0
+    failed: int = 0
 
     @property
     def streak(self) -> int:

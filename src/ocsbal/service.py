@@ -7,7 +7,6 @@ or let ``twistd ocsbal`` do so.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import (
     Deferred,
     DeferredList,
@@ -24,12 +23,9 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
-    IReactorCore,
     IReactorSocket,
-    IReactorThreads,
 )
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -40,12 +36,13 @@ from ocsbal._listener import Listener
 from ocsbal._network import NetworkSetupError, check_network, listen_freebind
 from ocsbal._pool import AdminState, LastServerError, RunningPool, UnknownServerError
 from ocsbal._relay import Relay
+from ocsbal._reloader import ConfigReloader, ReloadError
 from ocsbal._report import figures
+from ocsbal._statefile import read_state, write_state
 from ocsbal._sweep import sweep as sweep_idle
 from ocsbal._tls import TLSSetupError
-from ocsbal._token import AdminTokenError, read_token
+from ocsbal._token import read_token
 from ocsbal.admin import AdminService, NoWorkersError
-from ocsbal.config import ConfigError, load
 from ocsbal.monitors import HealthChecks, monitor_for
 from ocsbal.sip import COMPILED
 
@@ -73,10 +70,6 @@ LISTEN_BACKLOG = socket.SOMAXCONN
 #: After the grace period, connections are closed politely; those that still
 #: have not flushed their buffers this many seconds later are aborted.
 CLOSE_TIMEOUT = 5.0
-
-
-class ReloadError(ValueError):
-    """A new configuration asks for a change that needs a restart."""
 
 
 class PoolService(MultiService):
@@ -125,7 +118,12 @@ class PoolService(MultiService):
             reactor = cast(ReactorTCPTime, _reactor)
         self.grace_period = grace_period
         self._reactor = reactor
+        #: The pool as configured, before the operator's changes.
+        self.configured = pool
+        self.overrides = read_state(self._state_file)
+        pool, states = self.overrides.apply(pool)
         self.servers = self._running(pool)
+        self._set_states(states)
         self.relay = Relay(self.servers, reactor)
         self._started = reactor.seconds()
         self._listening: dict[int, IListeningPort] = {}
@@ -134,13 +132,56 @@ class PoolService(MultiService):
         self.health = self._checker()
         self.admin: AdminService | None = None
         if pool.admin is not None:
-            self.admin = AdminService(self, pool.admin, cast(IReactorCore, reactor))
+            self.admin = AdminService(self, pool.admin, reactor)
             self.admin.setServiceParent(self)
 
     @property
     def pool(self) -> Pool:
         """The configuration in force, with the run-time changes made to it."""
         return self.servers.pool
+
+    @property
+    def _state_file(self) -> str | None:
+        admin = self.configured.admin
+        return None if admin is None else admin.state_file
+
+    def _set_states(self, states: dict[str, str]) -> None:
+        """Give every server the state the operator gave it, else ready."""
+        for name, backend in self.servers.backends.items():
+            state = AdminState(states.get(name, AdminState.READY.value))
+            if backend.state is not state:
+                self.servers.set_state(name, state)
+
+    def _remember(self, name: str, **values: Any) -> None:
+        """Keep an operator's change of server ``name`` across reloads and restarts."""
+        self.overrides.change(self.configured, name, **values)
+        write_state(self._state_file, self.overrides)
+
+    def overridden(self, name: str) -> dict[str, Any]:
+        """What server ``name`` runs with that the file does not say.
+
+        See :meth:`ocsbal._overrides.Overrides.differences`.
+        """
+        return self.overrides.differences(self.configured, name)
+
+    def every_override(self) -> dict[str, dict[str, Any]]:
+        """:meth:`overridden` of every server the operator changed, by name."""
+        return {name: self.overridden(name) for name in self.overrides.servers}
+
+    def forget(self, name: str | None = None) -> Deferred[list[str]]:
+        """Drop the operator's changes to server ``name`` (all, by default).
+
+        The servers take what the file says again, at once.
+
+        :return: a Deferred firing with the names whose changes were dropped.
+        """
+        names = self.overrides.forget(name)
+        write_state(self._state_file, self.overrides)
+        log.info(
+            "the operator's changes to {names} are forgotten; the file's apply",
+            names=", ".join(names) or "no server",
+        )
+        return self.reload(self.configured).addCallback(lambda _: names)
 
     def _running(self, pool: Pool) -> RunningPool:
         """The pool at run time (a worker's reports to its control process)."""
@@ -283,6 +324,8 @@ class PoolService(MultiService):
             changes then.
         """
         self._apply(attrs.evolve(self.pool, servers=(*self.pool.servers, server)))
+        added = {"address": server.address, "weight": server.weight}
+        self._remember(server.name, added=added)
         return succeed(None)
 
     def remove_server(self, name: str, force: bool = False) -> Deferred[None]:
@@ -302,6 +345,7 @@ class PoolService(MultiService):
                     f"{name} is the pool's last server; add another before removing it"
                 )
             self._apply(attrs.evolve(self.pool, servers=servers))
+            self._remember(name, removed=True)
         if force:
             self.servers.close_removing(name)
         return succeed(None)
@@ -315,6 +359,7 @@ class PoolService(MultiService):
         server = attrs.evolve(self.servers.backend(name).server, weight=weight)
         servers = [server if s.name == name else s for s in self.pool.servers]
         self._apply(attrs.evolve(self.pool, servers=servers))
+        self._remember(name, weight=weight)
         log.info("server {server} weight is now {weight}", server=name, weight=weight)
         return succeed(None)
 
@@ -327,6 +372,7 @@ class PoolService(MultiService):
         if state is backend.state:
             return succeed(None)
         self.servers.set_state(name, state)
+        self._remember(name, state=state.value)
         log.info(
             "server {server} is now in state {state}: {meaning}",
             server=name,
@@ -375,8 +421,12 @@ class PoolService(MultiService):
         """
         return Deferred.fromCoroutine(self._reload(pool))
 
-    async def _reload(self, pool: Pool) -> None:
+    async def _reload(self, configured: Pool) -> None:
         old = self.pool
+        # The operator's changes lie over the file's; kept only if it applies.
+        overrides = self.overrides.copy()
+        said = list(overrides.reconcile(self.configured, configured))
+        pool, states = overrides.apply(configured)
         self._refuse_restart_changes(pool)
         token = None if pool.admin is None else read_token(pool.admin)
         wanted = {port.number: port for port in pool.ports}
@@ -393,6 +443,11 @@ class PoolService(MultiService):
                 del self._listeners[number]
                 closing.append(maybeDeferred(self._listening.pop(number).stopListening))
         self._apply(pool)
+        self.configured, self.overrides = configured, overrides
+        self._set_states(states)
+        write_state(self._state_file, overrides)
+        for sentence in said:
+            log.warn("{sentence}", sentence=sentence)
         if IdleTimeout(pool.idle_timeout).sweep_interval != self.sweeper.step:
             await self.sweeper.disownServiceParent()
             self.sweeper = self._sweeping()
@@ -466,89 +521,6 @@ class PoolService(MultiService):
         """Wait for ``d``, but no longer than ``seconds``."""
         with suppress(TimeoutError):
             await d.addTimeout(seconds, self._reactor)
-
-
-class ConfigReloader(Service):
-    """Re-reads a pool's configuration file on SIGHUP and applies it.
-
-    A file that does not validate, or a change that needs a restart, is
-    logged with its reasons and the running configuration stays.  Reloads
-    never overlap: a SIGHUP during a reload runs one more reload after it,
-    however many arrive.
-
-    :param path: the INI file.
-    :param pool_service: the service the configuration is applied to.
-    :param reactor: where the signal's work is handed over to.
-    """
-
-    def __init__(
-        self, path: str, pool_service: PoolService, reactor: IReactorThreads
-    ) -> None:
-        self.path = path
-        self.pool_service = pool_service
-        self.reactor = reactor
-        self._running = False
-        self._again = False
-        self._waiting: list[Deferred[None]] = []
-        self._previous: Any = signal.SIG_DFL
-
-    def startService(self) -> None:
-        """Reload on SIGHUP from now on."""
-        super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._hangup)
-
-    def stopService(self) -> None:
-        """Give SIGHUP back to whoever had it."""
-        super().stopService()
-        signal.signal(signal.SIGHUP, self._previous)
-
-    def _hangup(self, signum: int, frame: object) -> None:  # noqa: ARG002
-        # A signal handler may interrupt anything: hand over to the reactor.
-        self.reactor.callFromThread(self.reload)
-
-    def reload(self) -> Deferred[None]:
-        """Reload now, or once the reload in progress is done.
-
-        The returned Deferred fires when the file as it is now, or as a
-        later reload read it, is in force or has been refused; it never
-        fails.
-        """
-        d: Deferred[None] = Deferred()
-        self._waiting.append(d)
-        if self._running:
-            self._again = True
-        else:
-            Deferred.fromCoroutine(self._reload())
-        return d
-
-    async def _reload(self) -> None:
-        self._running = True
-        try:
-            while True:
-                self._again = False
-                waiting, self._waiting = self._waiting, []
-                await self._once()
-                for d in waiting:
-                    d.callback(None)
-                if not self._again:
-                    return
-        finally:
-            self._running = False
-
-    async def _once(self) -> None:
-        try:
-            pool = load(self.path)
-            await self.pool_service.reload(pool)
-        except (ConfigError, ReloadError, AdminTokenError, CannotListenError) as e:
-            log.error(
-                "reloading {path} refused; the running configuration stays:\n{why}",
-                path=self.path,
-                why=e,
-            )
-        except Exception:
-            log.failure("reloading {path} failed unexpectedly", path=self.path)
-        else:
-            log.info("reloaded {path}", path=self.path)
 
 
 _STATE_MEANINGS = {

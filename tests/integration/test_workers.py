@@ -33,6 +33,7 @@ from harness import (
     exchange,
     options,
     pool_ini,
+    register,
     require_root,
 )
 
@@ -296,6 +297,7 @@ def test_the_admin_interface_adds_the_workers_up(launch: Launcher) -> None:
     held = [connect("127.0.106.10", 15060) for _ in range(10)]
     for n, sock in enumerate(held):
         options(sock, n)
+        register(sock, n)
     status, connections = admin_call(address, "GET", "/api/connections")
     assert len(connections) == 10
     assert {c["sip"]["last_message"].split()[0] for c in connections} <= {
@@ -312,6 +314,14 @@ def test_the_admin_interface_adds_the_workers_up(launch: Launcher) -> None:
         if line.startswith('ocsbal_sip_requests_total{method="OPTIONS"')
     )
     assert options_seen.endswith(" 10.0"), options_seen
+    # Each worker's registrations, per server, added up.
+    status, listed = admin_call(address, "GET", "/api/servers")
+    assert sum(s["registrations"] for s in listed) == 10
+    assert [
+        float(line.rpartition(" ")[2])
+        for line in metrics.splitlines()
+        if line.startswith("ocsbal_server_registrations{")
+    ] == [s["registrations"] for s in listed]
     assert metrics.count("ocsbal_worker_connections{") == 2
     listed = ctl("--admin", address, "--json", "workers")
     assert listed.returncode == 0, listed.stderr
