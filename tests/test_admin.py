@@ -54,9 +54,7 @@ class AdminTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.service = PoolService(makePool(), self.reactor)
         self.service.startService()
-        site = admin_site(
-            self.service, lambda: self.token, history=History(self.reactor)
-        )
+        site = admin_site([(self.service, History(self.reactor))], lambda: self.token)
         self.treq = StubTreq(site.resource)
 
     def call(
@@ -391,7 +389,7 @@ class RemovingTests(AdminTests):
     until its last connection closes."""
 
     #: What every refusal of a server being removed with 1 connection ends with.
-    FORCE = "; DELETE /api/servers/fe1?force=1 (ocsbal ctl remove --force fe1) "
+    FORCE = "; a DELETE of it with ?force=1 (ocsbal ctl remove --force fe1) "
 
     def close_all(self) -> None:
         """Every server side closes, and with it its client's connection."""

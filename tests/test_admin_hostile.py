@@ -27,8 +27,9 @@ from twisted.python.failure import Failure
 
 import test_admin
 from ocsbal import PoolService
+from ocsbal._api import MAX_BODY
 from ocsbal._history import History
-from ocsbal.admin import MAX_BODY, admin_site
+from ocsbal.admin import admin_site
 from ocsbal.config import Admin, parse
 
 URL = "http://127.0.0.1:9900"
@@ -55,10 +56,9 @@ class API:
         self.service = PoolService(test_admin.makePool(), reactor)
         self.service.startService()
         self.site = admin_site(
-            self.service,
+            [(self.service, History(reactor))],
             lambda: token,
             admin=lambda: admin or Admin(),
-            history=History(reactor),
         )
         self.treq = StubTreq(self.site.resource)
         self.token = token

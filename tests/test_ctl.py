@@ -125,9 +125,7 @@ class ClientTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.service = PoolService(pool, self.reactor)
         self.service.startService()
-        site = admin_site(
-            self.service, lambda: b"s3cret", history=History(self.reactor)
-        )
+        site = admin_site([(self.service, History(self.reactor))], lambda: b"s3cret")
         self.http = StubTreq(site.resource)
 
     def call(self, token: bytes | None, *request: Any) -> Any:

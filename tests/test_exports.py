@@ -80,6 +80,7 @@ def test_each_public_module_exports_exactly_its_api() -> None:
         "AdminTokenError",
         "NoWorkersError",
         "PoolControl",
+        "Served",
         "admin_site",
     ]
     assert ocsbal.health.__all__ == [

@@ -63,12 +63,14 @@ LAYERS: dict[str, set[str]] = {
     "_metrics": {"_pool", "_relay"},
     "_history": {"_pool"},
     "_guard": {"_model"},
+    "_api": {"_guard", "_history", "_model", "_pool", "_report"},
     "admin": {
-        *("_endpoints", "_guard", "_history", "_metrics", "_model", "_pool"),
+        *("_api", "_endpoints", "_guard", "_history", "_metrics", "_model"),
         *("_report", "_status_page", "_token"),
     },
     # The composition root, and what runs it.
-    "_reloader": {"_model", "_token", "config"},
+    "_site": {"_rules", "config"},
+    "_reloader": {"_model", "_site", "_token", "config"},
     "_overrides": {"_model"},
     "_statefile": {"_overrides"},
     "service": {
@@ -87,9 +89,10 @@ LAYERS: dict[str, set[str]] = {
         *("_amp", "_endpoints", "_model", "_network", "_pool", "_report"),
         *("_connlog", "config", "service"),
     },
-    "tap": {"_control", "_network", "_tls", "config", "service"},
-    "_ctl": {"_token", "config"},
-    "_cli": {"_ctl", "_idle", "_tls", "config"},
+    "tap": {"_control", "_network", "_site", "_tls", "config", "service"},
+    "_views": set(),
+    "_ctl": {"_token", "_views", "config"},
+    "_cli": {"_ctl", "_idle", "_site", "_tls", "config"},
     "demo": {"_ctl", "config", "service", "sip"},
     "__init__": {"_pool", "config", "service"},
 }

@@ -97,7 +97,7 @@ class Collector(HTMLParser):
 def parsed(
     servers: list[dict[str, Any]], past: dict[str, Any] | None = None, **kw: Any
 ) -> Collector:
-    page = render_status_page(POOL, servers, past or history(), **kw)
+    page = render_status_page([(POOL, servers, past or history())], **kw)
     assert page.startswith(b"<!DOCTYPE html>\n<html")
     collector = Collector()
     collector.feed(page.decode())
@@ -162,7 +162,7 @@ def test_no_connections_anywhere_draws_empty_bars() -> None:
 
 def test_everything_from_the_pool_is_escaped() -> None:
     page = render_status_page(
-        POOL, [server("a", last_check="<script>x</script>")], history()
+        [(POOL, [server("a", last_check="<script>x</script>")], history())]
     )
     assert b"<script>" not in page
     assert b"&lt;script&gt;x&lt;/script&gt;" in page

@@ -1,9 +1,10 @@
 """The ``ocsbal`` console script.
 
-``ocsbal check POOL.INI`` validates a configuration file (and loads the
-certificates it names) and prints the effective pool, every default filled
-in, as INI text.  ``ocsbal ctl ...`` calls a running pool's admin API
-(:mod:`ocsbal._ctl`).  ``ocsbal --version`` prints ``ocsbal X.Y.Z``.
+``ocsbal check POOL.INI...`` validates configuration files (and loads the
+certificates they name), each alone and together as one daemon would serve
+them, and prints each effective pool, every default filled in, as INI text.
+``ocsbal ctl ...`` calls a running pool's admin API (:mod:`ocsbal._ctl`).
+``ocsbal --version`` prints ``ocsbal X.Y.Z``.
 """
 
 from __future__ import annotations
@@ -14,21 +15,26 @@ from collections.abc import Sequence
 
 from ocsbal import __version__, _ctl
 from ocsbal._idle import too_short_for_ocs
+from ocsbal._site import load_pools
 from ocsbal._tls import tls_problems
-from ocsbal.config import ConfigError, load, render
+from ocsbal.config import ConfigError, render
 
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        pool = load(args.config, tls_problems)
+        pools = load_pools(args.config, tls_problems)
     except ConfigError as e:
         print(f"invalid configuration:\n{e}", file=sys.stderr)
         return 1
-    warning = too_short_for_ocs(pool.name, pool.idle_timeout)
-    if warning is not None:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"; {args.config}: valid; the effective pool, defaults filled in:\n")
-    print(render(pool), end="")
+    for n, (path, pool) in enumerate(zip(args.config, pools, strict=True)):
+        warning = too_short_for_ocs(pool.name, pool.idle_timeout)
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(
+            ("\n" if n else "")
+            + f"; {path}: valid; the effective pool, defaults filled in:\n"
+        )
+        print(render(pool), end="")
     return 0
 
 
@@ -41,11 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     check = commands.add_parser(
         "check",
-        help="validate a pool's INI file and print the effective pool",
-        description="Validate a pool's INI file; print the effective pool or "
-        "every problem found (exit status 1).",
+        help="validate pools' INI files and print the effective pools",
+        description="Validate pools' INI files, each and together (as one "
+        "twistd ocsbal with a --config for each would serve them); print the "
+        "effective pools or every problem found (exit status 1).",
     )
-    check.add_argument("config", metavar="POOL.INI")
+    check.add_argument("config", metavar="POOL.INI", nargs="+")
     check.set_defaults(run=_check)
     ctl = commands.add_parser(
         "ctl",

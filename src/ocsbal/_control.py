@@ -203,6 +203,7 @@ class ControlService(PoolService):
         workers: int,
         reactor: ReactorTCPTime | None = None,
         grace_period: float = 0.0,
+        state_file: str | None = None,
     ) -> None:
         self.count = workers
         self._links: dict[int, WorkerLink] = {}
@@ -214,7 +215,7 @@ class ControlService(PoolService):
         #: Who waits for the restart in progress, if one is.
         self._restarting: list[Deferred[None]] | None = None
         self._previous_usr2: Any = signal.SIG_DFL
-        super().__init__(pool, reactor, grace_period)
+        super().__init__(pool, reactor, grace_period, state_file)
 
     def _running(self, pool: Pool) -> RunningPool:
         return _CheckedPool(pool, self._reactor.seconds, self)
@@ -259,9 +260,11 @@ class ControlService(PoolService):
             pids=", ".join(str(link.pid) for link in self._links.values()),
         )
 
-    def _usr2(self, signum: int, frame: object) -> None:  # noqa: ARG002
+    def _usr2(self, signum: int, frame: object) -> None:
         # A signal handler may interrupt anything: hand over to the reactor.
         cast(IReactorThreads, self._reactor).callFromThread(self._restart_logged)
+        if callable(self._previous_usr2):  # another pool's workers restart too
+            self._previous_usr2(signum, frame)
 
     def _restart_logged(self) -> None:
         self.restart_workers().addErrback(

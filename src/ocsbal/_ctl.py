@@ -12,10 +12,10 @@ import functools
 import json
 import re
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
+from urllib.parse import quote
 
 import treq
 from treq.client import HTTPClient
@@ -29,6 +29,13 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from ocsbal._token import AdminTokenError, read_token
+from ocsbal._views import (
+    show_connections,
+    show_pool,
+    show_pools,
+    show_servers,
+    show_workers,
+)
 from ocsbal.config import Admin, ConfigError, load
 
 #: Seconds any one request may take.
@@ -167,138 +174,6 @@ class AdminClient:
         return answer
 
 
-def _table(rows: list[list[object]], head: list[str]) -> str:
-    cells = [head, *([str(c) for c in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in cells
-    )
-
-
-def _health(server: dict[str, Any]) -> str:
-    """``down (1 of 2 checks passed)``, ``maint (not checked)``, ``up``."""
-    detail = server["health_detail"]
-    return f"{server['health']} ({detail})" if detail else server["health"]
-
-
-def _changed(server: dict[str, Any]) -> str:
-    """What the operator changed of the file: ``weight 50 (file 100), added``."""
-    changes = server.get("overrides", {})
-    said = [
-        f"{key} {v['running']} (file {v['file']})"
-        for key, v in changes.items()
-        if isinstance(v, dict) and v["file"] is not None
-    ]
-    said += [key for key, v in changes.items() if v is True]
-    said += [
-        f"{key} {v['running']}"
-        for key, v in changes.items()
-        if isinstance(v, dict) and v["file"] is None
-    ]
-    return ", ".join(said) or "-"
-
-
-def show_servers(servers: list[dict[str, Any]]) -> str:
-    """The servers as a table.
-
-    ``CHANGED`` is what the operator changed of the pool's file, which a
-    reload or a restart keeps until ``ocsbal ctl forget``.
-    """
-    head = [
-        "NAME",
-        "ADDRESS",
-        "WEIGHT",
-        "STATE",
-        "HEALTH",
-        "ACTIVE",
-        "TOTAL",
-        "LAST CHECK",
-        "CHANGED",
-    ]
-    rows: list[list[object]] = [
-        [
-            s["name"],
-            s["address"],
-            s["weight"],
-            "removed" if s["removed"] else s["state"],
-            _health(s),
-            s["active"],
-            s["total"],
-            s["last_check"],
-            _changed(s),
-        ]
-        for s in servers
-    ]
-    return _table(rows, head)
-
-
-def show_pool(pool: dict[str, Any]) -> str:
-    """The pool's settings and listeners."""
-    totals = pool["totals"]
-    listeners = _table(
-        [
-            [x["port"], x["protocol"], x["active"], x["accepted"], x["rejected"]]
-            for x in pool["listeners"]
-        ],
-        ["PORT", "PROTOCOL", "OPEN", "ACCEPTED", "REJECTED"],
-    )
-    return (
-        f"pool {pool['name']} ({pool['fqdn']}) on {pool['vip']}: {pool['kind']}, "
-        f"{pool['nat']} NAT, {pool['scheduler']}\n"
-        f"servers up {totals['up']}/{totals['servers']}, taking connections "
-        f"{totals['ready']}, open connections {totals['active']}\n\n{listeners}"
-    )
-
-
-def show_connections(connections: list[dict[str, Any]]) -> str:
-    """The open connections as a table.
-
-    ``CLOSES IN`` is when the idle sweep closes it if nothing more happens,
-    and why then; ``REGISTERED``, on ``sip`` ports, each address of record
-    registered over it, with the seconds left before it expires.
-    """
-    rows: list[list[object]] = [
-        [
-            c["client"],
-            c["port"],
-            c["server"] or "-",
-            f"{c['age']:.0f}s",
-            f"{c['idle']:.0f}s",
-            f"{c['closes_in']:.0f}s ({c['closes_because']})",
-            c["bytes_from_client"],
-            c["bytes_from_server"],
-            _registered(c.get("sip")),
-        ]
-        for c in connections
-    ]
-    head = ["CLIENT", "PORT", "SERVER", "AGE", "IDLE", "CLOSES IN"]
-    return _table(rows, [*head, "FROM CLIENT", "FROM SERVER", "REGISTERED"])
-
-
-def _registered(sip: dict[str, Any] | None) -> str:
-    registered = {} if sip is None else sip["registered"]
-    return ", ".join(f"{aor} ({left:.0f}s)" for aor, left in registered.items()) or "-"
-
-
-def show_workers(workers: list[dict[str, Any]]) -> str:
-    """The processes that relay, as a table."""
-    rows: list[list[object]] = [
-        [
-            w["worker"],
-            w["pid"],
-            w["generation"],
-            w["state"],
-            w["connections"],
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["started"])),
-            w["restarts"],
-        ]
-        for w in workers
-    ]
-    head = ["WORKER", "PID", "GENERATION", "STATE", "CONNECTIONS", "STARTED"]
-    return _table(rows, [*head, "RESTARTS"])
-
-
 def _count(number: int, thing: str) -> str:
     """``1 connection``, ``2 connections``."""
     return f"{number} {thing}" if number == 1 else f"{number} {thing}s"
@@ -398,6 +273,7 @@ _COMMANDS: dict[
         _shown(show_connections),
     ),
     "workers": (lambda _: ("GET", "/api/workers", None), _shown(show_workers)),
+    "pools": (lambda _: ("GET", "/api/pools", None), _shown(show_pools)),
     "restart-workers": (lambda _: ("POST", "/api/workers/restart", {}), _restarted),
     "add": (
         lambda a: (
@@ -457,6 +333,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "e.g. tcp:host=127.0.0.1:port=9900 or [admin] listen's",
     )
     parser.add_argument("--token-file", metavar="FILE", help="send the token in FILE")
+    parser.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="the pool a command is for, when the daemon serves several",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON answer")
     # --json may come after the command too, as operators type it; with no
     # default there, one given before the command is not undone.
@@ -473,6 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     command("pool", help="show the pool and its listeners")
     command("connections", help="list the open connections")
     command("workers", help="list the worker processes")
+    command("pools", help="list the pools the daemon serves")
     command(
         "restart-workers",
         help="start new workers; the old ones finish their connections",
@@ -506,6 +388,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def request_for(args: argparse.Namespace) -> tuple[str, str, object]:
+    """The method, path and body of the request the arguments ask for.
+
+    With ``--pool``, the path is that pool's: ``/api/pools/NAME/...``.
+    """
+    method, path, body = _COMMANDS[args.command][0](args)
+    if args.pool is not None and args.command != "pools":
+        path = path.replace("/api/", f"/api/pools/{quote(args.pool, safe='')}/", 1)
+    return method, path, body
+
+
 def _target(args: argparse.Namespace) -> tuple[str, Admin]:
     """The client endpoint and the admin settings the arguments name."""
     # The token file may be given relative to where ctl runs.
@@ -534,8 +427,8 @@ async def run(args: argparse.Namespace, reactor: Any, out: TextIO = sys.stdout) 
         raise CtlError(str(e)) from None
     agent = Agent.usingEndpointFactory(reactor, _OneEndpoint(reactor, endpoint))
     client = AdminClient(HTTPClient(agent), endpoint, token)
-    build, reply = _COMMANDS[args.command]
-    answer = await client.call(*build(args))
+    answer = await client.call(*request_for(args))
+    reply = _COMMANDS[args.command][1]
     print(json.dumps(answer, indent=2) if args.json else reply(answer, args), file=out)
 
 

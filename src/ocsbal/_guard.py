@@ -3,7 +3,6 @@
 :class:`Guard` stands before the admin site's resources: a request a browser
 may have sent for some web page is refused (403), and one without the token,
 when there is one, asks for it (401).  See :mod:`ocsbal.admin` for the rules.
-:class:`BoundedRequest` keeps no more of a body than the API would read.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import io
 import ipaddress
 import json
 from collections.abc import Callable
@@ -20,12 +18,13 @@ from urllib.parse import urlsplit
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request
 
 if TYPE_CHECKING:
+    from twisted.web.server import Request
+
     from ocsbal._model import Admin
 
-__all__ = ["MAX_BODY", "BoundedRequest", "Guard", "json_answer"]
+__all__ = ["Guard", "json_answer"]
 
 
 def json_answer(request: Request, status: int, body: object) -> bytes:
@@ -33,28 +32,6 @@ def json_answer(request: Request, status: int, body: object) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(body, indent=2).encode() + b"\n"
-
-
-#: The largest request body accepted; the API's bodies are a few fields.
-MAX_BODY = 64 * 1024
-
-
-class BoundedRequest(Request):
-    """A request that keeps at most :data:`MAX_BODY` + 1 bytes of its body.
-
-    twisted.web would spool a large body to a temporary file before any
-    resource sees it, token or not; this one keeps the first bytes in
-    memory, enough for the admin API to know it is too long, and drops the
-    rest as it arrives.
-    """
-
-    def gotLength(self, length: int | None) -> None:  # noqa: ARG002 -- any length
-        self.content = self._kept = io.BytesIO()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        room = MAX_BODY + 1 - self._kept.tell()
-        if room > 0:
-            self._kept.write(data[:room])
 
 
 class Guard(Resource):

@@ -7,7 +7,7 @@ process that relays (:func:`ocsbal._report.figures`), gathered for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,19 +24,35 @@ _CONNECTION_FIGURES = ("active", "total", "sent", "received", "registrations")
 
 
 class PoolCollector(Collector):
-    """Collects the metrics of one pool's servers and listeners.
+    """Collects the metrics of pools' servers and listeners, one family each.
 
-    :param servers: the pool's servers: their configuration and state.
-    :param counted: the figures of their connections
-        (:func:`ocsbal._report.figures`).
+    :param pools: each pool's servers (their configuration and state) and
+        the figures of their connections (:func:`ocsbal._report.figures`).
     """
+
+    def __init__(self, pools: Sequence[tuple[RunningPool, dict[str, Any]]]) -> None:
+        self.pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family, labelled by pool and server or port."""
+        families: dict[str, Metric] = {}
+        for servers, counted in self.pools:
+            for family in _Pool(servers, counted).collect():
+                if family.name in families:
+                    families[family.name].samples += family.samples
+                else:
+                    families[family.name] = family
+        yield from families.values()
+
+
+class _Pool:
+    """The metric families of one pool."""
 
     def __init__(self, servers: RunningPool, counted: dict[str, Any]) -> None:
         self.servers = servers
         self.counted = counted
 
     def collect(self) -> Iterator[Metric]:
-        """Yield every metric family, labelled by pool and server or port."""
         pool = self.servers.pool.name
         server = ["pool", "server"]
         # A server being removed is counted under its name until its last
@@ -183,17 +199,18 @@ class PoolCollector(Collector):
 
 
 class WorkersCollector(Collector):
-    """Collects the figures of the processes that relay a pool's connections.
+    """Collects the figures of the processes that relay pools' connections.
 
-    :param workers: one entry per process, as ``/api/workers`` lists them.
+    :param pools: each pool's name and its processes, as ``/api/workers``
+        lists them.
     """
 
-    def __init__(self, workers: list[dict[str, Any]]) -> None:
-        self.workers = workers
+    def __init__(self, pools: Sequence[tuple[str, list[dict[str, Any]]]]) -> None:
+        self.pools = pools
 
     def collect(self) -> Iterator[Metric]:
         """Yield the connections, restarts and start time of each worker."""
-        labels = ["worker", "pid", "generation"]
+        labels = ["pool", "worker", "pid", "generation"]
         connections = GaugeMetricFamily(
             "ocsbal_worker_connections",
             "Client connections the worker holds.",
@@ -209,9 +226,13 @@ class WorkersCollector(Collector):
             "When the worker started, in seconds since the epoch.",
             labels=labels,
         )
-        for worker in self.workers:
-            values = [str(worker[k]) for k in ("worker", "pid", "generation")]
-            connections.add_metric(values, worker["connections"])
-            restarts.add_metric(values, worker["restarts"])
-            started.add_metric(values, worker["started"])
+        for pool, workers in self.pools:
+            for worker in workers:
+                values = [
+                    pool,
+                    *(str(worker[k]) for k in ("worker", "pid", "generation")),
+                ]
+                connections.add_metric(values, worker["connections"])
+                restarts.add_metric(values, worker["restarts"])
+                started.add_metric(values, worker["started"])
         yield from (connections, restarts, started)

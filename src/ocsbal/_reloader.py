@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 
 from ocsbal._model import Pool
+from ocsbal._site import load_pools
 from ocsbal._token import AdminTokenError
 from ocsbal.config import ConfigError, load
 
@@ -44,6 +45,10 @@ class ConfigReloader(Service):
     never overlap: a SIGHUP during a reload runs one more reload after it,
     however many arrive.
 
+    With several pools (:meth:`add`), a SIGHUP re-reads every file, and
+    their pools are checked together (:func:`ocsbal._site.load_pools`): a
+    problem in one refuses the reload of all.
+
     :param path: the INI file.
     :param pool_service: the service the configuration is applied to.
     :param reactor: where the signal's work is handed over to.
@@ -54,11 +59,17 @@ class ConfigReloader(Service):
     ) -> None:
         self.path = path
         self.pool_service = pool_service
+        #: Every file reloaded, with its service, in order.
+        self.files: list[tuple[str, Reloadable]] = [(path, pool_service)]
         self.reactor = reactor
         self._running = False
         self._again = False
         self._waiting: list[Deferred[None]] = []
         self._previous: Any = signal.SIG_DFL
+
+    def add(self, path: str, pool_service: Reloadable) -> None:
+        """Reload ``path`` into ``pool_service`` too, at every SIGHUP."""
+        self.files.append((path, pool_service))
 
     def startService(self) -> None:
         """Reload on SIGHUP from now on."""
@@ -104,16 +115,25 @@ class ConfigReloader(Service):
             self._running = False
 
     async def _once(self) -> None:
+        paths = [path for path, _ in self.files]
         try:
-            pool = load(self.path)
-            await self.pool_service.reload(pool)
-        except (ConfigError, ReloadError, AdminTokenError, CannotListenError) as e:
-            log.error(
-                "reloading {path} refused; the running configuration stays:\n{why}",
-                path=self.path,
-                why=e,
-            )
-        except Exception:
-            log.failure("reloading {path} failed unexpectedly", path=self.path)
-        else:
-            log.info("reloaded {path}", path=self.path)
+            pools = [load(paths[0])] if len(paths) == 1 else load_pools(paths)
+        except ConfigError as e:
+            self._refused(", ".join(paths), e)
+            return
+        for (path, service), pool in zip(self.files, pools, strict=True):
+            try:
+                await service.reload(pool)
+            except (ReloadError, AdminTokenError, CannotListenError) as e:
+                self._refused(path, e)
+            except Exception:
+                log.failure("reloading {path} failed unexpectedly", path=path)
+            else:
+                log.info("reloaded {path}", path=path)
+
+    def _refused(self, path: str, why: Exception) -> None:
+        log.error(
+            "reloading {path} refused; the running configuration stays:\n{why}",
+            path=path,
+            why=why,
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.web.template import Tag, flattenString, tags
@@ -90,14 +91,16 @@ def duration(seconds: float) -> str:
     return f"{shown} {rest} {smaller}" if rest else shown
 
 
-def _page(
-    pool: dict[str, Any],
-    servers: list[dict[str, Any]],
-    history: dict[str, Any],
-    refresh: int,
-) -> Tag:
-    title = f"ocsbal: {pool['name']}"
-    daemon, now = pool["daemon"], history["now"]
+#: One pool on the page: its report (``/api/pool``, the ``daemon`` included),
+#: its servers' reports and its history (``/api/history``).
+PoolView = tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]
+
+
+def _page(pools: Sequence[PoolView], refresh: int) -> Tag:
+    title = "ocsbal: " + ", ".join(pool["name"] for pool, _, _ in pools)
+    first, _, history = pools[0]
+    daemon, now = first["daemon"], history["now"]
+    several = len(pools) > 1
     return tags.html(lang="en")(
         tags.head(
             tags.meta(charset="utf-8"),
@@ -107,25 +110,35 @@ def _page(
         ),
         tags.body(
             tags.h1(title),
-            tags.div(class_="sub")(
-                f"{pool['fqdn']} on {pool['vip']} · {pool['kind']} pool · "
-                f"{pool['nat']} NAT · {pool['scheduler']}"
-            ),
             tags.div(class_="sub", id="daemon")(
                 f"ocsbal {daemon['version']} · up {duration(daemon['uptime'])}, "
                 f"since {moment(daemon['started'], now)}"
             ),
-            _totals(pool["totals"]),
-            tags.h2("Servers"),
-            _servers(servers, now),
-            tags.h2("Connections over the last hour"),
-            _chart(history, servers),
-            tags.h2("Listeners"),
-            _listeners(pool["listeners"]),
+            [_pool(view, f"{view[0]['name']}-" if several else "") for view in pools],
             tags.footer(
                 f"Drawn at {moment(now, now)}; this page refreshes every {refresh} s."
             ),
         ),
+    )
+
+
+def _pool(view: PoolView, prefix: str) -> Tag:
+    """One pool's part of the page; ``prefix`` tells its elements' ids apart."""
+    pool, servers, history = view
+    now = history["now"]
+    return tags.section(class_="pool", id=f"pool-{pool['name']}")(
+        tags.h2(class_="pool-name")(pool["name"]) if prefix else "",
+        tags.div(class_="sub")(
+            f"{pool['fqdn']} on {pool['vip']} · {pool['kind']} pool · "
+            f"{pool['nat']} NAT · {pool['scheduler']}"
+        ),
+        _totals(pool["totals"]),
+        tags.h2("Servers"),
+        _servers(servers, now, prefix),
+        tags.h2("Connections over the last hour"),
+        _chart(history, servers, prefix),
+        tags.h2("Listeners"),
+        _listeners(pool["listeners"]),
     )
 
 
@@ -152,7 +165,7 @@ def _totals(totals: dict[str, int]) -> Tag:
     )
 
 
-def _servers(servers: list[dict[str, Any]], now: float) -> Tag:
+def _servers(servers: list[dict[str, Any]], now: float, prefix: str) -> Tag:
     busiest = max((s["active"] for s in servers), default=0)
     head = [
         "server",
@@ -167,15 +180,17 @@ def _servers(servers: list[dict[str, Any]], now: float) -> Tag:
         "from server",
         "last check",
     ]
-    rows = [_server(server, busiest, now) for server in servers]
+    rows = [_server(server, busiest, now, prefix) for server in servers]
     return _table(head, rows, numbers=tuple(head[4:10]))  # weight to from server
 
 
-def _server(server: dict[str, Any], busiest: int, now: float) -> Tag:
+def _server(server: dict[str, Any], busiest: int, now: float, prefix: str) -> Tag:
     health, detail = server["health"], server["health_detail"]
     state = "removed" if server["removed"] else server["state"]
     width = 100 * server["active"] // busiest if busiest else 0
-    row = tags.tr(class_=f"server {health} {state}", id=f"server-{server['name']}")
+    row = tags.tr(
+        class_=f"server {health} {state}", id=f"{prefix}server-{server['name']}"
+    )
     since = server["since"]
     down_since = (
         tags.span(class_="since")(
@@ -208,7 +223,9 @@ def _server(server: dict[str, Any], busiest: int, now: float) -> Tag:
     )
 
 
-def _chart(history: dict[str, Any], servers: list[dict[str, Any]]) -> list[Tag]:
+def _chart(
+    history: dict[str, Any], servers: list[dict[str, Any]], prefix: str
+) -> list[Tag]:
     """Each server's connections over the window, as an SVG chart and its key.
 
     Time runs left to right, from a window ago to now; the samples end with
@@ -256,7 +273,7 @@ def _chart(history: dict[str, Any], servers: list[dict[str, Any]]) -> list[Tag]:
     ]
     svg = Tag("svg")(
         class_="chart",
-        id="history",
+        id=f"{prefix}history",
         width=str(_WIDTH),
         height=str(_HEIGHT),
         viewBox=f"0 0 {_WIDTH} {_HEIGHT}",
@@ -303,23 +320,18 @@ def _listeners(listeners: list[dict[str, Any]]) -> Tag:
     return _table(head, rows, ("port", "open", "accepted", "rejected"))
 
 
-def render_status_page(
-    pool: dict[str, Any],
-    servers: list[dict[str, Any]],
-    history: dict[str, Any],
-    refresh: int = 5,
-) -> bytes:
-    """The status page for a pool report, its servers' reports and its history.
+def render_status_page(pools: Sequence[PoolView], refresh: int = 5) -> bytes:
+    """The status page of the pools a daemon serves, one part each.
 
-    :param pool: as ``/api/pool`` reports it, the ``daemon`` included.
-    :param history: as ``/api/history`` reports it; its ``now`` is the time
-        the page says it was drawn at.
+    :param pools: each pool's :data:`PoolView`; the first's ``daemon``
+        and history's ``now`` (the time the page says it was drawn at) are
+        the page's.
     :param refresh: seconds after which the browser reloads the page.
     """
     results: list[bytes] = []
     failures: list[Any] = []
     # Nothing on the page is deferred, so flattening completes at once.
-    flattenString(None, _page(pool, servers, history, refresh)).addCallbacks(
+    flattenString(None, _page(pools, refresh)).addCallbacks(
         results.append, failures.append
     )
     if failures:

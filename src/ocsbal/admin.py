@@ -15,6 +15,14 @@ One :mod:`twisted.web` site, served on the ``[admin] listen`` endpoint
     GET    /api/history            connections per server over the last hour
     GET    /api/workers            the processes that relay
     POST   /api/workers/restart    start a new generation of workers
+    GET    /api/overrides          the operator's changes to the pool's file
+    DELETE /api/overrides[/NAME]   forget them
+    GET    /api/pools              the pools the daemon serves
+    ...    /api/pools/NAME/...     any of the above, of pool NAME
+
+With several pools (``twistd ocsbal --config a.ini --config b.ini``) each
+pool's endpoints are under ``/api/pools/NAME``; with one, under ``/api`` as
+well.  The status page and ``/metrics`` cover every pool.
 
 With ``token_file`` set, every request must carry the token, as
 ``Authorization: Bearer TOKEN`` or, for a browser, as the password of HTTP
@@ -32,12 +40,9 @@ cannot send across sites without asking first.
 
 from __future__ import annotations
 
-import inspect
-import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import attrs
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -46,375 +51,59 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ocsbal._guard import MAX_BODY, BoundedRequest, Guard, json_answer
+from ocsbal._api import (
+    NoWorkersError,
+    PoolControl,
+    _answer,
+    _BoundedRequest,
+    _Directory,
+    _Endpoint,
+    _Exact,
+    _NotFound,
+    _pool_and_daemon,
+    pool_api,
+)
+from ocsbal._guard import Guard, json_answer
 from ocsbal._history import History
 from ocsbal._metrics import PoolCollector, WorkersCollector
-from ocsbal._model import Admin, ConfigError, Server
-from ocsbal._pool import AdminState, LastServerError, UnknownServerError
-from ocsbal._report import pool_report, server_report, servers_report
+from ocsbal._model import Admin
+from ocsbal._report import servers_report
 from ocsbal._status_page import render_status_page
 from ocsbal._token import AdminTokenError, read_token
 
 if TYPE_CHECKING:
     from ocsbal._endpoints import ReactorTCPTime
-    from ocsbal._pool import Backend, RunningPool
-
-log = Logger(namespace="ocsbal")
-
-
-class PoolControl(Protocol):
-    """What the admin interface needs of a running pool.
-
-    Its servers and the figures of their connections, to report; and the
-    changes an operator makes, each of which returns a Deferred that
-    fires once it is in force everywhere (in every worker process).
-    :class:`ocsbal.PoolService` is one.
-    """
-
-    @property
-    def servers(self) -> RunningPool:
-        """The pool's servers: configuration, state and health."""
-
-    def figures(self, connections: bool = False) -> Deferred[dict[str, Any]]:
-        """What the pool's processes count (:func:`ocsbal._report.figures`)."""
-
-    def workers(self) -> list[dict[str, Any]]:
-        """The processes that relay: ``pid``, ``started``, ``restarts``..."""
-
-    def add_server(self, server: Server) -> Deferred[None]:
-        """Add ``server``; see :meth:`ocsbal.PoolService.add_server`."""
-
-    def remove_server(self, name: str, force: bool = False) -> Deferred[None]:
-        """Remove a server; see :meth:`ocsbal.PoolService.remove_server`."""
-
-    def reweight(self, name: str, weight: int) -> Deferred[None]:
-        """Re-weight a server; see :meth:`ocsbal.PoolService.reweight`."""
-
-    def set_state(self, name: str, state: AdminState) -> Deferred[None]:
-        """Drain a server, or the like; see :meth:`ocsbal.PoolService.set_state`."""
-
-    def restart_workers(self) -> Deferred[None]:
-        """Start a new generation of workers; see ``docs/operations.md``."""
-
-    def overridden(self, name: str) -> dict[str, Any]:
-        """What server ``name`` runs with that the pool's file does not say."""
-
-    def every_override(self) -> dict[str, dict[str, Any]]:
-        """:meth:`overridden` of every server the operator changed, by name."""
-
-    def forget(self, name: str | None = None) -> Deferred[list[str]]:
-        """Drop the operator's changes; see :meth:`ocsbal.PoolService.forget`."""
-
 
 __all__ = [
     "AdminService",
     "AdminTokenError",
     "NoWorkersError",
     "PoolControl",
+    "Served",
     "admin_site",
 ]
 
+#: A pool the admin interface serves: how to read and change it, and its
+#: history (which :class:`AdminService` samples).
+Served = tuple[PoolControl, History]
 
-class NoWorkersError(Exception):
-    """The pool runs in one process: it has no workers to restart."""
 
-
-class _RequestError(Exception):
-    """A request is refused with ``status``; ``message`` says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _refuse(status: int, message: str) -> NoReturn:
-    raise _RequestError(status, message)
-
-
-class _NotFound(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> bytes:
-        return json_answer(request, 404, {"error": "no such resource"})
-
-
-class _Exact(Resource):
-    """A resource that answers its own path only: any path below is a 404."""
-
-    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
-        return _NotFound()
-
-
-class _Endpoint(_Exact):
-    """A resource answering JSON, by method, with JSON errors.
-
-    Subclasses define ``do_GET``, ``do_POST``... returning the body to send
-    (status 200 unless they set another), or a coroutine giving it, or
-    raising :class:`_RequestError`.  ``HEAD`` is answered as ``GET``,
-    without the body.
-    """
-
-    def __init__(self, control: PoolControl) -> None:
-        super().__init__()
-        self.control = control
-
-    def backend(self, name: str) -> Backend:
-        """The server called ``name``, or one being removed; unknown, a 404."""
-        return self.control.servers.find(name)
-
-    def refuse_removing(self, name: str, then: str) -> None:
-        """Refuse (409) while only servers being removed are called ``name``.
-
-        :param then: what the refusal says after its open connections.
-        """
-        if active := self.control.servers.removing_only(name):
-            _refuse(
-                409,
-                f"{name} is being removed and still has {active} open connection"
-                f"{'' if active == 1 else 's'}{then}; DELETE /api/servers/{name}"
-                f"?force=1 (ocsbal ctl remove --force {name}) closes them now",
-            )
-
-    async def report(self, backend: Backend) -> dict[str, Any]:
-        """``backend``'s report, with the figures of its connections."""
-        counted = await self.control.figures()
-        kind = "leaving" if backend.removed else "servers"
-        monitor = self.control.servers.pool.monitor
-        return server_report(
-            backend,
-            monitor,
-            counted[kind].get(backend.name),
-            self.control.overridden(backend.name),
-        )
-
-    def render(self, request: Request) -> bytes | int:
-        method = request.method.decode("ascii", "replace")
-        if method == "HEAD":
-            method = "GET"  # twisted.web drops the body
-        handler: Callable[[Request], object] | None = getattr(
-            self, f"do_{method}", None
-        )
-        if handler is None:
-            allowed = sorted(n[3:] for n in dir(self) if n.startswith("do_"))
-            request.setHeader(b"allow", ", ".join(allowed).encode())
-            return json_answer(request, 405, {"error": f"method {method} not allowed"})
-        _answer(request, Deferred.fromCoroutine(_body_of(handler, request)))
-        return NOT_DONE_YET
-
-
-async def _body_of(handler: Callable[[Request], object], request: Request) -> bytes:
-    try:
-        body = handler(request)
-        if inspect.isawaitable(body):
-            body = await body
-        # A handler may have set its own success status, such as 201.
-        return json_answer(request, request.code, body)
-    except _RequestError as e:
-        return json_answer(request, e.status, {"error": str(e)})
-    except UnknownServerError as e:
-        return json_answer(request, 404, {"error": str(e)})
-
-
-def _answer(request: Request, body: Deferred[bytes]) -> None:
-    """Send ``body`` when it comes, unless the client has gone by then."""
-    gone: list[bool] = []
-    request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-    def send(data: bytes) -> None:
-        if not gone:
-            request.setHeader(b"content-length", str(len(data)).encode())
-            request.write(data)
-            request.finish()
-
-    body.addCallback(send).addErrback(
-        lambda f: log.failure("the admin request failed", f)
-    )
-
-
-#: A JSON field's Python type, and how to name it to a person.
-_STRING = (str, "a string")
-_WHOLE = (int, "a whole number")
-
-
-def _body(request: Request, allowed: dict[str, tuple[type, str]]) -> dict[str, Any]:
-    """The request's JSON object, holding only ``allowed`` fields of their types."""
-    raw = request.content.read(MAX_BODY + 1) if request.content else b""
-    if len(raw) > MAX_BODY:
-        _refuse(413, f"the body is over {MAX_BODY} bytes")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        _refuse(400, f"the body is not JSON: {e}")
-    except RecursionError:
-        _refuse(400, "the body is not JSON that can be read: nested too deep")
-    if not isinstance(body, dict):
-        _refuse(400, "the body must be a JSON object")
-    for key, value in body.items():
-        if key not in allowed:
-            _refuse(400, f"unknown field {key!r}; allowed: {', '.join(allowed)}")
-        kind, name = allowed[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            _refuse(400, f"{key} must be {name}")
-    return body
-
-
-class _Remembering(_Endpoint):
-    """An endpoint that tells of the daemon's past too."""
-
-    def __init__(self, control: PoolControl, history: History) -> None:
-        super().__init__(control)
-        self.history = history
-
-
-def _pool_and_daemon(
-    servers: RunningPool, counted: dict[str, Any], history: History
-) -> dict[str, Any]:
-    """``/api/pool``: the pool's report, and the daemon's (version, uptime)."""
-    return pool_report(servers, counted) | {"daemon": history.about()}
-
-
-class _PoolEndpoint(_Remembering):
-    async def do_GET(self, _request: Request) -> object:
-        counted = await self.control.figures()
-        return _pool_and_daemon(self.control.servers, counted, self.history)
-
-
-class _HistoryEndpoint(_Remembering):
-    def do_GET(self, _request: Request) -> object:
-        return self.history.report()
-
-
-class _ConnectionsEndpoint(_Endpoint):
-    async def do_GET(self, _request: Request) -> object:
-        counted = await self.control.figures(connections=True)
-        return counted["connections"]
-
-
-class _WorkersEndpoint(_Endpoint):
-    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
-        if not path:
-            return self
-        if path == b"restart":
-            return _RestartEndpoint(self.control)
-        return _NotFound()
-
-    def do_GET(self, _request: Request) -> object:
-        return self.control.workers()
-
-
-class _RestartEndpoint(_Endpoint):
-    async def do_POST(self, _request: Request) -> object:
-        try:
-            await self.control.restart_workers()
-        except NoWorkersError as e:
-            _refuse(409, str(e))
-        return self.control.workers()
-
-
-class _OverridesEndpoint(_Endpoint):
-    """``/api/overrides``: the operator's changes to the file, by server."""
-
-    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
-        if not path:
-            return self
-        return _OverrideEndpoint(self.control, path.decode("utf-8", "replace"))
-
-    def do_GET(self, _request: Request) -> object:
-        return self.control.every_override()
-
-    async def do_DELETE(self, _request: Request) -> object:
-        return {"forgotten": await self.control.forget()}
-
-
-class _OverrideEndpoint(_Endpoint):
-    def __init__(self, control: PoolControl, name: str) -> None:
-        super().__init__(control)
-        self.name = name
-
-    async def do_DELETE(self, _request: Request) -> object:
-        return {"forgotten": await self.control.forget(self.name)}
-
-
-class _ServersEndpoint(_Endpoint):
-    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
-        if not path:
-            return self
-        return _ServerEndpoint(self.control, path.decode("utf-8", "replace"))
-
-    async def do_GET(self, _request: Request) -> object:
-        counted = await self.control.figures()
-        return servers_report(self.control.servers, counted, self.control.overridden)
-
-    async def do_POST(self, request: Request) -> object:
-        fields = _body(request, {"name": _STRING, "address": _STRING, "weight": _WHOLE})
-        missing = [key for key in ("name", "address") if key not in fields]
-        if missing:
-            _refuse(400, f"missing field {missing[0]!r}")
-        try:
-            server = Server(**fields)
-            self.refuse_removing(server.name, ": its name is free once they close")
-            await self.control.add_server(server)
-        except ConfigError as e:
-            _refuse(409, "; ".join(map(str, e.problems)))
-        except ValueError as e:
-            _refuse(400, str(e))
-        request.setResponseCode(201)
-        request.setHeader(b"location", f"/api/servers/{server.name}".encode())
-        return await self.report(self.backend(server.name))
-
-
-class _ServerEndpoint(_Endpoint):
-    def __init__(self, control: PoolControl, name: str) -> None:
-        super().__init__(control)
-        self.name = name
-
-    async def do_GET(self, _request: Request) -> object:
-        return await self.report(self.backend(self.name))
-
-    async def do_PATCH(self, request: Request) -> object:
-        fields = _body(request, {"weight": _WHOLE, "state": _STRING})
-        self.refuse_removing(self.name, ": its state and weight no longer matter")
-        backend = self.backend(self.name)
-        # Check everything before changing anything.
-        state = fields.get("state", backend.state.value)
-        try:
-            new_state = AdminState(state)
-        except ValueError:
-            choices = ", ".join(s.value for s in AdminState)
-            _refuse(400, f"state must be one of {choices}")
-        weight = fields.get("weight", backend.server.weight)
-        try:
-            attrs.evolve(backend.server, weight=weight)
-        except ValueError as e:
-            _refuse(400, str(e))
-        if weight != backend.server.weight:
-            await self.control.reweight(self.name, weight)
-        await self.control.set_state(self.name, new_state)
-        return await self.report(backend)
-
-    async def do_DELETE(self, request: Request) -> object:
-        force = request.args.get(b"force", [b"0"])[-1] in (b"1", b"yes", b"true")
-        if not force:
-            self.refuse_removing(self.name, ", which may finish")
-        backend = self.backend(self.name)
-        try:
-            await self.control.remove_server(self.name, force=force)
-        except LastServerError as e:
-            _refuse(409, str(e))
-        return await self.report(backend)
+def _name(served: Served) -> str:
+    return served[0].servers.pool.name
 
 
 class _Metrics(_Exact):
-    def __init__(self, control: PoolControl, collectors: tuple[Collector, ...]) -> None:
+    def __init__(
+        self, pools: Sequence[Served], collectors: tuple[Collector, ...]
+    ) -> None:
         super().__init__()
-        self.control = control
+        self.pools = pools
         self.collectors = collectors
 
     def render_GET(self, request: Request) -> int:
@@ -424,19 +113,25 @@ class _Metrics(_Exact):
 
     async def _text(self) -> bytes:
         registry = CollectorRegistry(auto_describe=True)
-        counted = await self.control.figures()
-        registry.register(PoolCollector(self.control.servers, counted))
-        registry.register(WorkersCollector(self.control.workers()))
+        controls = [control for control, _ in self.pools]
+        counted = await gatherResults([c.figures() for c in controls])
+        registry.register(
+            PoolCollector(
+                [(c.servers, n) for c, n in zip(controls, counted, strict=True)]
+            )
+        )
+        registry.register(
+            WorkersCollector([(c.servers.pool.name, c.workers()) for c in controls])
+        )
         for collector in self.collectors:
             registry.register(collector)
         return bytes(generate_latest(registry))
 
 
 class _StatusPage(_Exact):
-    def __init__(self, control: PoolControl, history: History) -> None:
+    def __init__(self, pools: Sequence[Served]) -> None:
         super().__init__()
-        self.control = control
-        self.history = history
+        self.pools = pools
 
     def render_GET(self, request: Request) -> int:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -444,68 +139,123 @@ class _StatusPage(_Exact):
         return NOT_DONE_YET
 
     async def _page(self) -> bytes:
-        servers, counted = self.control.servers, await self.control.figures()
-        return render_status_page(
-            _pool_and_daemon(servers, counted, self.history),
-            servers_report(servers, counted),
-            self.history.report(),
-        )
+        views = []
+        for control, history in self.pools:
+            servers, counted = control.servers, await control.figures()
+            views.append(
+                (
+                    _pool_and_daemon(servers, counted, history),
+                    servers_report(servers, counted, control.overridden),
+                    history.report(),
+                )
+            )
+        return render_status_page(views)
 
 
-class _Directory(_Exact):
-    """A resource with fixed children; any other path, or its own, is a 404."""
+class _Api(Resource):
+    """``/api``: ``/api/pools``, and with one pool, that pool's endpoints."""
+
+    def __init__(self, pools: Sequence[Served]) -> None:
+        super().__init__()
+        self.pools = pools
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"pools":
+            return _Pools(self.pools)
+        if len(self.pools) == 1:
+            child: Resource = pool_api(*self.pools[0]).getChildWithDefault(
+                path, request
+            )
+            return child
+        if path in pool_api(*self.pools[0]).children:
+            names = ", ".join(map(_name, self.pools))
+            return _Refused(
+                f"this daemon serves several pools ({names}): use "
+                f"/api/pools/NAME/{path.decode('ascii', 'replace')}"
+            )
+        return _NotFound()
 
     def render(self, request: Request) -> bytes:
         return json_answer(request, 404, {"error": "no such resource"})
 
 
+class _Pools(_Endpoint):
+    """``/api/pools``: the pools, and each one's endpoints below its name."""
+
+    def __init__(self, pools: Sequence[Served]) -> None:
+        super().__init__(pools[0][0])
+        self.pools = pools
+
+    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: ARG002
+        for served in self.pools:
+            if _name(served).encode() == path:
+                return pool_api(*served)
+        return _Refused(f"no pool named {path.decode('utf-8', 'replace')}", 404)
+
+    def do_GET(self, _request: Request) -> object:
+        return [
+            {
+                "name": pool.name,
+                "fqdn": pool.fqdn,
+                "vip": pool.vip,
+                "kind": pool.kind.value,
+                "ports": [port.number for port in pool.ports],
+                "servers": len(pool.servers),
+            }
+            for pool in (control.servers.pool for control, _ in self.pools)
+        ]
+
+
+class _Refused(Resource):
+    isLeaf = True
+
+    def __init__(self, error: str, status: int = 404) -> None:
+        super().__init__()
+        self.error, self.status = error, status
+
+    def render(self, request: Request) -> bytes:
+        return json_answer(request, self.status, {"error": self.error})
+
+
 def admin_site(
-    control: PoolControl,
+    pools: Sequence[Served],
     token: Callable[[], bytes | None],
     collectors: tuple[Collector, ...] = (),
     admin: Callable[[], Admin] = Admin,
-    *,
-    history: History,
 ) -> Site:
-    """The admin site of a running pool.
+    """The admin site of the pools a daemon runs.
 
+    :param pools: the pools; read at each request, so a pool added to the
+        sequence later is served from then on.
     :param token: returns the token requests must carry, or ``None``; called
         for each request, so a reloaded token applies at once.
     :param collectors: more Prometheus collectors for ``/metrics``, besides
-        the pool's own (e.g. a ``ProcessCollector``).
+        the pools' own (e.g. a ``ProcessCollector``).
     :param admin: returns the ``[admin]`` settings in force (the names
         requests may give as their ``Host``); called for each request.
-    :param history: the daemon's start and its servers' connections over
-        time (which :class:`AdminService` samples).
     """
     root = _Directory()
-    api = _Directory()
-    root.putChild(b"", _StatusPage(control, history))
-    root.putChild(b"api", api)
-    root.putChild(b"metrics", _Metrics(control, collectors))
-    api.putChild(b"pool", _PoolEndpoint(control, history))
-    api.putChild(b"history", _HistoryEndpoint(control, history))
-    api.putChild(b"servers", _ServersEndpoint(control))
-    api.putChild(b"connections", _ConnectionsEndpoint(control))
-    api.putChild(b"workers", _WorkersEndpoint(control))
-    api.putChild(b"overrides", _OverridesEndpoint(control))
-    site = Site(Guard(root, token, admin), requestFactory=BoundedRequest)
+    root.putChild(b"", _StatusPage(pools))
+    root.putChild(b"api", _Api(pools))
+    root.putChild(b"metrics", _Metrics(pools, collectors))
+    site = Site(Guard(root, token, admin), requestFactory=_BoundedRequest)
     site.noisy = False
     site.displayTracebacks = False
     return site
 
 
 class AdminService(StreamServerEndpointService):
-    """Serves a pool's admin site on its ``[admin] listen`` endpoint.
+    """Serves the admin site on its ``[admin] listen`` endpoint.
 
-    The token file is read before listening, so a missing token stops the
-    start instead of leaving the API open; a reload hands over the token it
-    read with :meth:`use`.  While it runs, it samples the connections of
-    each server into :attr:`history` every :attr:`History.interval` seconds
-    (a pool without ``[admin]`` keeps none).
+    It serves the pool it is made for, and any other given to
+    :meth:`serve` (a daemon running several pools has one interface).  The
+    token file is read before listening, so a missing token stops the start
+    instead of leaving the API open; a reload hands over the token it read
+    with :meth:`use`.  While it runs, it samples the connections of each
+    server of each pool into its history every :attr:`History.interval`
+    seconds.
 
-    :ivar history: the daemon's start and its servers' connections over
-        time, for ``/api/history`` and the status page.
+    :ivar pools: the pools served, each with its history.
     """
 
     #: A port that cannot be bound stops the start, as the VIP's ports do
@@ -517,18 +267,29 @@ class AdminService(StreamServerEndpointService):
     ) -> None:
         self.admin = admin
         self._token: bytes | None = None
-        self.history = History(reactor)
-        self._sampling = LoopingCall(lambda: self.history.sample(control.servers))
+        self._reactor = reactor
+        self.pools: list[Served] = []
+        self._sampling = LoopingCall(self._sample)
         self._sampling.clock = reactor
+        self.serve(control)
         process = ProcessCollector(registry=None)
         site = admin_site(
-            control,
-            lambda: self._token,
-            (process,),
-            lambda: self.admin,
-            history=self.history,
+            self.pools, lambda: self._token, (process,), lambda: self.admin
         )
         super().__init__(serverFromString(reactor, admin.listen), site)
+
+    @property
+    def history(self) -> History:
+        """The first pool's history (the only one's, with one pool)."""
+        return self.pools[0][1]
+
+    def serve(self, control: PoolControl) -> None:
+        """Serve another pool too, from now on."""
+        self.pools.append((control, History(self._reactor)))
+
+    def _sample(self) -> None:
+        for control, history in self.pools:
+            history.sample(control.servers)
 
     def privilegedStartService(self) -> None:
         """Read the token, then listen."""

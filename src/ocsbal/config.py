@@ -397,9 +397,14 @@ def load(path: str | Path, check_files: _FileCheck | None = None) -> Pool:
         ) from None
     pool = parse(text, source, Path(path).parent, check_files)
     if pool.admin is not None and pool.admin.state_file is None:
-        beside = str(Path(path).absolute().with_suffix(".state"))
-        pool = attrs.evolve(pool, admin=attrs.evolve(pool.admin, state_file=beside))
+        admin = attrs.evolve(pool.admin, state_file=state_beside(path))
+        pool = attrs.evolve(pool, admin=admin)
     return pool
+
+
+def state_beside(path: str | Path) -> str:
+    """The state file beside a pool's file: ``pool.ini``'s is ``pool.state``."""
+    return str(Path(path).absolute().with_suffix(".state"))
 
 
 def _server_lines(server: Server) -> Iterator[str]:

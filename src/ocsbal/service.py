@@ -91,6 +91,8 @@ class PoolService(MultiService):
     :param reactor: provides TCP and time; the global reactor by default.
     :param grace_period: seconds :meth:`stopService` lets open connections
         run to completion before closing them.
+    :param state_file: where the operator's changes are kept; by default
+        ``[admin] state_file`` (none without ``[admin]``).
     :raises TLSSetupError: if the pool terminates TLS and a ``[tls]`` file
         cannot be read or used.
 
@@ -110,6 +112,7 @@ class PoolService(MultiService):
         pool: Pool,
         reactor: ReactorTCPTime | None = None,
         grace_period: float = 0.0,
+        state_file: str | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -120,6 +123,7 @@ class PoolService(MultiService):
         self._reactor = reactor
         #: The pool as configured, before the operator's changes.
         self.configured = pool
+        self._kept_in = state_file
         self.overrides = read_state(self._state_file)
         pool, states = self.overrides.apply(pool)
         self.servers = self._running(pool)
@@ -143,7 +147,9 @@ class PoolService(MultiService):
     @property
     def _state_file(self) -> str | None:
         admin = self.configured.admin
-        return None if admin is None else admin.state_file
+        if self._kept_in is not None or admin is None:
+            return self._kept_in
+        return admin.state_file
 
     def _set_states(self, states: dict[str, str]) -> None:
         """Give every server the state the operator gave it, else ready."""

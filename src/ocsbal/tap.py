@@ -12,27 +12,32 @@ import gc
 import os
 from typing import cast
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorThreads
 from twisted.python import usage
 
 from ocsbal._control import ControlService
 from ocsbal._network import NetworkSetupError, check_network, check_ports_free
+from ocsbal._site import load_pools, state_file
 from ocsbal._tls import tls_problems
-from ocsbal.config import ConfigError, Pool, load
+from ocsbal.config import ConfigError, Pool
 from ocsbal.service import ConfigReloader, PoolService
 
 
 class Options(usage.Options):
-    """Command-line options of ``twistd ocsbal``."""
+    """Command-line options of ``twistd ocsbal``.
 
-    synopsis = "--config POOL.INI [--grace SECONDS]"
+    ``--config`` may be given more than once: the daemon then serves every
+    pool, with one admin interface (:mod:`ocsbal._site`).
+    """
+
+    synopsis = "--config POOL.INI [--config POOL.INI ...] [--grace SECONDS]"
     longdesc = (
-        "Balance an Office Communications Server pool's VIP ports over its "
-        "servers, as described by an INI file (see docs/configuration.md)."
+        "Balance Office Communications Server pools' VIP ports over their "
+        "servers, each pool described by an INI file (see "
+        "docs/configuration.md)."
     )
     optParameters = [  # noqa: RUF012 -- usage.Options reads this class attribute
-        ["config", "c", None, "The pool's INI configuration file."],
         [
             "grace",
             "g",
@@ -43,20 +48,36 @@ class Options(usage.Options):
     ]
 
     pool: Pool
+    pools: list[Pool]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["configs"] = []
+        self["config"] = None
+
+    def opt_config(self, path: str) -> None:
+        """A pool's INI configuration file; repeat it for several pools."""
+        self["configs"].append(path)
+        if self["config"] is None:
+            self["config"] = path
+
+    opt_c = opt_config
 
     def postOptions(self) -> None:
-        """Load and validate the configuration file."""
-        if self["config"] is None:
+        """Load and validate the configuration files, together."""
+        if not self["configs"]:
             raise usage.UsageError("--config is required")
         if self["grace"] < 0:
             raise usage.UsageError("--grace must be 0 or more seconds")
         try:
-            self.pool = load(self["config"], tls_problems)
+            self.pools = load_pools(self["configs"], tls_problems)
         except ConfigError as e:
             raise usage.UsageError(f"invalid configuration:\n{e}") from e
+        self.pool = self.pools[0]
         try:
-            check_network(self.pool)
-            check_ports_free(self.pool)
+            for pool in self.pools:
+                check_network(pool)
+                check_ports_free(pool)
         except NetworkSetupError as e:
             raise usage.UsageError(str(e)) from e
 
@@ -69,25 +90,37 @@ def worker_count(pool: Pool) -> int:
 
 
 def makeService(options: Options) -> IService:
-    """Build the pool service described by the parsed options.
+    """Build the service of the pools described by the parsed options.
 
-    With more than one worker (:func:`worker_count`), a control process
-    (:class:`~ocsbal._control.ControlService`) that spawns them; with one,
-    a :class:`PoolService` that relays.  It reloads the configuration file
-    on SIGHUP.  The objects loaded until then are frozen out of the garbage
-    collector's passes (:func:`gc.freeze`).
+    Each pool is relayed by a control process
+    (:class:`~ocsbal._control.ControlService`) that spawns its workers when
+    it has more than one (:func:`worker_count`), else by a
+    :class:`PoolService`.  With several pools, they are children of one
+    service, and the admin interface of the pool whose file has it serves
+    them all.  The files are reloaded on SIGHUP.  The objects loaded until
+    then are frozen out of the garbage collector's passes (:func:`gc.freeze`).
     """
     from twisted.internet import reactor
 
-    workers = worker_count(options.pool)
-    service: PoolService
-    if workers > 1:
-        service = ControlService(options.pool, workers, grace_period=options["grace"])
-    else:
-        service = PoolService(options.pool, grace_period=options["grace"])
+    services = [
+        _relaying(pool, path, options["grace"])
+        for path, pool in zip(options["configs"], options.pools, strict=True)
+    ]
+    service: MultiService = services[0]
+    if len(services) > 1:
+        service = MultiService()
+        for each in services:
+            each.setServiceParent(service)
+        interface = next((s.admin for s in services if s.admin is not None), None)
+        if interface is not None:
+            for each in services:
+                if each.admin is None:
+                    interface.serve(each)
     reloader = ConfigReloader(
-        options["config"], service, cast(IReactorThreads, reactor)
+        options["configs"][0], services[0], cast(IReactorThreads, reactor)
     )
+    for path, each in zip(options["configs"][1:], services[1:], strict=True):
+        reloader.add(path, each)
     reloader.setServiceParent(service)
     # Everything loaded so far lives as long as the process: out of the
     # collector's sight, its full passes no longer walk the tens of
@@ -96,3 +129,12 @@ def makeService(options: Options) -> IService:
     # 3 ms after, in make bench).
     gc.freeze()
     return service
+
+
+def _relaying(pool: Pool, path: str, grace: float) -> PoolService:
+    """The service relaying ``pool``, read from ``path``."""
+    workers = worker_count(pool)
+    kept_in = state_file(path, pool)
+    if workers > 1:
+        return ControlService(pool, workers, grace_period=grace, state_file=kept_in)
+    return PoolService(pool, grace_period=grace, state_file=kept_in)
