@@ -245,7 +245,8 @@ class RuntimeChangeTests(SynchronousTestCase):
         self,
     ) -> None:
         self.service.remove_server("fe1")
-        leaving = self.service.servers.leaving
+        leaving = set(self.service.servers.leaving)
+        assert [b.name for b in leaving] == ["fe1"]
         self.service.remove_server("fe1")  # already being removed: nothing more
         assert (self.service.servers.leaving, self.client.disconnecting) == (
             leaving,
