@@ -34,7 +34,7 @@ LAYERS: dict[str, set[str]] = {
     "_connlog": set(),
     "jsonlog": set(),
     "_endpoints": set(),
-    "_status_page": set(),
+    "_status_page": {"_views"},
     # The model of a pool, and its file.
     "_rules": {"scheduling"},
     "_sections": {"_rules"},

@@ -202,7 +202,7 @@ def test_registrations_and_every_number_are_aligned_right() -> None:
     assert titles == [
         *(None, None, None, None),  # server, address, health, state
         *("n",) * 6,  # weight, connections, registrations, total, bytes each way
-        None,  # last check
+        *(None, None),  # last check, changed from the file
         *("n", None, "n", "n", "n"),  # port, protocol, open, accepted, rejected
     ]
 
@@ -298,3 +298,10 @@ def test_moment_is_the_time_of_day_today_and_the_date_before() -> None:
 )
 def test_human_bytes(count: int, text: str) -> None:
     assert human_bytes(count) == text
+
+
+def test_what_the_operator_changed_of_the_file_is_shown() -> None:
+    overrides = {"weight": {"running": 50, "file": 100}}
+    page = parsed([server("a", overrides=overrides), server("b")])
+    assert len(page.with_class("changed")) == 2
+    assert "weight 50 (file 100)" in page.text

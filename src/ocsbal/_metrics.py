@@ -110,6 +110,12 @@ class _Pool:
             "Health checks of the server, by result (ok or failed).",
             labels=[*server, "result"],
         )
+        failures = CounterMetricFamily(
+            "ocsbal_server_connect_failures",
+            "Client connections' attempts to reach the server that failed, by "
+            "reason (refused, timeout, unreachable, tls, closed, other).",
+            labels=[*server, "reason"],
+        )
         counted = self.counted["servers"]
         for backend in self.servers.backends.values():
             labels = [pool, backend.name]
@@ -123,12 +129,13 @@ class _Pool:
                 state.add_metric([*labels, admin.value], admin is backend.state)
             checks.add_metric([*labels, "ok"], backend.health.passed)
             checks.add_metric([*labels, "failed"], backend.health.failed)
+            for reason, count in sorted(counts.get("connect_failures", {}).items()):
+                failures.add_metric([*labels, reason], count)
         for name, counts in sorted(self.counted["leaving"].items()):
             for key in _CONNECTION_FIGURES:
                 families[key].add_metric([pool, name, "yes"], counts[key])
         yield from families.values()
-        yield state
-        yield checks
+        yield from (state, checks, failures)
         yield from self._listeners(pool)
 
     def _listeners(self, pool: str) -> Iterator[Metric]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -111,6 +112,8 @@ class Backend:
     total: int = 0
     removed: bool = False
     ramp: Ramp | None = None
+    #: Connection attempts to it that failed, by kind (``refused``...).
+    connect_failures: Counter[str] = attrs.Factory(Counter)
     #: Bytes of the connections already closed, from and to the server.
     _closed_received: int = 0
     _closed_sent: int = 0

@@ -41,7 +41,7 @@ from ocsbal._model import PortProtocol
 from ocsbal._outbound import Outbound
 from ocsbal._pool import AtLimitError
 from ocsbal._sides import ClientSide, Held, ServerSide, Side, unsent_bytes
-from ocsbal._tls import tls_contexts, tls_reason
+from ocsbal._tls import failure_kind, tls_contexts, tls_reason
 from ocsbal.scheduling import NoServerAvailable
 from ocsbal.sip import Registrations, SIPInspector, SIPTally, follow
 
@@ -285,6 +285,7 @@ class Splice:
                     f"this host cannot connect to servers: {error}", final=True
                 ) from None
             servers.record(backend, False, f"a connection failed: {error}")
+            backend.connect_failures[failure_kind(e)] += 1
             relay.log.warn(
                 "connection from {peer} to server {server} "
                 "({address}:{port}) failed: {error}",

@@ -58,13 +58,14 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
     }
 
 
-def _counts(backend: Backend, registrations: int) -> dict[str, int]:
+def _counts(backend: Backend, registrations: int) -> dict[str, Any]:
     return {
         "active": backend.here,
         "total": backend.total,
         "sent": backend.sent,
         "received": backend.received,
         "registrations": registrations,
+        "connect_failures": dict(backend.connect_failures),
     }
 
 

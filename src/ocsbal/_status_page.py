@@ -16,6 +16,8 @@ from typing import Any
 
 from twisted.web.template import Tag, flattenString, tags
 
+from ocsbal._views import changed
+
 #: Inline, so the page needs nothing but itself.
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1f2328;
@@ -179,6 +181,7 @@ def _servers(servers: list[dict[str, Any]], now: float, prefix: str) -> Tag:
         "to server",
         "from server",
         "last check",
+        "changed from the file",
     ]
     rows = [_server(server, busiest, now, prefix) for server in servers]
     return _table(head, rows, numbers=tuple(head[4:10]))  # weight to from server
@@ -220,6 +223,7 @@ def _server(server: dict[str, Any], busiest: int, now: float, prefix: str) -> Ta
         tags.td(class_="n")(human_bytes(server["bytes_to_server"])),
         tags.td(class_="n")(human_bytes(server["bytes_from_server"])),
         tags.td(server["last_check"]),
+        tags.td(class_="changed")(changed(server)),
     )
 
 

@@ -19,6 +19,8 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns, verify_certificate_hostname
+from twisted.internet import defer
+from twisted.internet import error as failures
 from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
@@ -65,6 +67,27 @@ def tls_reason(error: BaseException) -> str:
         )
         return f"TLS handshake failed: certificate not issued to {names}"
     return str(error) or type(error).__name__
+
+
+def failure_kind(error: BaseException) -> str:
+    """What kind of failure a connection attempt to a server met, in a word.
+
+    ``refused``, ``timeout``, ``unreachable``, ``tls`` (the handshake, or
+    the certificate), ``closed`` (before it was made) or ``other``: the
+    ``reason`` of ``ocsbal_server_connect_failures_total``.
+    """
+    if isinstance(error, SSL.Error | VerificationError):
+        return "tls"
+    if isinstance(error, failures.ConnectionRefusedError):
+        return "refused"
+    timeouts = failures.TimeoutError | failures.TCPTimedOutError | defer.TimeoutError
+    if isinstance(error, timeouts):
+        return "timeout"
+    if isinstance(error, failures.NoRouteError | failures.ConnectBindError):
+        return "unreachable"
+    if isinstance(error, failures.ConnectionDone | failures.ConnectionLost):
+        return "closed"
+    return "other"
 
 
 class TLSContexts:

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 __all__ = [
+    "changed",
     "show_connections",
     "show_pool",
     "show_pools",
@@ -29,7 +30,7 @@ def _health(server: dict[str, Any]) -> str:
     return f"{server['health']} ({detail})" if detail else server["health"]
 
 
-def _changed(server: dict[str, Any]) -> str:
+def changed(server: dict[str, Any]) -> str:
     """What the operator changed of the file: ``weight 50 (file 100), added``."""
     changes = server.get("overrides", {})
     said = [
@@ -73,7 +74,7 @@ def show_servers(servers: list[dict[str, Any]]) -> str:
             s["active"],
             s["total"],
             s["last_check"],
-            _changed(s),
+            changed(s),
         ]
         for s in servers
     ]
