@@ -8,11 +8,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -151,7 +154,7 @@ class ReadTests(AdminTests):
         assert splice.server is not None
         splice.client.dataReceived(REGISTER)
         splice.server.dataReceived(REGISTERED)  # for 900 s, from now
-        metric = 'ocsbal_server_registrations{pool="pool01",server="fe1"}'
+        metric = 'ocsbal_server_registrations{pool="pool01",removed="no",server="fe1"}'
         for seconds, held in [(0, 1), (899, 1), (2, 0)]:
             self.reactor.advance(seconds)
             assert self.call("GET", "/api/servers/fe1")[1]["registrations"] == held
@@ -213,8 +216,10 @@ class ReadTests(AdminTests):
         for line in [
             'ocsbal_server_up{pool="pool01",server="fe1"} 1.0',
             'ocsbal_server_weight{pool="pool01",server="fe2"} 50.0',
-            'ocsbal_server_active_connections{pool="pool01",server="fe1"} 1.0',
-            'ocsbal_server_connections_total{pool="pool01",server="fe1"} 1.0',
+            'ocsbal_server_active_connections{pool="pool01",removed="no",'
+            'server="fe1"} 1.0',
+            'ocsbal_server_connections_total{pool="pool01",removed="no",'
+            'server="fe1"} 1.0',
             'ocsbal_server_admin_state{pool="pool01",server="fe1",state="drain"} 0.0',
             'ocsbal_listener_accepted_connections_total{pool="pool01",port="5060",'
             'protocol="sip"} 1.0',
@@ -366,7 +371,7 @@ class ChangeTests(AdminTests):
             "fe2",
             "fe1",
         ]
-        assert self.call("DELETE", "/api/servers/fe1")[0] == 404
+        assert self.call("DELETE", "/api/servers/fe1")[0] == 409
 
     def test_delete_with_force_closes_connections(self) -> None:
         client = self.connect()
@@ -379,6 +384,116 @@ class ChangeTests(AdminTests):
         assert (status, answer) == (
             409,
             {"error": "fe2 is the pool's last server; add another before removing it"},
+        )
+
+
+class RemovingTests(AdminTests):
+    """A server removed keeps its name, its figures and the API's reach
+    until its last connection closes."""
+
+    #: What every refusal of a server being removed with 1 connection ends with.
+    FORCE = "; a DELETE of it with ?force=1 (ocsbal ctl remove --force fe1) "
+
+    def close_all(self) -> None:
+        """Every server side closes, and with it its client's connection."""
+        for splice in list(self.service.relay.splices):
+            assert splice.server is not None
+            splice.server.connectionLost(Failure(ConnectionDone()))
+
+    def test_it_answers_with_its_counts_until_its_last_connection_closes(
+        self,
+    ) -> None:
+        self.connect()
+        self.call("DELETE", "/api/servers/fe1")
+        status, server = self.call("GET", "/api/servers/fe1")
+        assert status == 200
+        assert (server["name"], server["removed"], server["active"]) == (
+            "fe1",
+            True,
+            1,
+        )
+        self.close_all()
+        assert self.call("GET", "/api/servers/fe1")[0] == 404
+
+    def test_a_plain_delete_is_refused_and_a_forced_one_closes_its_connections(
+        self,
+    ) -> None:
+        client = self.connect()
+        self.call("DELETE", "/api/servers/fe1")
+        assert self.call("DELETE", "/api/servers/fe1") == (
+            409,
+            {
+                "error": "fe1 is being removed and still has 1 open connection, "
+                "which may finish" + self.FORCE + "closes them now"
+            },
+        )
+        assert not client.disconnecting
+        status, server = self.call("DELETE", "/api/servers/fe1?force=1")
+        assert (status, server["removed"]) == (200, True)
+        assert client.disconnecting
+
+    def test_its_name_cannot_be_taken_nor_its_settings_changed(self) -> None:
+        self.connect()
+        self.call("DELETE", "/api/servers/fe1")
+        before = self.service.pool
+        new = {"name": "fe1", "address": "127.0.1.13"}
+        assert self.call("POST", "/api/servers", new) == (
+            409,
+            {
+                "error": "fe1 is being removed and still has 1 open connection: its "
+                "name is free once they close" + self.FORCE + "closes them now"
+            },
+        )
+        assert self.call("PATCH", "/api/servers/fe1", {"weight": 5}) == (
+            409,
+            {"error": _Containing("its state and weight no longer matter;")},
+        )
+        assert self.service.pool == before
+        self.close_all()
+        assert self.call("POST", "/api/servers", new)[0] == 201
+
+    def test_a_reload_may_give_its_name_to_another_server(self) -> None:
+        """The file rules: the name goes to the new server, which the API
+        addresses; the old one is listed as removed, and a forced delete of
+        the name closes the connections of both."""
+        old = self.connect()
+        moved = attrs.evolve(
+            self.service.pool,
+            servers=(Server("fe1", "127.0.1.13"), Server("fe2", "127.0.1.12", 50)),
+        )
+        self.successResultOf(self.service.reload(moved))
+        listed = self.call("GET", "/api/servers")[1]
+        assert [
+            (s["name"], s["address"], s["removed"], s["active"]) for s in listed
+        ] == [
+            ("fe1", "127.0.1.13", False, 0),
+            ("fe2", "127.0.1.12", False, 0),
+            ("fe1", "127.0.1.11", True, 1),
+        ]
+        assert self.call("GET", "/api/servers/fe1")[1]["address"] == "127.0.1.13"
+        assert self.call("DELETE", "/api/servers/fe1?force=1")[0] == 200
+        assert old.disconnecting
+
+    def test_its_connections_count_in_the_metrics_until_they_close(self) -> None:
+        """The servers' active connections add up to the listeners'."""
+        for _ in range(3):  # round robin: fe1, fe2, fe1
+            self.connect()
+        self.call("DELETE", "/api/servers/fe1")
+        lines = self.call("GET", "/metrics")[1].decode().splitlines()
+
+        def values(family: str) -> dict[str, float]:
+            return {
+                line.split("{")[1].split("}")[0]: float(line.split()[-1])
+                for line in lines
+                if line.startswith(family + "{")
+            }
+
+        servers = values("ocsbal_server_active_connections")
+        listeners = values("ocsbal_listener_active_connections")
+        assert sum(servers.values()) == sum(listeners.values()) == 3
+        assert servers['pool="pool01",removed="yes",server="fe1"'] == 2
+        assert 'pool="pool01",removed="yes",server="fe1"' in values(
+            "ocsbal_server_connections_total"
         )
 
 

@@ -131,6 +131,31 @@ def test_a_removed_server_is_forgotten_once_no_process_holds_its_connections() -
     assert servers.leaving == set()
 
 
+def test_a_removed_server_keeps_the_connections_of_a_process_not_told_yet() -> None:
+    """A worker reports fe1 as the pool's until it applies the removal:
+    those connections are still the removed fe1's, not none."""
+    servers = RunningPool(pool(), Clock().seconds)
+    fe1 = servers.backend("fe1")
+    servers.count_elsewhere({"fe1": 2}, {})
+    only_fe2 = Pool(
+        name="p",
+        fqdn="p.example.com",
+        vip="127.0.0.10",
+        servers=[Server("fe2", "127.0.0.12")],
+    )
+    servers.reconfigure(only_fe2)
+    servers.count_elsewhere({"fe1": 2, "fe2": 1}, {})  # not applied there yet
+    assert (servers.leaving, fe1.active) == ({fe1}, 2)
+    servers.count_elsewhere({"fe2": 1}, {"fe1": 1})  # applied, one closed
+    assert (servers.leaving, fe1.active) == ({fe1}, 1)
+    # The name back in the pool: what is counted as the pool's is the new one's.
+    servers.reconfigure(pool())
+    servers.count_elsewhere({"fe1": 5}, {"fe1": 1})
+    assert (servers.backend("fe1").active, fe1.active) == (5, 1)
+    servers.count_elsewhere({"fe1": 5}, {})
+    assert servers.leaving == set()
+
+
 def test_auto_is_one_worker_a_core_and_a_number_is_itself() -> None:
     assert worker_count(pool()) == len(os.sched_getaffinity(0))
     for count in (1, 3):

@@ -241,6 +241,22 @@ class RuntimeChangeTests(SynchronousTestCase):
         self.service.remove_server("fe1", force=True)
         assert self.client.disconnecting
 
+    def test_a_server_being_removed_is_only_forced_by_removing_it_again(
+        self,
+    ) -> None:
+        self.service.remove_server("fe1")
+        leaving = set(self.service.servers.leaving)
+        assert [b.name for b in leaving] == ["fe1"]
+        self.service.remove_server("fe1")  # already being removed: nothing more
+        assert (self.service.servers.leaving, self.client.disconnecting) == (
+            leaving,
+            False,
+        )
+        self.service.remove_server("fe1", force=True)
+        assert self.client.disconnecting
+        with pytest.raises(UnknownServerError):
+            self.service.remove_server("fe9", force=True)
+
     def test_refused_changes_change_nothing(self) -> None:
         service = self.service
         before = service.pool

@@ -143,8 +143,21 @@ class _Endpoint(_Exact):
         self.control = control
 
     def backend(self, name: str) -> Backend:
-        """The server called ``name``; unknown, a 404."""
-        return self.control.servers.backend(name)
+        """The server called ``name``, or one being removed; unknown, a 404."""
+        return self.control.servers.find(name)
+
+    def refuse_removing(self, name: str, then: str) -> None:
+        """Refuse (409) while only servers being removed are called ``name``.
+
+        :param then: what the refusal says after its open connections.
+        """
+        if active := self.control.servers.removing_only(name):
+            _refuse(
+                409,
+                f"{name} is being removed and still has {active} open connection"
+                f"{'' if active == 1 else 's'}{then}; a DELETE of it with "
+                f"?force=1 (ocsbal ctl remove --force {name}) closes them now",
+            )
 
     async def report(self, backend: Backend) -> dict[str, Any]:
         """``backend``'s report, with the figures of its connections."""
@@ -323,6 +336,7 @@ class _ServersEndpoint(_Endpoint):
             _refuse(400, f"missing field {missing[0]!r}")
         try:
             server = Server(**fields)
+            self.refuse_removing(server.name, ": its name is free once they close")
             await self.control.add_server(server)
         except ConfigError as e:
             _refuse(409, "; ".join(map(str, e.problems)))
@@ -343,6 +357,7 @@ class _ServerEndpoint(_Endpoint):
 
     async def do_PATCH(self, request: Request) -> object:
         fields = _body(request, {"weight": _WHOLE, "state": _STRING})
+        self.refuse_removing(self.name, ": its state and weight no longer matter")
         backend = self.backend(self.name)
         # Check everything before changing anything.
         state = fields.get("state", backend.state.value)
@@ -363,6 +378,8 @@ class _ServerEndpoint(_Endpoint):
 
     async def do_DELETE(self, request: Request) -> object:
         force = request.args.get(b"force", [b"0"])[-1] in (b"1", b"yes", b"true")
+        if not force:
+            self.refuse_removing(self.name, ", which may finish")
         backend = self.backend(self.name)
         try:
             await self.control.remove_server(self.name, force=force)

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from ocsbal._pool import RunningPool
 
 
+#: The figures of a server's connections, each a family of its own.
+_CONNECTION_FIGURES = ("active", "total", "sent", "received", "registrations")
+
+
 class PoolCollector(Collector):
     """Collects the metrics of pools' servers and listeners, one family each.
 
@@ -51,6 +55,9 @@ class _Pool:
     def collect(self) -> Iterator[Metric]:
         pool = self.servers.pool.name
         server = ["pool", "server"]
+        # A server being removed is counted under its name until its last
+        # connection closes, so that the servers add up to the listeners.
+        connections = [*server, "removed"]
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "up": GaugeMetricFamily(
                 "ocsbal_server_up",
@@ -69,28 +76,28 @@ class _Pool:
             "active": GaugeMetricFamily(
                 "ocsbal_server_active_connections",
                 "Connections to the server open or being opened.",
-                labels=server,
+                labels=connections,
             ),
             "total": CounterMetricFamily(
                 "ocsbal_server_connections",
                 "Connections relayed to the server.",
-                labels=server,
+                labels=connections,
             ),
             "sent": CounterMetricFamily(
                 "ocsbal_server_sent_bytes",
                 "Bytes relayed to the server.",
-                labels=server,
+                labels=connections,
             ),
             "received": CounterMetricFamily(
                 "ocsbal_server_received_bytes",
                 "Bytes relayed from the server.",
-                labels=server,
+                labels=connections,
             ),
             "registrations": GaugeMetricFamily(
                 "ocsbal_server_registrations",
                 "SIP addresses of record registered over the server's "
                 "connections, not expired yet.",
-                labels=server,
+                labels=connections,
             ),
         }
         state = GaugeMetricFamily(
@@ -116,14 +123,17 @@ class _Pool:
             families["up"].add_metric(labels, backend.health.up)
             families["weight"].add_metric(labels, backend.server.weight)
             families["effective_weight"].add_metric(labels, backend.weight)
-            for key in ("active", "total", "sent", "received", "registrations"):
-                families[key].add_metric(labels, counts.get(key, 0))
+            for key in _CONNECTION_FIGURES:
+                families[key].add_metric([*labels, "no"], counts.get(key, 0))
             for admin in AdminState:
                 state.add_metric([*labels, admin.value], admin is backend.state)
             checks.add_metric([*labels, "ok"], backend.health.passed)
             checks.add_metric([*labels, "failed"], backend.health.failed)
             for reason, count in sorted(counts.get("connect_failures", {}).items()):
                 failures.add_metric([*labels, reason], count)
+        for name, counts in sorted(self.counted["leaving"].items()):
+            for key in _CONNECTION_FIGURES:
+                families[key].add_metric([pool, name, "yes"], counts[key])
         yield from families.values()
         yield from (state, checks, failures)
         yield from self._listeners(pool)

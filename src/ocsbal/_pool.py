@@ -244,6 +244,39 @@ class RunningPool:
         except KeyError:
             raise UnknownServerError(name) from None
 
+    def find(self, name: str) -> Backend:
+        """The server called ``name``: the pool's, else one being removed.
+
+        :raises UnknownServerError: if there is neither.
+        """
+        removing = self.removing(name)
+        if name in self.backends or not removing:
+            return self.backend(name)
+        return removing[0]
+
+    def removing(self, name: str) -> list[Backend]:
+        """The servers called ``name`` being removed, still finishing connections.
+
+        Usually none or one; more if a reload gave the name to another
+        server, then removed that one too, before the first had finished.
+        """
+        return [b for b in self.leaving if b.name == name]
+
+    def removing_only(self, name: str) -> int:
+        """The connections of the servers ``name`` being removed, which hold the name.
+
+        0 if a server of the pool is called ``name`` too: the name is its own.
+        """
+        if name in self.backends:
+            return 0
+        return sum(b.active for b in self.removing(name))
+
+    def close_removing(self, name: str) -> None:
+        """Close this process's connections to the servers ``name`` being removed."""
+        for backend in self.removing(name):
+            for connection in list(backend.relayed):
+                connection.close()
+
     def reconfigure(self, pool: Pool) -> tuple[list[Backend], list[Backend]]:
         """Make ``pool`` the configuration in force, keeping every connection.
 
@@ -347,12 +380,18 @@ class RunningPool:
         """Take the other processes' connections, per server name.
 
         ``servers`` counts those to the servers of the pool, ``leaving``
-        those to servers removed; a name not given has none.
+        those to servers removed; a name not given has none.  A process that
+        has not yet applied a removal still counts the server's connections
+        in ``servers``: they count for the server being removed, unless its
+        name is in the pool again.
         """
         for backend in self.backends.values():
             backend.elsewhere = servers.get(backend.name, 0)
         for backend in list(self.leaving):
-            backend.elsewhere = leaving.get(backend.name, 0)
+            behind = (
+                0 if backend.name in self.backends else servers.get(backend.name, 0)
+            )
+            backend.elsewhere = leaving.get(backend.name, 0) + behind
             self._forget_if_done(backend)
 
     def release(self, backend: Backend) -> None:

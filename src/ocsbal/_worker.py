@@ -267,10 +267,8 @@ class ControlLink(amp.AMP):
             if backend is not None:
                 running.set_state(name, AdminState(wanted["state"]))
                 running.set_up(backend, wanted["up"])
-        for backend in list(running.leaving):
-            if backend.name in close:
-                for connection in list(backend.relayed):
-                    connection.close()
+        for name in close:
+            running.close_removing(name)
         return {}
 
     @Health.responder

@@ -8,7 +8,7 @@ One :mod:`twisted.web` site, served on the ``[admin] listen`` endpoint
     GET    /api/pool               settings, listeners, totals
     GET    /api/servers            every server
     POST   /api/servers            add one: {"name", "address", "weight"}
-    GET    /api/servers/NAME       one server
+    GET    /api/servers/NAME       one server, or one being removed
     PATCH  /api/servers/NAME       {"weight": N} and/or {"state": "drain"}
     DELETE /api/servers/NAME       remove it (?force=1 closes its connections)
     GET    /api/connections        open client connections

@@ -338,22 +338,22 @@ class PoolService(MultiService):
         """Remove server ``name``: no new connection goes to it from now on.
 
         Its open connections run to their end, or are closed now with
-        ``force``.
+        ``force``, as are those of any server of that name being removed.
+        Of a server being removed already, only ``force`` changes anything.
 
         :raises UnknownServerError: if there is no such server.
         :raises LastServerError: if it is the last server; nothing changes then.
         """
-        backend = self.servers.backend(name)
-        servers = [s for s in self.pool.servers if s.name != name]
-        if not servers:
-            raise LastServerError(
-                f"{name} is the pool's last server; add another before removing it"
-            )
-        self._apply(attrs.evolve(self.pool, servers=servers))
-        self._remember(name, removed=True)
+        if not self.servers.find(name).removed:
+            servers = [s for s in self.pool.servers if s.name != name]
+            if not servers:
+                raise LastServerError(
+                    f"{name} is the pool's last server; add another before removing it"
+                )
+            self._apply(attrs.evolve(self.pool, servers=servers))
+            self._remember(name, removed=True)
         if force:
-            for connection in list(backend.relayed):
-                connection.close()
+            self.servers.close_removing(name)
         return succeed(None)
 
     def reweight(self, name: str, weight: int) -> Deferred[None]:

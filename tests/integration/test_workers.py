@@ -4,7 +4,8 @@ Each test runs ``twistd -n ocsbal`` with several workers over demo servers,
 on its own 127.0.10x.0/24 block, and checks what an operator relies on:
 every port relays, the schedulers hold host-wide, a worker killed is
 replaced without touching the others' connections, a restart of the
-workers drops nothing, and the admin interface adds the workers up.
+workers drops nothing, the admin interface adds the workers up, and a
+server removed is seen, and forced, across them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -75,6 +77,14 @@ def wait_running(address: str, count: int, generation: int = 1) -> list[dict[str
         if len(running) == count:
             return every
         assert time.monotonic() < deadline, every
+        time.sleep(0.1)
+
+
+def wait_active(address: str, count: int) -> None:
+    """Wait until the pool holds ``count`` connections."""
+    deadline = time.monotonic() + WAIT
+    while admin_call(address, "GET", "/api/pool")[1]["totals"]["active"] != count:
+        assert time.monotonic() < deadline
         time.sleep(0.1)
 
 
@@ -344,3 +354,64 @@ def test_sigterm_lets_the_workers_finish_within_the_grace_period(
     assert sock.recv(1) == b""  # closed when it ends
     balancer.assert_stops_cleanly(signalled=True)
     assert "worker 1 (pid" in balancer.output
+
+
+def test_a_removed_server_stays_in_sight_until_forced_closed_in_every_worker(
+    launch: Launcher,
+) -> None:
+    """fe1, removed while both workers hold its connections, answers as
+    removed with all of them, keeps its name and its place in /metrics, and
+    ``?force=1`` closes its connections in both workers; then it is gone."""
+    address = start(launch, 108, (1, 1), workers=2)
+    wait_running(address, 2)
+    # Only fe1 takes new connections, until each worker holds some.
+    drain = admin_call(address, "PATCH", "/api/servers/fe2", {"state": "drain"})
+    assert drain[0] == 200, drain
+    held: list[socket.socket] = []
+    while min(w["connections"] for w in workers(address)) == 0:
+        assert len(held) < 40, workers(address)
+        held.append(connect("127.0.108.10", 15060))
+        assert options(held[-1], len(held)) == "fe1"
+    ready = admin_call(address, "PATCH", "/api/servers/fe2", {"state": "ready"})
+    assert ready[0] == 200, ready
+    status, fe1 = admin_call(address, "DELETE", "/api/servers/fe1")
+    assert (status, fe1["removed"], fe1["active"]) == (200, True, len(held))
+    # A connection to fe2 makes a worker report its counts: fe1's stay.
+    with connect("127.0.108.10", 15060) as sock:
+        assert options(sock) == "fe2"
+    wait_active(address, len(held))
+    status, fe1 = admin_call(address, "GET", "/api/servers/fe1")
+    assert (status, fe1["removed"], fe1["active"]) == (200, True, len(held))
+    table = ctl("--admin", address, "servers")
+    assert table.returncode == 0, table.stderr
+    assert ["fe1", "127.0.108.11", "1", "removed"] in [
+        line.split()[:4] for line in table.stdout.splitlines()
+    ]
+    listed = json.loads(ctl("--admin", address, "--json", "servers").stdout)
+    assert [(s["name"], s["active"]) for s in listed if s["removed"]] == [
+        ("fe1", len(held))
+    ]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=WAIT) as page:
+        metrics = page.read().decode().splitlines()
+
+    def total(family: str) -> float:
+        return sum(float(m.split()[-1]) for m in metrics if m.startswith(family + "{"))
+
+    assert total("ocsbal_server_active_connections") == len(held)
+    assert total("ocsbal_listener_active_connections") == len(held)
+    # Its name stays its own; only ?force=1 changes anything.
+    again = ctl("--admin", address, "remove", "fe1")
+    assert again.returncode == 1
+    assert "error: 409 fe1 is being removed and still has" in again.stderr
+    taken = {"name": "fe1", "address": "127.0.108.11"}
+    assert admin_call(address, "POST", "/api/servers", taken)[0] == 409
+    assert admin_call(address, "DELETE", "/api/servers/fe1?force=1")[0] == 200
+    for sock in held:
+        sock.settimeout(WAIT)
+        assert sock.recv(1) == b""  # closed by the balancer, in either worker
+        sock.close()
+    deadline = time.monotonic() + WAIT
+    while admin_call(address, "GET", "/api/servers/fe1")[0] != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert admin_call(address, "POST", "/api/servers", taken)[0] == 201
