@@ -42,7 +42,8 @@ LAYERS: dict[str, set[str]] = {
     "config": {"_model", "_rules", "_sections"},
     "_token": {"_model"},
     "_tls": {"_model"},
-    "_network": {"_endpoints", "_model"},
+    "_steering": set(),
+    "_network": {"_endpoints", "_model", "_steering"},
     # Health, and the pool at run time.
     "health": {"_model"},
     "_pool": {"_model", "health", "scheduling"},

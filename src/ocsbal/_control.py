@@ -222,7 +222,12 @@ class ControlService(PoolService):
 
     def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:  # noqa: ARG002
         return SharedPort(
-            self.pool.vip, number, self.count, self.pool.freebind, LISTEN_BACKLOG
+            self.pool.vip,
+            number,
+            self.count,
+            self.pool.freebind,
+            LISTEN_BACKLOG,
+            by_source=self.pool.limits.any,
         )
 
     def privilegedStartService(self) -> None:
@@ -376,6 +381,8 @@ class ControlService(PoolService):
 
     async def _reload(self, pool: Pool) -> None:
         await super()._reload(pool)
+        for port in self._listening.values():  # [limits] set or lifted
+            cast(SharedPort, port).steer(self.pool.limits.any)
         await self._tell_all()
 
     def tell_health(self, backend: Backend) -> None:

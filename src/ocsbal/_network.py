@@ -26,13 +26,17 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.posixbase import PosixReactorBase
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from ocsbal._endpoints import ReactorTCPTime, is_ipv6, url_host
 from ocsbal._model import NatMode
+from ocsbal._steering import steer_by_source, steer_evenly
 
 if TYPE_CHECKING:
     from ocsbal._model import Pool
+
+log = Logger(namespace="ocsbal")
 
 # Linux's values; the socket module names them only in recent Pythons.
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -201,11 +205,20 @@ class SharedPort:
     over the very socket (and the connections waiting on it) the one before
     listened on.
 
+    :param by_source: whether each client address's connections all go to
+        one worker (:mod:`ocsbal._steering`), for ``[limits]``.
     :raises CannotListenError: if a socket cannot be bound; none stays then.
     """
 
     def __init__(
-        self, vip: str, number: int, count: int, freebind: bool, backlog: int
+        self,
+        vip: str,
+        number: int,
+        count: int,
+        freebind: bool,
+        backlog: int,
+        *,
+        by_source: bool = False,
     ) -> None:
         self.vip, self.number = vip, number
         self.sockets: list[socket.socket] = []
@@ -217,6 +230,26 @@ class SharedPort:
         except OSError as e:
             self.stopListening()
             raise CannotListenError(vip, number, e) from None
+        self.steer(by_source)
+
+    def steer(self, by_source: bool) -> None:
+        """Send a client address's connections to one worker, or spread them.
+
+        A kernel that refuses to steer by source is said in the log: each
+        worker then holds a source to its limits on its own.
+        """
+        if not by_source:
+            steer_evenly(self.sockets)
+            return
+        try:
+            steer_by_source(self.sockets, is_ipv6(self.vip))
+        except OSError as e:
+            log.warn(
+                "port {port}: cannot send each client address to one worker "
+                "({why}); [limits] hold per worker",
+                port=self.number,
+                why=e.strerror,
+            )
 
     def startListening(self) -> None:
         """Nothing: the sockets listen from the start, for the workers."""

@@ -72,10 +72,11 @@ def test_each_connection_is_one_line_with_why_it_ended(
     held = [connect_from(client, vip) for _ in range(2)]
     for n, sock in enumerate(held):
         options(sock, n)
-    if workers == 1:  # each worker has its own [limits] table: a third may pass
-        with connect_from(client, vip) as sock:  # a third: over the limit
-            seen[name(sock)] = "limit"
-            wait_for(balancer, name(sock))
+    # A third from one address: over the limit, with workers too (each
+    # client address's connections all reach one worker).
+    with connect_from(client, vip) as sock:
+        seen[name(sock)] = "limit"
+        wait_for(balancer, name(sock))
     # The operator adds fe2, and removes fe1 forcing its connections closed.
     new = {"name": "fe2", "address": fe2, "weight": 1}
     assert admin_call(admin, "POST", "/api/servers", new)[0] == 201

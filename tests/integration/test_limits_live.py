@@ -108,10 +108,14 @@ def test_maxconn_per_server_and_for_the_pool(launch: Launcher) -> None:
     assert told(balancer.output, "the pool has its maxconn of 4 connections") == 1
 
 
-def test_a_source_is_held_to_its_connections_and_its_rate(launch: Launcher) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_source_is_held_to_its_connections_and_its_rate(
+    launch: Launcher, workers: int
+) -> None:
     """[limits]: a fourth connection from one address is closed at once while
-    another address is served; opening too fast is refused too."""
-    ini = two(62, workers=1) + (
+    another address is served; opening too fast is refused too.  With two
+    workers, as with one: each address's connections reach one worker."""
+    ini = two(62, workers=workers) + (
         "\n[limits]\nper_source_connections = 3\nper_source_rate = 5\n"
     )
     launch.servers(ini)
