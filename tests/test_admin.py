@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from ocsbal import Pool, PoolService, Port, Server
 from ocsbal._history import History
+from ocsbal._pool import AdminState
 from ocsbal.admin import AdminTokenError, admin_site
 from ocsbal.config import Admin
 from ocsbal.health import IMonitor
@@ -135,6 +136,9 @@ class ReadTests(AdminTests):
             "bytes_to_server": 0,
             "bytes_from_server": 0,
             "registrations": 0,
+            "quiet": 1,
+            "moved": 0,
+            "move": None,
             "overrides": {},
         }
         assert self.call("GET", "/api/servers/fe2")[1] == servers[1]
@@ -346,6 +350,21 @@ class ChangeTests(AdminTests):
         assert status == 200
         assert (server["weight"], server["state"]) == (7, "drain")
         assert self.service.servers.backend("fe2").pickable is False
+
+    def test_drain_moving_the_clients_within_a_window(self) -> None:
+        status, server = self.call(
+            "PATCH", "/api/servers/fe2", {"state": "drain", "move_within": 600}
+        )
+        assert (status, server["state"]) == (200, "drain")
+        assert server["move"] == {"within": 600, "ends_in": 600.0, "moved": 0}
+        for body in [
+            {"state": "ready", "move_within": 60},
+            {"state": "drain", "move_within": 0},
+            {"state": "drain", "move_within": "10m"},
+        ]:
+            status, _ = self.call("PATCH", "/api/servers/fe1", body)
+            assert status == 400, body
+        assert self.service.servers.backend("fe1").state is AdminState.READY
 
     def test_a_bad_patch_changes_nothing(self) -> None:
         for body, error in [

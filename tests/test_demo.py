@@ -46,10 +46,15 @@ def test_register_gets_its_contact_and_expiry_back() -> None:
     assert b"Contact: <sip:alice@c>\r\nExpires: 600\r\n" in answer
 
 
-def test_other_methods_are_not_implemented() -> None:
+def test_a_call_is_answered_and_other_methods_are_not_implemented() -> None:
     sip = DemoSIP(SERVER)
     transport = connect(sip)
     sip.dataReceived(b"INVITE sip:bob SIP/2.0\r\nContent-Length: 3\r\n\r\nv=0")
+    assert transport.value().startswith(b"SIP/2.0 200 OK\r\n")
+    transport.clear()
+    sip.dataReceived(b"ACK sip:bob SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+    assert transport.value() == b""  # an ACK is answered by nothing
+    sip.dataReceived(b"PRACK sip:bob SIP/2.0\r\nContent-Length: 0\r\n\r\n")
     assert transport.value().startswith(b"SIP/2.0 501 Not Implemented\r\n")
 
 

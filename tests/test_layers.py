@@ -72,19 +72,20 @@ LAYERS: dict[str, set[str]] = {
     # The composition root, and what runs it.
     "_site": {"_rules", "config"},
     "_reloader": {"_model", "_site", "_token", "config"},
+    "_moving": {"_pool", "sip"},
     "_overrides": {"_model"},
     "_statefile": {"_overrides"},
     "service": {
         *("_endpoints", "_idle", "_model", "_network", "_pool"),
         *("_relay", "_report", "_sweep", "_tls", "_token", "admin", "config"),
-        *("_listener", "_reloader", "_statefile", "monitors"),
+        *("_listener", "_moving", "_reloader", "_statefile", "monitors"),
         "sip",  # to say at start whether it runs compiled
     },
     # The processes: a control process and its workers, which relay.
     "_amp": set(),
     "_worker": {
         *("_amp", "_endpoints", "_model", "_pool", "_report", "config"),
-        *("_connlog", "service"),
+        *("_connlog", "_moving", "service"),
     },
     "_control": {
         *("_amp", "_endpoints", "_model", "_network", "_pool", "_report"),

@@ -234,3 +234,16 @@ def test_the_examples_run_together_as_one_daemon_would() -> None:
     pools = load_pools([str(examples / name) for name in names])
     assert [p.kind.value for p in pools] == ["enterprise", "director", "edge", "edge"]
     assert pools[3].limits.per_source_connections == 20
+
+
+def test_ctl_drain_moves_within_a_duration() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--admin", "h:1", "drain", "fe1", "--move-within", "10m"])
+    assert request_for(args) == (
+        "PATCH",
+        "/api/servers/fe1",
+        {"state": "drain", "move_within": 600.0},
+    )
+    plain = parser.parse_args(["--admin", "h:1", "drain", "fe1"])
+    assert request_for(plain)[2] == {"state": "drain"}

@@ -146,6 +146,13 @@ class Retire(amp.Command):
     arguments = [(b"timeout", amp.Float())]
 
 
+class MoveQuiet(amp.Command):
+    """Close up to ``most`` of a server's quiet connections; how many it did."""
+
+    arguments = [(b"server", amp.Unicode()), (b"most", amp.Integer())]
+    response = [(b"closed", amp.Integer())]
+
+
 class Counts(amp.Command):
     """The worker's connections per server, open or being opened."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -61,7 +62,9 @@ class PoolControl(Protocol):
     def reweight(self, name: str, weight: int) -> Deferred[None]:
         """Re-weight a server; see :meth:`ocsbal.PoolService.reweight`."""
 
-    def set_state(self, name: str, state: AdminState) -> Deferred[None]:
+    def set_state(
+        self, name: str, state: AdminState, move_within: float | None = None
+    ) -> Deferred[None]:
         """Drain a server, or the like; see :meth:`ocsbal.PoolService.set_state`."""
 
     def restart_workers(self) -> Deferred[None]:
@@ -69,6 +72,9 @@ class PoolControl(Protocol):
 
     def overridden(self, name: str) -> dict[str, Any]:
         """What server ``name`` runs with that the pool's file does not say."""
+
+    def moving(self, name: str) -> dict[str, Any] | None:
+        """Server ``name``'s move, if one is under way; see :mod:`ocsbal._moving`."""
 
     def every_override(self) -> dict[str, dict[str, Any]]:
         """:meth:`overridden` of every server the operator changed, by name."""
@@ -169,6 +175,7 @@ class _Endpoint(_Exact):
             monitor,
             counted[kind].get(backend.name),
             self.control.overridden(backend.name),
+            self.control.moving(backend.name),
         )
 
     def render(self, request: Request) -> bytes | int:
@@ -218,9 +225,12 @@ def _answer(request: Request, body: Deferred[bytes]) -> None:
 #: A JSON field's Python type, and how to name it to a person.
 _STRING = (str, "a string")
 _WHOLE = (int, "a whole number")
+_SECONDS = ((int, float), "a number of seconds")
 
 
-def _body(request: Request, allowed: dict[str, tuple[type, str]]) -> dict[str, Any]:
+def _body(
+    request: Request, allowed: dict[str, tuple[type | tuple[type, ...], str]]
+) -> dict[str, Any]:
     """The request's JSON object, holding only ``allowed`` fields of their types."""
     raw = request.content.read(MAX_BODY + 1) if request.content else b""
     if len(raw) > MAX_BODY:
@@ -356,7 +366,9 @@ class _ServerEndpoint(_Endpoint):
         return await self.report(self.backend(self.name))
 
     async def do_PATCH(self, request: Request) -> object:
-        fields = _body(request, {"weight": _WHOLE, "state": _STRING})
+        fields = _body(
+            request, {"weight": _WHOLE, "state": _STRING, "move_within": _SECONDS}
+        )
         self.refuse_removing(self.name, ": its state and weight no longer matter")
         backend = self.backend(self.name)
         # Check everything before changing anything.
@@ -366,6 +378,11 @@ class _ServerEndpoint(_Endpoint):
         except ValueError:
             choices = ", ".join(s.value for s in AdminState)
             _refuse(400, f"state must be one of {choices}")
+        move_within = fields.get("move_within")
+        if move_within is not None and (
+            new_state is not AdminState.DRAIN or not 0 < move_within < math.inf
+        ):
+            _refuse(400, "move_within must be seconds above 0, with state drain")
         weight = fields.get("weight", backend.server.weight)
         try:
             attrs.evolve(backend.server, weight=weight)
@@ -373,7 +390,7 @@ class _ServerEndpoint(_Endpoint):
             _refuse(400, str(e))
         if weight != backend.server.weight:
             await self.control.reweight(self.name, weight)
-        await self.control.set_state(self.name, new_state)
+        await self.control.set_state(self.name, new_state, move_within)
         return await self.report(backend)
 
     async def do_DELETE(self, request: Request) -> object:

@@ -29,6 +29,7 @@ CAUSES = {
     "server-down": "every server tried failed to connect",
     "limit": "a maxconn or a [limits] limit refused it",
     "admin": "the operator closed it (a forced removal, a restart's end)",
+    "moved": "closed at a quiet moment to move its client off a drained server",
     "shutdown": "ocsbal stopped",
 }
 

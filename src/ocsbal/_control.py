@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
@@ -52,6 +52,7 @@ from ocsbal._amp import (
     Figures,
     Health,
     Log,
+    MoveQuiet,
     Retire,
 )
 from ocsbal._connlog import FORMAT
@@ -77,22 +78,6 @@ RESPAWN_DELAY_YOUNG = 2.0
 YOUNG = 10.0
 #: The longest line of a worker's output kept whole; longer ones are cut.
 MAX_OUTPUT_LINE = 64 * 1024
-
-
-class _CheckedPool(RunningPool):
-    """The control's servers: a change of health goes to every worker."""
-
-    def __init__(
-        self, pool: Pool, now: Callable[[], float], control: ControlService
-    ) -> None:
-        super().__init__(pool, now)
-        self.control = control
-
-    def record(self, backend: Backend, ok: bool, reason: str = "ok") -> None:
-        was = backend.health.up
-        super().record(backend, ok, reason)
-        if backend.health.up != was:
-            self.control.tell_health(backend)
 
 
 class WorkerLink(amp.AMP):
@@ -218,7 +203,7 @@ class ControlService(PoolService):
         super().__init__(pool, reactor, grace_period, state_file)
 
     def _running(self, pool: Pool) -> RunningPool:
-        return _CheckedPool(pool, self._reactor.seconds, self)
+        return RunningPool(pool, self._reactor.seconds, self.tell_health)
 
     def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:  # noqa: ARG002
         return SharedPort(
@@ -374,10 +359,28 @@ class ControlService(PoolService):
         super().reweight(name, weight)
         return self._tell_all()
 
-    def set_state(self, name: str, state: AdminState) -> Deferred[None]:
+    def set_state(
+        self, name: str, state: AdminState, move_within: float | None = None
+    ) -> Deferred[None]:
         """Set a server's state in every worker; see :meth:`PoolService.set_state`."""
-        super().set_state(name, state)
+        super().set_state(name, state, move_within)
         return self._tell_all()
+
+    def _close_quiet(self, backend: Backend, most: int) -> Deferred[int]:
+        """Have the workers close up to ``most`` of its quiet connections."""
+        return Deferred.fromCoroutine(self._close_quiet_in_workers(backend, most))
+
+    async def _close_quiet_in_workers(self, backend: Backend, most: int) -> int:
+        closed = 0
+        for link in self._all():
+            if closed >= most:
+                break
+            if link.stage in ("running", "old"):  # the old hold some too
+                answer = await link.callRemote(
+                    MoveQuiet, server=backend.name, most=most - closed
+                )
+                closed += answer["closed"]
+        return closed
 
     async def _reload(self, pool: Pool) -> None:
         await super()._reload(pool)

@@ -203,7 +203,28 @@ def _added(server: dict[str, Any], _: argparse.Namespace) -> str:
 
 
 def _drained(server: dict[str, Any], _: argparse.Namespace) -> str:
-    return f"{server['name']} is draining: no new connections, {server['active']} open"
+    said = f"{server['name']} is draining: no new connections, {server['active']} open"
+    move = server.get("move")
+    if move:
+        said += (
+            f"; they are moved to the others within {move['within']:g} s, "
+            "each at a quiet moment (a call is never cut)"
+        )
+    return said
+
+
+#: What a duration's unit multiplies it by: ``90``, ``90s``, ``10m``, ``1h``.
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def _duration(text: str) -> float:
+    """Seconds, from ``600``, ``600s``, ``10m`` or ``1h``."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    if match is None or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds, or 10m, 1h"
+        )
+    return float(match[1]) * _UNITS[match[2]]
 
 
 def _ready(server: dict[str, Any], _: argparse.Namespace) -> str:
@@ -284,7 +305,12 @@ _COMMANDS: dict[
         _added,
     ),
     "drain": (
-        lambda a: ("PATCH", f"/api/servers/{a.name}", {"state": "drain"}),
+        lambda a: (
+            "PATCH",
+            f"/api/servers/{a.name}",
+            {"state": "drain"}
+            | ({} if a.move_within is None else {"move_within": a.move_within}),
+        ),
         _drained,
     ),
     "ready": (
@@ -363,8 +389,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("name")
     add.add_argument("address")
     add.add_argument("--weight", type=int, default=100)
+    drain = command("drain", help="no new connections for a server; open ones continue")
+    drain.add_argument("name")
+    drain.add_argument(
+        "--move-within",
+        metavar="DURATION",
+        type=_duration,
+        help="and close its connections at quiet moments within DURATION "
+        "(600, 10m, 1h), so that their clients move to the others",
+    )
     for name, meaning in [
-        ("drain", "no new connections for a server; open ones continue"),
         ("ready", "let a server take new connections again"),
         ("maint", "no new connections and no health checks for a server"),
     ]:

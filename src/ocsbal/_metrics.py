@@ -93,6 +93,12 @@ class _Pool:
                 "Bytes relayed from the server.",
                 labels=connections,
             ),
+            "moved": CounterMetricFamily(
+                "ocsbal_server_moved_connections",
+                "Connections closed at a quiet moment to move their clients off "
+                "the drained server.",
+                labels=server,
+            ),
             "registrations": GaugeMetricFamily(
                 "ocsbal_server_registrations",
                 "SIP addresses of record registered over the server's "
@@ -123,6 +129,7 @@ class _Pool:
             families["up"].add_metric(labels, backend.health.up)
             families["weight"].add_metric(labels, backend.server.weight)
             families["effective_weight"].add_metric(labels, backend.weight)
+            families["moved"].add_metric(labels, counts.get("moved", 0))
             for key in _CONNECTION_FIGURES:
                 families[key].add_metric([*labels, "no"], counts.get(key, 0))
             for admin in AdminState:

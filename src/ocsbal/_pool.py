@@ -114,6 +114,8 @@ class Backend:
     ramp: Ramp | None = None
     #: Connection attempts to it that failed, by kind (``refused``...).
     connect_failures: Counter[str] = attrs.Factory(Counter)
+    #: Its connections closed at quiet moments to move their clients away.
+    moved: int = 0
     #: Bytes of the connections already closed, from and to the server.
     _closed_received: int = 0
     _closed_sent: int = 0
@@ -216,6 +218,8 @@ class RunningPool:
     :param now: the clock, which times slow starts and tells when each
         server went up or down (:attr:`HealthState.since
         <ocsbal.health.HealthState.since>`).
+    :param health_changed: called with a server whose health :meth:`record`
+        changed (a control process tells its workers).
 
     :ivar pool: the configuration in force, servers and weights included.
     :ivar backends: the pool's servers by name, in configuration order.
@@ -224,9 +228,15 @@ class RunningPool:
         ``[pool] scheduler`` names it.
     """
 
-    def __init__(self, pool: Pool, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        now: Callable[[], float],
+        health_changed: Callable[[Backend], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.now = now
+        self._health_changed = health_changed
         started = now()
         self.backends = {
             s.name: Backend(s, HealthState(since=started)) for s in pool.servers
@@ -411,6 +421,8 @@ class RunningPool:
             backend.health.since = self.now()
             if backend.health.up:
                 self._came_up(backend)
+            if self._health_changed is not None:
+                self._health_changed(backend)
 
     def _forget_if_done(self, backend: Backend) -> None:
         if backend.removed and not backend.active:

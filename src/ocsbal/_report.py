@@ -33,12 +33,15 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
     """
     active = relay.active_by_port()
     tally = relay.sip
-    held = _registrations(relay)
+    held, quiet = _registrations(relay)
     return {
         "servers": {
-            b.name: _counts(b, held[b]) for b in relay.servers.backends.values()
+            b.name: _counts(b, held[b], quiet[b])
+            for b in relay.servers.backends.values()
         },
-        "leaving": {b.name: _counts(b, held[b]) for b in relay.servers.leaving},
+        "leaving": {
+            b.name: _counts(b, held[b], quiet[b]) for b in relay.servers.leaving
+        },
         "ports": {
             str(port.number): {
                 "active": active[port.number],
@@ -58,7 +61,7 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
     }
 
 
-def _counts(backend: Backend, registrations: int) -> dict[str, Any]:
+def _counts(backend: Backend, registrations: int, quiet: int) -> dict[str, Any]:
     return {
         "active": backend.here,
         "total": backend.total,
@@ -66,22 +69,27 @@ def _counts(backend: Backend, registrations: int) -> dict[str, Any]:
         "received": backend.received,
         "registrations": registrations,
         "connect_failures": dict(backend.connect_failures),
+        "moved": backend.moved,
+        "quiet": quiet,
     }
 
 
-def _registrations(relay: Relay) -> Counter[Backend]:
-    """The SIP registrations each server holds over this process's connections.
+def _registrations(relay: Relay) -> tuple[Counter[Backend], Counter[Backend]]:
+    """The SIP registrations each server holds, and its quiet connections.
 
-    Each address of record registered over a connection and not expired yet
-    counts once for the connection's server.
+    Each address of record registered over a connection of this process and
+    not expired yet counts once for the connection's server; a connection
+    counts as quiet as :attr:`ocsbal.sip.Registrations.quiet` says.
     """
     now = relay.reactor.seconds()
     held: Counter[Backend] = Counter()
+    quiet: Counter[Backend] = Counter()
     for splice in relay.splices:
         sip, backend = splice.sip, splice.backend
         if sip is not None and backend is not None:
             held[backend] += sum(expiry > now for expiry in sip.bindings.values())
-    return held
+            quiet[backend] += sip.quiet
+    return held, quiet
 
 
 def add_figures(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -110,6 +118,7 @@ def server_report(
     monitor: Monitor,
     counted: dict[str, int] | None = None,
     overrides: dict[str, Any] | None = None,
+    move: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One server: configuration, state, health (and since when) and load.
 
@@ -119,6 +128,7 @@ def server_report(
         connection yet.
     :param overrides: what it runs with that the pool's file does not say
         (:meth:`ocsbal._overrides.Overrides.differences`).
+    :param move: its move under way, if it is drained with ``move_within``.
     """
     counts = counted or {
         "active": 0,
@@ -143,6 +153,9 @@ def server_report(
         "bytes_to_server": counts["sent"],
         "bytes_from_server": counts["received"],
         "registrations": counts["registrations"],
+        "quiet": counts.get("quiet", 0),
+        "moved": counts.get("moved", 0),
+        "move": move,
         "overrides": overrides or {},
     }
 

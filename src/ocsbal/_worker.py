@@ -54,9 +54,11 @@ from ocsbal._amp import (
     Figures,
     Health,
     Log,
+    MoveQuiet,
     Retire,
 )
 from ocsbal._endpoints import ReactorTCPTime, is_ipv6
+from ocsbal._moving import close_quiet_here
 from ocsbal._pool import AdminState, Backend, RunningPool
 from ocsbal._report import figures
 from ocsbal.config import parse
@@ -294,6 +296,14 @@ class ControlLink(amp.AMP):
         if self.service is None:
             return {"figures": {}}
         return {"figures": figures(self.service.relay, connections)}
+
+    @MoveQuiet.responder
+    def move_quiet(self, server: str, most: int) -> dict[str, Any]:
+        """Close up to ``most`` of ``server``'s quiet connections here."""
+        backend = None
+        if self.service is not None:
+            backend = self.service.servers.backends.get(server)
+        return {"closed": 0 if backend is None else close_quiet_here(backend, most)}
 
     @Retire.responder
     def retire(self, timeout: float) -> dict[str, Any]:

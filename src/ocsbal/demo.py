@@ -68,7 +68,8 @@ class DemoEcho(_AnswerBeforeClosing, Echo):
 class DemoSIP(_AnswerBeforeClosing):
     """Answer SIP requests with a response naming this server.
 
-    OPTIONS and REGISTER get ``200 OK``, other requests ``501``; a CRLFCRLF
+    OPTIONS, REGISTER, and a call's INVITE and BYE get ``200 OK``, an ACK
+    nothing (it is answered by nothing), other requests ``501``; a CRLFCRLF
     keep-alive ping gets its CRLF pong (RFC 5626).  Every response carries
     ``Server: ocsbal-demo NAME (ADDRESS)``.  The stream is framed as the
     relay frames it (:class:`~ocsbal.sip.SIPInspector`); what it cannot
@@ -84,16 +85,15 @@ class DemoSIP(_AnswerBeforeClosing):
         for event in self.inspector.feed(data):
             if isinstance(event, Ping):
                 self.transport.write(b"\r\n")
-            elif isinstance(event, Request):
+            elif isinstance(event, Request) and event.method != "ACK":
                 self.transport.write(self._respond(event))
             elif isinstance(event, GaveUp):
                 self.transport.loseConnection()
 
     def _respond(self, request: Request) -> bytes:
         method = request.method
-        status = (
-            "200 OK" if method in ("OPTIONS", "REGISTER") else "501 Not Implemented"
-        )
+        answered = ("OPTIONS", "REGISTER", "INVITE", "BYE")
+        status = "200 OK" if method in answered else "501 Not Implemented"
         copied = ["Via", "From", "To", "Call-ID", "CSeq"]
         if method == "REGISTER":
             copied += ["Contact", "Expires"]

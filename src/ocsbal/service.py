@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from ocsbal._endpoints import ReactorTCPTime
 from ocsbal._idle import IdleTimeout, too_short_for_ocs
 from ocsbal._listener import Listener
+from ocsbal._moving import Mover, close_quiet_here
 from ocsbal._network import NetworkSetupError, check_network, listen_freebind
 from ocsbal._pool import AdminState, LastServerError, RunningPool, UnknownServerError
 from ocsbal._relay import Relay
@@ -48,6 +49,7 @@ from ocsbal.sip import COMPILED
 
 if TYPE_CHECKING:
     from ocsbal._model import Pool, Port, Server
+    from ocsbal._pool import Backend
 
 __all__ = [
     "ConfigReloader",
@@ -134,6 +136,7 @@ class PoolService(MultiService):
         self._listeners: dict[int, Listener] = {}
         self.sweeper = self._sweeping()
         self.health = self._checker()
+        self.mover = Mover(reactor, lambda: self.servers, self._close_quiet)
         self.admin: AdminService | None = None
         if pool.admin is not None:
             self.admin = AdminService(self, pool.admin, reactor)
@@ -169,6 +172,10 @@ class PoolService(MultiService):
         See :meth:`ocsbal._overrides.Overrides.differences`.
         """
         return self.overrides.differences(self.configured, name)
+
+    def moving(self, name: str) -> dict[str, Any] | None:
+        """Server ``name``'s move under way; see :meth:`Mover.report`."""
+        return self.mover.report(name)
 
     def every_override(self) -> dict[str, dict[str, Any]]:
         """:meth:`overridden` of every server the operator changed, by name."""
@@ -369,12 +376,21 @@ class PoolService(MultiService):
         log.info("server {server} weight is now {weight}", server=name, weight=weight)
         return succeed(None)
 
-    def set_state(self, name: str, state: AdminState) -> Deferred[None]:
+    def set_state(
+        self, name: str, state: AdminState, move_within: float | None = None
+    ) -> Deferred[None]:
         """Set what server ``name`` may do: ready, drain or maint.
 
+        :param move_within: with ``drain``, seconds within which its
+            connections are closed, each at a quiet moment, so that their
+            clients reconnect to the others (:mod:`ocsbal._moving`).
         :raises UnknownServerError: if there is no such server.
         """
         backend = self.servers.backend(name)
+        if state is AdminState.DRAIN and move_within:
+            self.mover.start(name, move_within)
+        elif state is not AdminState.DRAIN:
+            self.mover.stop(name)
         if state is backend.state:
             return succeed(None)
         self.servers.set_state(name, state)
@@ -507,7 +523,12 @@ class PoolService(MultiService):
         """
         return Deferred.fromCoroutine(self._stop())
 
+    def _close_quiet(self, backend: Backend, most: int) -> Deferred[int]:
+        """Close up to ``most`` of ``backend``'s quiet connections (here, all)."""
+        return succeed(close_quiet_here(backend, most))
+
     async def _stop(self) -> None:
+        self.mover.shut_down()
         ports, self._listening = list(self._listening.values()), {}
         self._listeners = {}
         await DeferredList([maybeDeferred(p.stopListening) for p in ports])

@@ -1,0 +1,125 @@
+"""Moving a drained server's users at quiet moments (ocsbal._moving)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from ocsbal._moving import TICK, Move, Mover, close_quiet_here
+from ocsbal._pool import AdminState, Backend, RunningPool
+from ocsbal.sip import Registrations
+from pools import make_pool
+from test_relay import REGISTER, REGISTERED, Harness
+
+
+def test_a_move_spreads_what_remains_over_what_is_left_of_its_window() -> None:
+    move = Move(started=0.0, window=10.0)
+    assert move.due(0.0, 100) == 10
+    assert move.due(5.0, 50) == 10
+    assert move.due(9.5, 7) == 7  # the last tick takes what is left
+    assert move.due(10.0, 7) == 0  # the window is over: busy ones stay
+    assert move.due(3.0, 0) == 0
+
+
+class Pool:
+    """A pool of one server holding ``n`` connections, closed as asked."""
+
+    def __init__(self, n: int, quiet: int) -> None:
+        self.clock = Clock()
+        self.servers = RunningPool(make_pool(), self.clock.seconds)
+        self.backend = self.servers.backend("fe1")
+        self.backend.here = n
+        self.quiet = quiet
+        self.closed: list[tuple[float, int]] = []
+
+    def close_quiet(self, backend: Backend, most: int) -> Deferred[int]:
+        closing = min(most, self.quiet)
+        self.quiet -= closing
+        backend.here -= closing
+        self.closed.append((self.clock.seconds(), closing))
+        return succeed(closing)
+
+
+def test_the_mover_never_closes_more_a_tick_than_an_even_spread() -> None:
+    pool = Pool(60, quiet=50)
+    mover = Mover(pool.clock, lambda: pool.servers, pool.close_quiet)
+    mover.start("fe1", 30.0)
+    for _ in range(40):
+        pool.clock.advance(TICK)
+    per_tick = [n for _, n in pool.closed]
+    assert sum(per_tick) == 50  # every quiet one moved
+    assert max(per_tick) <= math.ceil(60 / 29)  # never a burst
+    assert pool.backend.here == 10  # the busy ones stay
+    assert mover.moves == {}  # over at the window's end
+    assert all(at <= 30.0 for at, _ in pool.closed)
+
+
+def test_busy_ones_go_at_their_first_quiet_moment_within_the_window() -> None:
+    pool = Pool(4, quiet=0)
+    mover = Mover(pool.clock, lambda: pool.servers, pool.close_quiet)
+    mover.start("fe1", 10.0)
+    pool.clock.advance(3 * TICK)
+    assert pool.backend.here == 4
+    pool.quiet = 2  # two calls end: they go, at the even spread's pace
+    pool.clock.advance(TICK)
+    assert pool.backend.here == 3  # 4 left over 6 s: one a second
+    pool.clock.advance(TICK)
+    assert pool.backend.here == 2
+    assert mover.report("fe1") == {"within": 10.0, "ends_in": 5.0, "moved": 2}
+
+
+def test_making_the_server_ready_stops_the_move() -> None:
+    pool = Pool(10, quiet=10)
+    mover = Mover(pool.clock, lambda: pool.servers, pool.close_quiet)
+    mover.start("fe1", 100.0)
+    pool.clock.advance(TICK)
+    mover.stop("fe1")
+    pool.clock.advance(10 * TICK)
+    assert len(pool.closed) == 1
+    assert mover.report("fe1") is None
+
+
+def registered(h: Harness, port: int) -> Any:
+    client, _ = h.accept(port)
+    server, _ = h.succeed()
+    client.dataReceived(REGISTER)
+    server.dataReceived(REGISTERED)
+    return client
+
+
+def test_only_quiet_connections_are_closed_and_each_is_counted() -> None:
+    h = Harness(servers=1)
+    for port in range(40000, 40003):
+        registered(h, port)
+    busy = registered(h, 40003)
+    busy.dataReceived(
+        b"INVITE sip:bob@contoso.com SIP/2.0\r\nCall-ID: call\r\n"
+        b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    backend = h.servers.backend("fe0")
+    assert close_quiet_here(backend, 10) == 3
+    closing = {s for s in h.relay.splices if s.closing}
+    assert len(closing) == 3
+    assert all(s.cause == "moved" for s in closing)
+    assert not any(cast_sip(s).quiet for s in h.relay.splices - closing)
+    assert backend.moved == 3
+    assert close_quiet_here(backend, 10) == 0  # those closing are not again
+
+
+def cast_sip(splice: Any) -> Registrations:
+    sip: Registrations = splice.sip
+    return sip
+
+
+def test_drain_with_move_within_starts_a_move_and_ready_ends_it() -> None:
+    from ocsbal import PoolService
+
+    clock = Clock()
+    service = PoolService(make_pool(), clock)  # type: ignore[arg-type]
+    service.set_state("fe1", AdminState.DRAIN, move_within=600)
+    assert service.moving("fe1") == {"within": 600, "ends_in": 600.0, "moved": 0}
+    service.set_state("fe1", AdminState.READY)
+    assert service.moving("fe1") is None
