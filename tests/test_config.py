@@ -291,6 +291,9 @@ BAD_VALUES = [
     ("pool", "maxconn", "-5", "must be a whole number, 0 or more"),
     ("pool", "source", "10.0.0.1, 10.0.0.1", "must not list an address twice"),
     ("pool", "source", "10.0.0.1, lb", "lists lb, which must be a static IPv4"),
+    ("pool", "rebalance", "often", "must be yes or no"),
+    ("pool", "rebalance_rate", "0", "must be a number of connections a second"),
+    ("pool", "rebalance_tolerance", "120", "must be a percentage from 0 to 100"),
     ("pool", "colour", "blue", "unknown key; allowed: name, fqdn, vip, kind, nat"),
     ("server:fe1", "address", "fe01.contoso.com", "not a host name"),
     ("server:fe1", "weight", "65536", "must be a whole number from 0 to 65535"),
@@ -707,6 +710,9 @@ def pools(draw: st.DrawFn) -> Pool:
         slowstart=draw(st.floats(0, 1e5)),
         maxconn=draw(st.integers(0, 10**6)),
         limits=Limits(draw(st.integers(0, 10**4)), draw(st.integers(0, 10**4))),
+        rebalance=draw(st.booleans()),
+        rebalance_rate=draw(st.floats(0.001, 1e4)),
+        rebalance_tolerance=draw(st.floats(0, 100)),
         log=LogSettings(draw(st.booleans())),
     )
 

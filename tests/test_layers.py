@@ -64,7 +64,7 @@ LAYERS: dict[str, set[str]] = {
     "_metrics": {"_pool", "_relay"},
     "_history": {"_pool"},
     "_guard": {"_model"},
-    "_api": {"_guard", "_history", "_model", "_pool", "_report"},
+    "_api": {"_guard", "_history", "_model", "_moving", "_pool", "_report"},
     "admin": {
         *("_api", "_endpoints", "_guard", "_history", "_metrics", "_model"),
         *("_report", "_status_page", "_token"),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from ocsbal._moving import TICK, Move, Mover, close_quiet_here
+from ocsbal._moving import TICK, Move, Mover, close_quiet_here, rebalance_plan
 from ocsbal._pool import AdminState, Backend, RunningPool
 from ocsbal.sip import Registrations
 from pools import make_pool
@@ -120,6 +121,81 @@ def test_drain_with_move_within_starts_a_move_and_ready_ends_it() -> None:
     clock = Clock()
     service = PoolService(make_pool(), clock)  # type: ignore[arg-type]
     service.set_state("fe1", AdminState.DRAIN, move_within=600)
-    assert service.moving("fe1") == {"within": 600, "ends_in": 600.0, "moved": 0}
+    assert service.mover.report("fe1") == {
+        "within": 600,
+        "ends_in": 600.0,
+        "moved": 0,
+    }
     service.set_state("fe1", AdminState.READY)
-    assert service.moving("fe1") is None
+    assert service.mover.report("fe1") is None
+
+
+def two(active: tuple[int, int], **pool: Any) -> tuple[RunningPool, Clock]:
+    clock = Clock()
+    servers = RunningPool(make_pool(**pool), clock.seconds)
+    for backend, n in zip(servers.backends.values(), active, strict=True):
+        backend.here = n
+    return servers, clock
+
+
+def test_a_server_below_its_share_makes_those_above_shed_their_excess() -> None:
+    servers, _ = two((40, 0))
+    assert rebalance_plan(list(servers.backends.values()), 10) == {"fe1": 20}
+    servers, _ = two((21, 19))  # 19 is 5 % below its share of 20: within 10 %
+    assert rebalance_plan(list(servers.backends.values()), 10) == {}
+
+
+def test_a_rebalance_waits_while_a_server_is_down_or_ramping() -> None:
+    servers, clock = two((40, 0), slowstart=60)
+    fe2 = servers.backend("fe2")
+    servers.record(fe2, False, "refused")
+    servers.record(fe2, False, "refused")
+    assert rebalance_plan(list(servers.backends.values()), 10) is None
+    servers.record(fe2, True)
+    servers.record(fe2, True)  # up, in slow start
+    assert rebalance_plan(list(servers.backends.values()), 10) is None
+    clock.advance(60)  # over; nothing has read its weight meanwhile
+    assert rebalance_plan(list(servers.backends.values()), 10) == {"fe1": 20}
+
+
+def reconnecting(
+    servers: RunningPool, closed: list[int]
+) -> Callable[[Backend, int], Deferred[int]]:
+    """Closes what it is asked to; each client reconnects to fe2, below its share."""
+
+    def close_quiet(backend: Backend, most: int) -> Deferred[int]:
+        backend.here -= most
+        servers.backend("fe2").here += most
+        closed.append(most)
+        return succeed(most)
+
+    return close_quiet
+
+
+def test_a_rebalance_moves_at_its_rate_until_within_the_tolerance() -> None:
+    servers, clock = two((40, 0), rebalance=True, rebalance_rate=2)
+    fe2 = servers.backend("fe2")
+    closed: list[int] = []
+    mover = Mover(clock, lambda: servers, reconnecting(servers, closed))
+    mover.begin()
+    for _ in range(20):
+        clock.advance(TICK)
+    assert set(closed) == {2}  # the rate, never more
+    fe1 = servers.backend("fe1")
+    assert (fe1.here, fe2.here) == (22, 18)  # 18 is within 10 % of 20: done
+    assert sum(closed) == 18
+
+
+def test_a_pass_by_hand_rebalances_once_without_rebalance_set() -> None:
+    servers, clock = two((30, 10))
+    moved: list[int] = []
+    mover = Mover(clock, lambda: servers, reconnecting(servers, moved))
+    mover.begin()
+    for _ in range(5):
+        clock.advance(TICK)
+    assert moved == []  # rebalance = no
+    mover.rebalance()
+    for _ in range(20):
+        clock.advance(TICK)
+    assert sum(moved) == 8  # 18 of a share of 20 is within 10 %
+    assert mover.rebalancing is False  # done once balanced

@@ -27,6 +27,7 @@ from ocsbal._pool import AdminState, LastServerError, UnknownServerError
 from ocsbal._report import pool_report, server_report, servers_report
 
 if TYPE_CHECKING:
+    from ocsbal._moving import Mover
     from ocsbal._pool import Backend, RunningPool
 
 __all__ = ["MAX_BODY", "NoWorkersError", "PoolControl", "pool_api"]
@@ -73,8 +74,9 @@ class PoolControl(Protocol):
     def overridden(self, name: str) -> dict[str, Any]:
         """What server ``name`` runs with that the pool's file does not say."""
 
-    def moving(self, name: str) -> dict[str, Any] | None:
-        """Server ``name``'s move, if one is under way; see :mod:`ocsbal._moving`."""
+    @property
+    def mover(self) -> Mover:
+        """Moves drained servers' clients, and rebalances (:mod:`ocsbal._moving`)."""
 
     def every_override(self) -> dict[str, dict[str, Any]]:
         """:meth:`overridden` of every server the operator changed, by name."""
@@ -175,7 +177,7 @@ class _Endpoint(_Exact):
             monitor,
             counted[kind].get(backend.name),
             self.control.overridden(backend.name),
-            self.control.moving(backend.name),
+            self.control.mover.report(backend.name),
         )
 
     def render(self, request: Request) -> bytes | int:
@@ -412,6 +414,19 @@ class _Directory(_Exact):
         return json_answer(request, 404, {"error": "no such resource"})
 
 
+class _RebalanceEndpoint(_Endpoint):
+    """``POST /api/rebalance``: one rebalance, now.
+
+    It runs until the spread is within ``rebalance_tolerance``, at
+    ``rebalance_rate``, as ``[pool] rebalance = yes`` would.
+    """
+
+    def do_POST(self, _request: Request) -> object:
+        mover = self.control.mover
+        mover.rebalance()
+        return {"rebalancing": mover.rebalancing}
+
+
 def pool_api(control: PoolControl, history: History) -> Resource:
     """The endpoints of one pool, as the children of one directory."""
     api = _Directory()
@@ -421,4 +436,5 @@ def pool_api(control: PoolControl, history: History) -> Resource:
     api.putChild(b"connections", _ConnectionsEndpoint(control))
     api.putChild(b"workers", _WorkersEndpoint(control))
     api.putChild(b"overrides", _OverridesEndpoint(control))
+    api.putChild(b"rebalance", _RebalanceEndpoint(control))
     return api

@@ -273,6 +273,15 @@ def _forgotten(answer: dict[str, list[str]], args: argparse.Namespace) -> str:
     )
 
 
+def _rebalancing(answer: dict[str, bool], _: argparse.Namespace) -> str:
+    if not answer["rebalancing"]:
+        return "the servers are within rebalance_tolerance of their share"
+    return (
+        "rebalancing: quiet connections move off the servers above their share, "
+        "at rebalance_rate, until the spread is within rebalance_tolerance"
+    )
+
+
 def _shown(show: Callable[[Any], str]) -> Callable[[Any, argparse.Namespace], str]:
     """A view of the answer alone, as a command's reply."""
     return lambda answer, _: show(answer)
@@ -294,6 +303,7 @@ _COMMANDS: dict[
         _shown(show_connections),
     ),
     "workers": (lambda _: ("GET", "/api/workers", None), _shown(show_workers)),
+    "rebalance": (lambda _: ("POST", "/api/rebalance", {}), _rebalancing),
     "pools": (lambda _: ("GET", "/api/pools", None), _shown(show_pools)),
     "restart-workers": (lambda _: ("POST", "/api/workers/restart", {}), _restarted),
     "add": (
@@ -381,6 +391,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     command("connections", help="list the open connections")
     command("workers", help="list the worker processes")
     command("pools", help="list the pools the daemon serves")
+    command(
+        "rebalance",
+        help="move quiet connections off the servers above their share, now",
+    )
     command(
         "restart-workers",
         help="start new workers; the old ones finish their connections",

@@ -248,6 +248,15 @@ _POOL_RULES: dict[str, _Rule[Any]] = {
     "old_workers_timeout": _seconds_rule(),
     "slowstart": _ramp_rule(),
     "maxconn": _whole_rule(0),
+    "rebalance": _Rule(_read_boolean, _check_boolean),
+    "rebalance_rate": _number_rule(
+        float,
+        "must be a number of connections a second, greater than 0",
+        lambda r: math.isfinite(r) and r > 0,
+    ),
+    "rebalance_tolerance": _number_rule(
+        float, "must be a percentage from 0 to 100", lambda p: 0 <= p <= 100
+    ),
 }
 
 
@@ -297,6 +306,12 @@ class Pool:
         maintenance), unless the server sets its own; 0 for none.
     :ivar maxconn: the most connections the pool takes at once, over all
         its servers; 0 for no limit.
+    :ivar rebalance: whether quiet connections are moved off servers above
+        their weighted share while one is below it by more than
+        ``rebalance_tolerance`` percent (:mod:`ocsbal._moving`).
+    :ivar rebalance_rate: the connections a second a rebalance moves.
+    :ivar rebalance_tolerance: how far below its share, in percent, a server
+        may be before a rebalance begins.
     :ivar monitor: how servers are health-checked.
     :ivar tls: what is done with TLS on ``sips`` ports.
     :ivar admin: where the admin interface listens; ``None`` for none.
@@ -347,6 +362,13 @@ class Pool:
         default=0.0, converter=float, validator=_POOL_RULES["slowstart"]
     )
     maxconn: int = attrs.field(default=0, validator=_POOL_RULES["maxconn"])
+    rebalance: bool = attrs.field(default=False, validator=_POOL_RULES["rebalance"])
+    rebalance_rate: float = attrs.field(
+        default=1.0, converter=float, validator=_POOL_RULES["rebalance_rate"]
+    )
+    rebalance_tolerance: float = attrs.field(
+        default=10.0, converter=float, validator=_POOL_RULES["rebalance_tolerance"]
+    )
     monitor: Monitor = attrs.field(
         default=Monitor(), validator=attrs.validators.instance_of(Monitor)
     )

@@ -16,7 +16,7 @@ them), with a line in the log a minute.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import attrs
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ocsbal._pool import Backend, RunningPool
     from ocsbal.sip import Registrations
 
-__all__ = ["TICK", "Move", "Mover", "close_quiet_here"]
+__all__ = ["TICK", "Move", "Mover", "close_quiet_here", "rebalance_plan"]
 
 log = Logger(namespace="ocsbal")
 
@@ -125,8 +125,22 @@ class Mover:
         self._servers = servers
         self._close_quiet = close_quiet
         self.moves: dict[str, Move] = {}
+        #: Whether a rebalance was asked for by hand, and is not done.
+        self.rebalancing = False
+        #: Connections a rebalance may move, accrued at its rate.
+        self._credit = 0.0
         self._ticking = LoopingCall(lambda: Deferred.fromCoroutine(self._tick()))
         self._ticking.clock = clock
+
+    def begin(self) -> None:
+        """Tick from now on: moves, and rebalances if the pool asks for them."""
+        if not self._ticking.running:
+            self._ticking.start(TICK, now=False)
+
+    def rebalance(self) -> None:
+        """Rebalance now, whatever ``[pool] rebalance`` says, until balanced."""
+        self.rebalancing = True
+        self.begin()
 
     def start(self, name: str, window: float) -> None:
         """Move server ``name``'s connections away within ``window`` seconds."""
@@ -139,14 +153,11 @@ class Mover:
             server=name,
             window=window,
         )
-        if not self._ticking.running:
-            self._ticking.start(TICK, now=False)
+        self.begin()
 
     def stop(self, name: str) -> None:
         """Stop moving server ``name``'s connections (it is ready again)."""
         self.moves.pop(name, None)
-        if not self.moves and self._ticking.running:
-            self._ticking.stop()
 
     def report(self, name: str) -> dict[str, Any] | None:
         """Server ``name``'s move, or ``None`` if none is under way.
@@ -160,8 +171,9 @@ class Mover:
         return {"within": move.window, "ends_in": ends_in, "moved": move.moved}
 
     def shut_down(self) -> None:
-        """Stop every move: the pool stops."""
+        """Stop every move and rebalance: the pool stops."""
         self.moves.clear()
+        self.rebalancing = False
         if self._ticking.running:
             self._ticking.stop()
 
@@ -186,8 +198,35 @@ class Mover:
                     left=backend.active,
                     seconds=move.ends - now,
                 )
-        if not self.moves and self._ticking.running:
-            self._ticking.stop()
+        if servers.pool.rebalance or self.rebalancing:
+            await self._rebalance(servers)
+
+    async def _rebalance(self, servers: RunningPool) -> None:
+        pool = servers.pool
+        backends = list(servers.backends.values())
+        plan = rebalance_plan(backends, pool.rebalance_tolerance)
+        if not plan:  # balanced (a pass asked for is done), or waiting
+            self.rebalancing = self.rebalancing and plan is None
+            self._credit = 0.0
+            return
+        most_moved = sum(plan.values())
+        self._credit = min(self._credit + pool.rebalance_rate * TICK, most_moved)
+        for name, excess in sorted(plan.items(), key=lambda item: -item[1]):
+            most = min(excess, int(self._credit))
+            if most < 1:
+                break
+            backend = servers.backends[name]
+            moved = await self._close_quiet(backend, most)
+            self._credit -= moved
+            if moved:
+                log.info(
+                    "rebalancing: moved {moved} of {active} connections off "
+                    "server {server}, above its share by {excess}",
+                    moved=moved,
+                    active=backend.active + moved,
+                    server=name,
+                    excess=excess,
+                )
 
     def _finish(self, name: str, move: Move, backend: Backend | None) -> None:
         del self.moves[name]
@@ -199,3 +238,37 @@ class Mover:
             moved=move.moved,
             left=left,
         )
+
+
+def rebalance_plan(
+    backends: Sequence[Backend], tolerance: float
+) -> dict[str, int] | None:
+    """How many connections each server above its weighted share should shed.
+
+    Among the servers that take new connections, a server's share is the
+    host's connections times its weight over their weights.  Nothing is to
+    shed unless one of them is below its share by more than ``tolerance``
+    percent; then each server above its share sheds what it has over it,
+    and never one below.
+
+    :return: the connections to shed by server name (none: balanced
+        enough), or ``None`` while a rebalance must wait: a server that
+        takes new connections is down, or in slow start.
+    """
+    taking = [b for b in backends if b.accepting]
+    if any(not b.health.up or b.ramping for b in taking):
+        return None
+    total = sum(b.active for b in taking)
+    weights = sum(b.server.weight for b in taking)
+    if not total or not weights:
+        return {}
+    share = {b.name: total * b.server.weight / weights for b in taking}
+    if not any(
+        share[b.name] - b.active > share[b.name] * tolerance / 100 for b in taking
+    ):
+        return {}
+    return {
+        b.name: math.floor(b.active - share[b.name])
+        for b in taking
+        if b.active - share[b.name] >= 1
+    }

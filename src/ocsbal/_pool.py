@@ -148,6 +148,14 @@ class Backend:
         return max(1, math.ceil(weight * part)) if weight else 0
 
     @property
+    def ramping(self) -> bool:
+        """Whether it is in slow start now."""
+        ramp = self.ramp
+        if ramp is not None and ramp.part() >= 1.0:
+            self.ramp = ramp = None
+        return ramp is not None
+
+    @property
     def full(self) -> bool:
         """Whether it has as many connections as its ``maxconn`` allows."""
         limit = self.server.maxconn

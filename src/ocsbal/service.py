@@ -106,6 +106,7 @@ class PoolService(MultiService):
     :ivar relay: the pool's connections.
     :ivar sweeper: the idle sweep.
     :ivar health: the health checks.
+    :ivar mover: moves drained servers' clients, and rebalances.
     :ivar admin: the admin interface, if the pool has an ``[admin]`` section.
     """
 
@@ -172,10 +173,6 @@ class PoolService(MultiService):
         See :meth:`ocsbal._overrides.Overrides.differences`.
         """
         return self.overrides.differences(self.configured, name)
-
-    def moving(self, name: str) -> dict[str, Any] | None:
-        """Server ``name``'s move under way; see :meth:`Mover.report`."""
-        return self.mover.report(name)
 
     def every_override(self) -> dict[str, dict[str, Any]]:
         """:meth:`overridden` of every server the operator changed, by name."""
@@ -260,6 +257,8 @@ class PoolService(MultiService):
         if not self._listening:
             self._bind()
         self._unless_it_fails(super().startService)
+        if self._checks_here:  # a worker's control process moves and rebalances
+            self.mover.begin()
         self._announce()
 
     def _announce(self) -> None:

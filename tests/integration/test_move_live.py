@@ -31,6 +31,26 @@ def call(sock: socket.socket, method: str, n: int, cseq: int) -> None:
         assert read_until(sock, b"\r\n\r\n").startswith(b"SIP/2.0 200 OK")
 
 
+def registered_on_fe1(admin: str, vip: str, count: int) -> list[socket.socket]:
+    """``count`` clients registered through ``vip``, all on fe1: fe2 is in
+    maintenance while they connect (:func:`back` ends it)."""
+    admin_call(admin, "PATCH", "/api/servers/fe2", {"state": "maint"})
+    clients = [socket.create_connection((vip, 15060), WAIT) for _ in range(count)]
+    for n, sock in enumerate(clients):
+        assert options(sock, n) == "fe1"
+        register(sock, n)
+    return clients
+
+
+def back(admin: str, server: str) -> None:
+    """Make ``server`` ready again, and wait until it is up."""
+    admin_call(admin, "PATCH", f"/api/servers/{server}", {"state": "ready"})
+    deadline = time.monotonic() + WAIT
+    while admin_call(admin, "GET", f"/api/servers/{server}")[1]["health"] != "up":
+        assert time.monotonic() < deadline, f"{server} never came up"
+        time.sleep(0.05)
+
+
 def closed(sock: socket.socket) -> bool:
     sock.setblocking(False)
     try:
@@ -52,21 +72,12 @@ def test_drain_moves_quiet_clients_over_the_window_and_cuts_no_call(
     ini += "\n[log]\nconnections = yes\n"
     launch.servers(ini)
     balancer = launch.balancer(ini)
-    # Every client on fe1: fe2 in maintenance while they connect.
-    admin_call(ADMIN, "PATCH", "/api/servers/fe2", {"state": "maint"})
-    clients = [socket.create_connection((VIP, 15060), WAIT) for _ in range(22)]
-    for n, sock in enumerate(clients):
-        assert options(sock, n) == "fe1"
-        register(sock, n)
+    clients = registered_on_fe1(ADMIN, VIP, 22)
     callers = clients[:2]  # two calls in progress
     for n, sock in enumerate(callers):
         call(sock, "INVITE", n, 1)
         call(sock, "ACK", n, 1)
-    admin_call(ADMIN, "PATCH", "/api/servers/fe2", {"state": "ready"})
-    deadline = time.monotonic() + WAIT
-    while admin_call(ADMIN, "GET", "/api/servers/fe2")[1]["health"] != "up":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    back(ADMIN, "fe2")
 
     window = 5.0
     status, fe1 = admin_call(
