@@ -1,4 +1,4 @@
-"""Moving a drained server's users away: quiet connections closed over a window.
+"""Moving users between servers at quiet moments: on drain, and to rebalance.
 
 A SIP client keeps its connection for hours, so draining a server moves no
 one until they sign out.  ``drain`` with ``move_within`` closes the server's
@@ -7,10 +7,15 @@ connections for them, each at a quiet moment (no transaction open, no call:
 clients reconnect (and are placed by the scheduler, and register again) a
 few at a time, never all at once.  A busy connection is closed at its first
 quiet moment after; one still busy when the window ends stays: a call is
-never cut.  :class:`Move` is the arithmetic of one server's move;
-:class:`Mover` ticks the moves of a pool every :data:`TICK` seconds and
-has the quiet connections it says closed (by whichever processes hold
-them), with a line in the log a minute.
+never cut.  :class:`Move` is the arithmetic of one server's move.
+
+A rebalance (``[pool] rebalance``, or ``ocsbal ctl rebalance``) moves
+quiet connections the same way off the servers above their weighted share
+while one is below it (:func:`rebalance_plan`), at ``rebalance_rate``.
+
+:class:`Mover` ticks a pool's moves and rebalance every :data:`TICK`
+seconds and has the quiet connections they say closed, by whichever
+processes hold them, each move said in the log.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def close_quiet_here(backend: Backend, most: int) -> int:
 
 
 class Mover:
-    """The moves of a pool's drained servers, ticked on a clock.
+    """The moves of a pool's drained servers, and its rebalance, on a clock.
 
     :param clock: the clock it ticks on.
     :param servers: the pool at run time, read at each tick.

@@ -10,11 +10,13 @@ One :mod:`twisted.web` site, served on the ``[admin] listen`` endpoint
     POST   /api/servers            add one: {"name", "address", "weight"}
     GET    /api/servers/NAME       one server, or one being removed
     PATCH  /api/servers/NAME       {"weight": N} and/or {"state": "drain"}
+                                   (and "move_within": SECONDS, with drain)
     DELETE /api/servers/NAME       remove it (?force=1 closes its connections)
     GET    /api/connections        open client connections
     GET    /api/history            connections per server over the last hour
     GET    /api/workers            the processes that relay
     POST   /api/workers/restart    start a new generation of workers
+    POST   /api/rebalance          move quiet clients to a server below its share
     GET    /api/overrides          the operator's changes to the pool's file
     DELETE /api/overrides[/NAME]   forget them
     GET    /api/pools              the pools the daemon serves
