@@ -305,3 +305,10 @@ def test_what_the_operator_changed_of_the_file_is_shown() -> None:
     page = parsed([server("a", overrides=overrides), server("b")])
     assert len(page.with_class("changed")) == 2
     assert "weight 50 (file 100)" in page.text
+
+
+def test_a_move_under_way_is_shown_under_the_state() -> None:
+    move = {"within": 600, "ends_in": 480.0, "moved": 12}
+    page = parsed([server("a", state="drain", move=move)])
+    assert len(page.with_class("move")) == 1
+    assert "moving: 12 moved, 8 min left" in page.text

@@ -210,7 +210,7 @@ def _server(server: dict[str, Any], busiest: int, now: float, prefix: str) -> Ta
             tags.span(class_="detail")(detail) if detail else "",
             down_since,
         ),
-        tags.td(class_=f"state-{state}")(state),
+        tags.td(class_=f"state-{state}")(state, _moving(server.get("move"))),
         tags.td(class_="n")(weight(server)),
         tags.td(class_="n")(
             tags.span(class_="track")(
@@ -224,6 +224,16 @@ def _server(server: dict[str, Any], busiest: int, now: float, prefix: str) -> Ta
         tags.td(class_="n")(human_bytes(server["bytes_from_server"])),
         tags.td(server["last_check"]),
         tags.td(class_="changed")(changed(server)),
+    )
+
+
+def _moving(move: dict[str, Any] | None) -> Tag | str:
+    """A drained server's move, under its state: ``moving: 12 moved, 48 s left``."""
+    if not move:
+        return ""
+    left = duration(max(0.0, move["ends_in"]))
+    return tags.span(class_="detail move")(
+        f"moving: {move['moved']} moved, {left} left"
     )
 
 
