@@ -177,12 +177,12 @@ def test_quiet_again_once_every_transaction_and_call_is_done(
     for call in calls:  # hang up every call, both ways answered
         c.client(request("BYE", call, 9))
     # Answer whatever each side still waits for: its INVITEs declined.
-    for _ in range(c.sip._invites[0]):
+    for _ in range(c.sip._up_invites):
         c.server(response(487, "INVITE", "z"))
-    for _ in range(c.sip._invites[1]):
+    for _ in range(c.sip._down_invites):
         c.client(response(487, "INVITE", "z"))
-    for _ in range(c.sip._open[0]):
+    for _ in range(c.sip._up_open):
         c.server(response(200, "MESSAGE", "z"))
-    for _ in range(c.sip._open[1]):
+    for _ in range(c.sip._down_open):
         c.client(response(200, "MESSAGE", "z"))
     assert c.sip.quiet
