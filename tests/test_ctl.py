@@ -287,42 +287,48 @@ def test_restart_workers_counts_the_old_workers_and_their_connections(
     assert _COMMANDS["restart-workers"][1](workers, args) == said
 
 
-def test_show_servers_marks_removed_ones() -> None:
-    row = {
+def server_row(**changes: object) -> dict[str, object]:
+    """A server as /api/servers reports it, with ``changes``."""
+    row: dict[str, object] = {
         "name": "fe1",
-        "address": "a",
-        "weight": 1,
-        "state": "drain",
-        "removed": True,
+        "address": "10.0.0.11",
+        "weight": 100,
+        "state": "ready",
+        "removed": False,
         "health": "up",
-        "health_detail": "no longer checked",
-        "active": 3,
-        "total": 9,
+        "health_detail": "",
+        "active": 0,
+        "total": 0,
         "last_check": "ok",
     }
+    return row | changes
+
+
+def test_show_servers_marks_removed_ones() -> None:
+    row = server_row(
+        address="a",
+        weight=1,
+        state="drain",
+        removed=True,
+        health_detail="no longer checked",
+        active=3,
+        total=9,
+    )
     assert show_servers([row]).splitlines()[1].split()[3] == "removed"
 
 
 def test_show_servers_says_what_health_waits_for_or_why_it_is_not_checked() -> None:
-    def row(name: str, health: str, detail: str, last: str) -> dict[str, object]:
-        return {
-            "name": name,
-            "address": "10.0.0.11",
-            "weight": 100,
-            "state": "maint" if health == "maint" else "ready",
-            "removed": False,
-            "health": health,
-            "health_detail": detail,
-            "active": 0,
-            "total": 0,
-            "last_check": last,
-        }
-
     table = show_servers(
         [
-            row("fe1", "down", "2 of 3 checks passed", "ok"),
-            row("fe2", "maint", "not checked", "in maintenance"),
-            row("fe3", "up", "", "ok"),
+            server_row(health="down", health_detail="2 of 3 checks passed"),
+            server_row(
+                name="fe2",
+                state="maint",
+                health="maint",
+                health_detail="not checked",
+                last_check="in maintenance",
+            ),
+            server_row(name="fe3"),
         ]
     ).splitlines()
     assert table == [
@@ -348,22 +354,14 @@ def test_a_relative_token_file_is_taken_from_where_ctl_runs(
 
 
 def test_show_servers_says_what_the_operator_changed_of_the_file() -> None:
-    row = {
-        "name": "fe1",
-        "address": "10.0.0.11",
-        "weight": 50,
-        "state": "drain",
-        "removed": False,
-        "health": "up",
-        "health_detail": "",
-        "active": 0,
-        "total": 0,
-        "last_check": "ok",
-        "overrides": {
+    row = server_row(
+        weight=50,
+        state="drain",
+        overrides={
             "weight": {"running": 50, "file": 100},
             "state": {"running": "drain", "file": "ready"},
         },
-    }
+    )
     added = {**row, "name": "fe9", "overrides": {"added": True}}
     lines = show_servers([row, added]).splitlines()
     assert lines[1].endswith("weight 50 (file 100), state drain (file ready)")
@@ -381,9 +379,7 @@ def test_show_servers_says_what_the_operator_changed_of_the_file() -> None:
 def test_forget_names_what_it_dropped(
     argv: list[str], answer: list[str], said: str
 ) -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--admin", "127.0.0.1:9900", *argv])
+    args = parse("--admin", "127.0.0.1:9900", *argv)
     build, reply = _COMMANDS["forget"]
     method, path, _ = build(args)
     assert (method, path) == (
@@ -394,17 +390,5 @@ def test_forget_names_what_it_dropped(
 
 
 def test_a_server_in_slow_start_shows_the_part_of_its_weight_it_has() -> None:
-    row = {
-        "name": "fe1",
-        "address": "10.0.0.11",
-        "weight": 100,
-        "effective_weight": 25,
-        "state": "ready",
-        "removed": False,
-        "health": "up",
-        "health_detail": "",
-        "active": 0,
-        "total": 0,
-        "last_check": "ok",
-    }
+    row = server_row(effective_weight=25)
     assert show_servers([row]).splitlines()[1].split()[2] == "25/100"

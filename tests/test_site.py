@@ -3,7 +3,6 @@ interface for all (ocsbal.admin), twistd's options and ocsbal ctl --pool."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from ocsbal import PoolService, Port, Server
-from ocsbal._ctl import add_arguments, request_for
+from ocsbal._ctl import request_for
 from ocsbal._history import History
 from ocsbal._reloader import ConfigReloader
 from ocsbal._site import load_pools, state_file
@@ -25,6 +24,7 @@ from ocsbal.admin import admin_site
 from ocsbal.config import ConfigError
 from ocsbal.tap import Options, makeService
 from pools import make_pool
+from test_ctl import parse
 
 FE = """[pool]
 name = fe
@@ -204,10 +204,7 @@ class TwoPoolsTests(SynchronousTestCase):
     ],
 )
 def test_ctl_pool_addresses_one_pool(argv: list[str], expected: Any) -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--admin", "127.0.0.1:9900", *argv])
-    assert request_for(args) == expected
+    assert request_for(parse("--admin", "127.0.0.1:9900", *argv)) == expected
 
 
 def test_a_sighup_reads_every_file_and_refuses_all_for_one_problem(
@@ -237,13 +234,11 @@ def test_the_examples_run_together_as_one_daemon_would() -> None:
 
 
 def test_ctl_drain_moves_within_a_duration() -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--admin", "h:1", "drain", "fe1", "--move-within", "10m"])
+    args = parse("--admin", "h:1", "drain", "fe1", "--move-within", "10m")
     assert request_for(args) == (
         "PATCH",
         "/api/servers/fe1",
         {"state": "drain", "move_within": 600.0},
     )
-    plain = parser.parse_args(["--admin", "h:1", "drain", "fe1"])
+    plain = parse("--admin", "h:1", "drain", "fe1")
     assert request_for(plain)[2] == {"state": "drain"}

@@ -138,22 +138,29 @@ class Backend:
         server came up, reaching the configured weight at the ramp's end.
         """
         weight = self.server.weight
-        ramp = self.ramp
-        if ramp is None:
-            return weight
-        part = ramp.part()
-        if part >= 1.0:
-            self.ramp = None
+        part = self._climbed()
+        if part is None:
             return weight
         return max(1, math.ceil(weight * part)) if weight else 0
 
     @property
     def ramping(self) -> bool:
         """Whether it is in slow start now."""
+        return self._climbed() is not None
+
+    def _climbed(self) -> float | None:
+        """How far its slow start has climbed, below 1; ``None`` if none is on.
+
+        A ramp found over is dropped, so the hot path reads the weight alone.
+        """
         ramp = self.ramp
-        if ramp is not None and ramp.part() >= 1.0:
-            self.ramp = ramp = None
-        return ramp is not None
+        if ramp is None:
+            return None
+        part = ramp.part()
+        if part >= 1.0:
+            self.ramp = None
+            return None
+        return part
 
     @property
     def full(self) -> bool:

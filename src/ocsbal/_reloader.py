@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from ocsbal._model import Pool
 from ocsbal._site import load_pools
 from ocsbal._token import AdminTokenError
-from ocsbal.config import ConfigError, load
+from ocsbal.config import ConfigError
 
 __all__ = ["ConfigReloader", "ReloadError", "Reloadable"]
 
@@ -117,7 +117,7 @@ class ConfigReloader(Service):
     async def _once(self) -> None:
         paths = [path for path, _ in self.files]
         try:
-            pools = [load(paths[0])] if len(paths) == 1 else load_pools(paths)
+            pools = load_pools(paths)
         except ConfigError as e:
             self._refused(", ".join(paths), e)
             return
