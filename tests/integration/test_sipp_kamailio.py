@@ -22,32 +22,20 @@ and closes it.  With SIP stacks ocsbal did not write, the test proves that:
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import socket
 import subprocess
 import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (
-    WAIT,
-    Launcher,
-    Process,
-    admin_call,
-    pool_ini,
-    require_tool,
-    wait_listening,
-)
+from harness import WAIT, Launcher, Process, admin_call, pool_ini, require_tool
+from kamailio import complaints, registrars, requests
 
 SIPP = "/usr/bin/sipp"
-KAMAILIO = "/usr/sbin/kamailio"
 SCENARIO = Path(__file__).with_name("sipp") / "register.xml"
 
 VIP = "127.0.50.10"
@@ -58,116 +46,20 @@ CALLS = 2000
 RATE = 200  # calls per second: 10 s of calls, about 200 connections open at once
 SIPP_TIMEOUT = 40  # seconds SIPp may run in all
 
-# A registrar and nothing else: usrloc in memory (db_mode 0), TCP only (no
-# UDP socket), and one log line per request, which the test counts.
-KAMAILIO_CFG = """\
-#!KAMAILIO
-debug=2
-log_stderror=yes
-children=2
-tcp_children=2
-auto_aliases=no
-dns=no
-rev_dns=no
-listen=tcp:{address}:5060
-
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "xlog.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-
-modparam("usrloc", "db_mode", 0)
-
-request_route {{
-    if (!mf_process_maxfwd_header("10")) {{
-        sl_send_reply("483", "Too Many Hops");
-        exit;
-    }}
-    xlog("L_NOTICE", "itest: $rm $fU\\n");
-    if (is_method("REGISTER")) {{
-        if (!save("location")) {{
-            sl_reply_error();
-        }}
-        exit;
-    }}
-    if (is_method("OPTIONS")) {{
-        sl_send_reply("200", "OK");
-        exit;
-    }}
-    sl_send_reply("405", "Method Not Allowed");
-}}
-"""
-
-
-def start_registrar(launch: Launcher, name: str, address: str) -> Process:
-    """Run Kamailio in the foreground on ``address``:5060, in a session of its own.
-
-    ``setsid`` makes Kamailio's process id its process group's, so that
-    :func:`stop_registrar` reaches its children too: they outlive a main
-    process that is killed, and keep the port.
-    """
-    with socket.socket() as probe:  # else wait_listening would find that one
-        taken = probe.connect_ex((address, 5060)) == 0
-    assert not taken, f"something already listens on {address}:5060"
-    config = launch.write(f"{name}.cfg", KAMAILIO_CFG.format(address=address))
-    run = launch.tmp_path / f"{name}-run"
-    run.mkdir()
-    return launch.spawn(
-        name,
-        [
-            *("setsid", KAMAILIO, "-DD", "-E", "-f", str(config)),
-            *("-m", "64", "-M", "8", "-Y", str(run), "-P", str(run / "pid")),
-        ],
-    )
-
-
-def stop_registrar(process: Process) -> None:
-    """SIGTERM, which Kamailio passes to its children; then kill what is left."""
-    group = process.popen.pid
-    with suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGTERM)
-    try:
-        process.popen.wait(timeout=WAIT)
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-
 
 @pytest.fixture
-def registrars(launch: Launcher) -> Iterator[dict[str, Process]]:
+def kamailios(launch: Launcher) -> Iterator[dict[str, Process]]:
     """The two Kamailio registrars, listening; stopped, children and all."""
     require_tool(SIPP, "sip-tester")
-    require_tool(KAMAILIO, "kamailio")
-    started: dict[str, Process] = {}
-    try:
-        for name, address in REGISTRARS.items():
-            started[name] = start_registrar(launch, name, address)
-        for name, address in REGISTRARS.items():
-            wait_listening(address, 5060, started[name])
+    with registrars(launch, REGISTRARS) as started:
         yield started
-    finally:
-        for process in started.values():
-            stop_registrar(process)
 
 
-def logged(process: Process, method: str) -> int:
-    """How many of SIPp's requests of ``method`` Kamailio logged (users u1, u2...)."""
-    return process.output.count(f"itest: {method} u")
-
-
-def complaints(process: Process) -> list[str]:
-    """The errors and warnings in Kamailio's log."""
-    return [
-        line
-        for line in process.output.splitlines()
-        if " ERROR: " in line or " WARNING: " in line
-    ]
+def from_sipp(process: Process, method: str) -> int:
+    """How many of SIPp's requests of ``method`` (users u1, u2...) Kamailio
+    logged: not the balancer's health checks."""
+    logged = requests(process, method)
+    return sum(n for user, n in logged.items() if user.startswith("u"))
 
 
 def run_sipp(tmp_path: Path) -> tuple[int, dict[str, str], str]:
@@ -267,7 +159,7 @@ def sip_metrics(admin: str) -> dict[str, float]:
 
 
 def test_sipp_registers_through_the_balancer_to_two_kamailios_without_failure(
-    launch: Launcher, registrars: dict[str, Process]
+    launch: Launcher, kamailios: dict[str, Process]
 ) -> None:
     servers = {name: (address, 1) for name, address in REGISTRARS.items()}
     monitor = "\n[monitor]\ntype = sip-options\ninterval = 2\n"
@@ -291,9 +183,9 @@ def test_sipp_registers_through_the_balancer_to_two_kamailios_without_failure(
     split = Counter(relayed(ADMIN))
     split.subtract(relayed_before)
     assert split.total() == CALLS, split
-    for name, process in registrars.items():
-        assert logged(process, "REGISTER") == split[name], split
-        assert logged(process, "OPTIONS") == split[name], split
+    for name, process in kamailios.items():
+        assert from_sipp(process, "REGISTER") == split[name], split
+        assert from_sipp(process, "OPTIONS") == split[name], split
         assert split[name] >= 0.3 * CALLS, split
         assert complaints(process) == []
 
