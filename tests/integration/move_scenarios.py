@@ -91,11 +91,12 @@ class Outcome:
         return [u.error for u in self.users if u.error]
 
     def registered_again(self) -> list[float]:
-        """Seconds from each move to the user's next registration."""
+        """Seconds from each move to the user's next registration (none for a
+        user stopped in between)."""
         return [
             again.at - close.at
             for user in self.moved
-            for close, again in zip(user.closes, user.registrations[1:])
+            for close, again in zip(user.closes, user.registrations[1:], strict=False)
         ]
 
     @property

@@ -4,6 +4,7 @@ and a Director pool (one process), each its own VIP, one admin interface."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 import urllib.request
 
@@ -12,12 +13,16 @@ from harness import (
     Launcher,
     admin_call,
     await_workers,
+    connect,
     ctl,
+    options,
     pool_ini,
+    register,
     told,
     wait_listening,
     who_answers,
 )
+from test_move_live import closed
 
 ADMIN = "127.0.68.1:19900"
 FE = pool_ini("127.0.68.10", {"fe1": ("127.0.68.11", 1)}, {15060: "sip"}, workers=2)
@@ -71,4 +76,88 @@ def test_two_pools_one_daemon_one_interface(launch: Launcher) -> None:
     }
     assert (weights["fe1"]["weight"], weights["dir1"]["weight"]) == (3, 5)
     assert weights["dir1"]["state"] == "drain"
+    balancer.assert_stops_cleanly()
+
+
+# A server back from maintenance is up at its next check: soon.
+MONITOR = "\n[monitor]\nports = 15060\ninterval = 1\ntimeout = 0.5\nrise = 1\n"
+
+
+def test_moves_in_one_pool_leave_the_other_pools_clients_alone(
+    launch: Launcher,
+) -> None:
+    """A drain with ``--move-within`` in the Director pool (one process) and a
+    rebalance by hand in the Front End pool (two workers), side by side."""
+    admin = "127.0.52.1:19900"
+    fe_ini = (
+        pool_ini(
+            "127.0.52.10",
+            {"fe1": ("127.0.52.11", 1), "fe2": ("127.0.52.12", 1)},
+            {15060: "sip"},
+            workers=2,
+            rebalance_rate=20,
+        )
+        + "\n[admin]\nlisten = tcp:19900:interface=127.0.52.1\n"
+        + MONITOR
+    )
+    director_ini = (
+        pool_ini(
+            "127.0.52.20",
+            {"dir1": ("127.0.52.21", 1), "dir2": ("127.0.52.22", 1)},
+            {15060: "sip"},
+            workers=1,
+        ).replace("name = itest", "name = director")
+        + MONITOR
+    )
+    launch.servers(fe_ini, "fe-servers")
+    launch.servers(director_ini, "director-servers")
+    fe, director = (
+        launch.write("fe.ini", fe_ini),
+        launch.write("director.ini", director_ini),
+    )
+    balancer = launch.twistd(fe, "--config", str(director))
+    await_workers(balancer, fe_ini)
+    for vip in ("127.0.52.10", "127.0.52.20"):
+        wait_listening(vip, 15060, balancer)
+
+    def on_first(pool: str, vip: str, second: str) -> list[socket.socket]:
+        """Six clients registered through ``vip``, all on the pool's first
+        server (its ``second`` in maintenance meanwhile)."""
+        path = f"/api/pools/{pool}/servers/{second}"
+        admin_call(admin, "PATCH", path, {"state": "maint"})
+        clients = [connect(vip, 15060) for _ in range(6)]
+        for n, sock in enumerate(clients):
+            options(sock, n)
+            register(sock, n)
+        admin_call(admin, "PATCH", path, {"state": "ready"})
+        deadline = time.monotonic() + WAIT
+        while admin_call(admin, "GET", path)[1]["health"] != "up":
+            assert time.monotonic() < deadline, f"{second} never came up"
+            time.sleep(0.05)
+        return clients
+
+    fe_clients = on_first("itest", "127.0.52.10", "fe2")
+    director_clients = on_first("director", "127.0.52.20", "dir2")
+
+    drained = ctl(
+        "--admin", admin, "--pool", "director", "drain", "dir1", "--move-within", "2s"
+    )
+    assert drained.returncode == 0, drained.stderr
+    deadline = time.monotonic() + 2 + WAIT / 3
+    while not all(closed(sock) for sock in director_clients):
+        assert time.monotonic() < deadline, "the director's clients never moved"
+        time.sleep(0.05)
+    # The Front End pool's clients did not move, on either server.
+    assert not any(closed(sock) for sock in fe_clients)
+
+    rebalanced = ctl("--admin", admin, "--pool", "itest", "rebalance")
+    assert rebalanced.returncode == 0, rebalanced.stderr
+    deadline = time.monotonic() + WAIT
+    while sum(closed(sock) for sock in fe_clients) < 3:
+        assert time.monotonic() < deadline, "the Front End pool never rebalanced"
+        time.sleep(0.05)
+    dir2 = admin_call(admin, "GET", "/api/pools/director/servers/dir2")[1]
+    assert dir2["active"] == 0  # what moved there has closed since
+    for sock in fe_clients + director_clients:
+        sock.close()
     balancer.assert_stops_cleanly()
