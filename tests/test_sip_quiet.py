@@ -111,6 +111,23 @@ def test_a_stray_response_never_hides_a_call() -> None:
     assert (c.sip.dialogs, c.sip.quiet) == (1, False)
 
 
+def test_a_2xx_again_answers_nothing_else() -> None:
+    """Retransmitted until the ACK, or a second callee's: while a MESSAGE waits."""
+    c = Connection()
+    c.client(request("INVITE", "call"))
+    c.server(response(200, "INVITE", "call"))
+    c.client(request("MESSAGE", "m", 2))
+    c.server(response(200, "INVITE", "call"))  # the first again: no ACK yet
+    c.server(response(200, "INVITE", "call"))  # another fork's
+    assert (c.sip.transactions, c.sip.dialogs) == (1, 1)
+    c.client(request("ACK", "call"))
+    c.server(response(200, "MESSAGE", "m", 2))
+    assert c.sip.transactions == 0
+    c.client(request("BYE", "call", 3))
+    c.server(response(200, "BYE", "call", 3))
+    assert c.sip.quiet
+
+
 # Steps of a hypothesis run: who sends what, on a few Call-IDs.
 STEP = st.tuples(
     st.sampled_from(["client", "server"]),

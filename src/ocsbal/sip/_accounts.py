@@ -236,16 +236,25 @@ class Registrations:
         """Count a final response to a request of the client's, or the server's.
 
         INVITEs are counted apart, by their responses' CSeq, so that a stray
-        response can never stand for an INVITE's and hide its call.
+        response can never stand for an INVITE's and hide its call.  A 2xx
+        to an INVITE whose answer came already (the UAS retransmits it until
+        the ACK, on any transport, and a forked INVITE may be answered by
+        several callees: RFC 3261 §13.3.1.4, §13.2.2.4) answers nothing, so
+        it cannot stand for another request's answer either; it is looked
+        for only while a call is up, the only time one can come.
         """
         if to_client:
-            self._up_open = max(0, self._up_open - 1)
             if self._up_invites:
                 self._up_invites -= self._final(response)
+            elif self._dialogs and _answers_invite(response):
+                return
+            self._up_open = max(0, self._up_open - 1)
         else:
-            self._down_open = max(0, self._down_open - 1)
             if self._down_invites:
                 self._down_invites -= self._final(response)
+            elif self._dialogs and _answers_invite(response):
+                return
+            self._down_open = max(0, self._down_open - 1)
 
     def _final(self, response: Response) -> int:
         """1 if ``response``, final, answers an INVITE (a 2xx confirms its dialog)."""
@@ -324,6 +333,11 @@ class Registrations:
         missed = self.missed_refresh(now, grace)
         new, self._lapsed = missed and not self._lapsed, missed
         return new
+
+
+def _answers_invite(response: Response) -> bool:
+    cseq = response.headers.cseq
+    return cseq is not None and cseq[1] == "INVITE"
 
 
 def _granted(asked: int | None, answered: int | None, expires: int | None) -> int:
