@@ -186,6 +186,35 @@ def test_a_rebalance_moves_at_its_rate_until_within_the_tolerance() -> None:
     assert sum(closed) == 18
 
 
+def test_a_rebalance_held_back_by_busy_connections_never_catches_up() -> None:
+    """Ticks that find fewer quiet connections than the rate lend nothing to
+    the ticks after: no tick moves more than the rate."""
+    servers, clock = two((40, 0), rebalance=True, rebalance_rate=3)
+    closed: list[int] = []
+    moving = reconnecting(servers, closed)
+    quiet = iter([0, 0, 1] + [100] * 20)
+
+    def close_quiet(backend: Backend, most: int) -> Deferred[int]:
+        return moving(backend, min(most, next(quiet)))
+
+    mover = Mover(clock, lambda: servers, close_quiet)
+    mover.begin()
+    for _ in range(12):
+        clock.advance(TICK)
+    assert closed[:4] == [0, 0, 1, 3]
+    assert max(closed) == 3
+
+
+def test_a_rebalance_slower_than_one_a_tick_waits_for_a_whole_one() -> None:
+    servers, clock = two((40, 0), rebalance=True, rebalance_rate=0.5)
+    closed: list[int] = []
+    mover = Mover(clock, lambda: servers, reconnecting(servers, closed))
+    mover.begin()
+    for _ in range(8):
+        clock.advance(TICK)
+    assert closed == [1, 1, 1, 1]  # one every other tick
+
+
 def test_a_pass_by_hand_rebalances_once_without_rebalance_set() -> None:
     servers, clock = two((30, 10))
     moved: list[int] = []

@@ -214,8 +214,13 @@ class Mover:
             self.rebalancing = self.rebalancing and plan is None
             self._credit = 0.0
             return
-        most_moved = sum(plan.values())
-        self._credit = min(self._credit + pool.rebalance_rate * TICK, most_moved)
+        # What a tick could not move (its connections were busy) is not
+        # lent to the next: never more than the rate.  A rate under one a
+        # tick accrues up to one whole connection.
+        per_tick = pool.rebalance_rate * TICK
+        self._credit = min(
+            self._credit + per_tick, max(per_tick, 1.0), sum(plan.values())
+        )
         for name, excess in sorted(plan.items(), key=lambda item: -item[1]):
             most = min(excess, int(self._credit))
             if most < 1:
