@@ -27,11 +27,11 @@ they are figures of behaviour, not ratios.  Needs Debian's kamailio
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
 import tempfile
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ from move_scenarios import Outcome, Setup, drain, rebalance  # noqa: E402
 from run import machine  # noqa: E402
 from supervise import raise_fd_limit  # noqa: E402
 
+from ocsbal._moving import TICK  # noqa: E402
+
 
 def percentiles(values: list[float]) -> dict[str, float]:
     """Median, 99th percentile and highest, in milliseconds."""
@@ -53,6 +55,29 @@ def percentiles(values: list[float]) -> dict[str, float]:
         "p50_ms": round(statistics.median(ordered) * 1000, 1),
         "p99_ms": round(p99 * 1000, 1),
         "max_ms": round(ordered[-1] * 1000, 1),
+    }
+
+
+def pace(at: list[float]) -> dict[str, Any]:
+    """The moves' pace, from the times the users saw their closes (sorted).
+
+    The mover acts once a tick (:data:`ocsbal._moving.TICK`, a second), and
+    the closes of one tick reach the users within some milliseconds: a
+    gap of half a tick or more between two closes separates two ticks'
+    batches.  Whole seconds of the clock would split a batch, or take two
+    ticks when one was late and the next on time, so the batches are
+    counted, and the rate is the moves over the ticks they took.
+    """
+    batches = [1]
+    for before, after in itertools.pairwise(at):
+        if after - before >= TICK / 2:
+            batches.append(0)
+        batches[-1] += 1
+    return {
+        "rate": round(len(at) / (len(batches) * TICK), 1),
+        "batches": len(batches),
+        "batch_median": statistics.median(batches),
+        "batch_max": max(batches),
     }
 
 
@@ -82,15 +107,13 @@ def run_drain(users: int, window: float) -> dict[str, Any]:
             )
         finally:
             launch.stop_all()
-    per_second = Counter(int(at) for at in outcome.moved_at)
     movable = users - (calls - calls // 2)
     return {
         **common(outcome),
         "window_s": window,
         "in_call_at_window_end": calls - calls // 2,
         "even_rate": round(movable / window, 1),
-        "moves_per_second_median": statistics.median(per_second.values()),
-        "moves_per_second_max": max(per_second.values()),
+        **pace(outcome.moved_at),
         "last_move_s": round(outcome.moved_at[-1], 2),
     }
 
@@ -106,13 +129,10 @@ def run_rebalance(users: int, rate: float) -> dict[str, Any]:
         finally:
             launch.stop_all()
     at = outcome.moved_at
-    # The mover acts once a second: count in whole seconds from the first.
-    per_second = Counter(int(t - at[0]) for t in at)
     return {
         **common(outcome),
         "set_rate": rate,
-        "moves_per_second_median": statistics.median(per_second.values()),
-        "moves_per_second_max": max(per_second.values()),
+        **pace(at),
         "slowstart_s": slowstart,
         "first_move_after_up_s": round(at[0], 2),
         "moved_while_down": outcome.seen["moved_while_down"],
