@@ -73,8 +73,9 @@ def test_rebalance_moves_half_the_users_to_a_registrar_that_comes_back(
     # Nothing while kam2 was in slow start; then about half ...
     assert at[0] >= slowstart - 0.5, at
     assert 16 <= len(at) <= 22, at
-    # ... no faster than the rate ...
+    # ... no faster than the rate, and no slower ...
     assert (len(at) - 1) / (at[-1] - at[0] + 1) <= rate * 1.5, at
+    assert at[-1] <= slowstart + 20 / rate + 2, at
     # ... each registered again on kam2 at once.
     assert max(outcome.registered_again()) < 1.0
     assert outcome.landed == {("kam1", "kam2"): len(at)}
