@@ -37,7 +37,7 @@ from twisted.internet.interfaces import (
     IReactorSocket,
     IReactorThreads,
 )
-from twisted.internet.protocol import ProcessProtocol, ServerFactory
+from twisted.internet.protocol import ProcessProtocol, ServerFactory, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -88,6 +88,8 @@ class WorkerLink(amp.AMP):
     :ivar stage: ``starting``, ``running`` or ``old`` (retired, finishing).
     :ivar started: when it was spawned, by the reactor's clock.
     :ivar counts: its connections per server, as it last reported them.
+    :ivar unlinked: fires once its link is closed, every line it sent read:
+        its process's end may be known first.
     """
 
     def __init__(
@@ -104,6 +106,12 @@ class WorkerLink(amp.AMP):
         self.ports: set[int] = set()
         self.process: IProcessTransport | None = None
         self.ended: Deferred[None] = Deferred()
+        self.unlinked: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """The worker is gone, or going: what it sent has all been read."""
+        super().connectionLost(reason)
+        self.unlinked.callback(None)
 
     @property
     def name(self) -> str:
@@ -268,18 +276,13 @@ class ControlService(PoolService):
     def _launch(self, slot: int) -> WorkerLink:
         """Spawn a worker of the current generation and connect to it."""
         link = WorkerLink(self, slot, self._generation, self._reactor.seconds())
+        command = ("-m", "ocsbal._worker", "--grace", repr(self.grace_period))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with ours, theirs:
             process = cast(IReactorProcess, self._reactor).spawnProcess(
                 _WorkerProcess(link),
                 sys.executable,
-                [
-                    sys.executable,
-                    "-m",
-                    "ocsbal._worker",
-                    "--grace",
-                    repr(self.grace_period),
-                ],
+                [sys.executable, *command],
                 env=os.environ.copy(),
                 childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno()},
             )
@@ -535,7 +538,7 @@ class ControlService(PoolService):
         links = self._all()
         for link in links:
             _signal(link, "TERM")
-        ended = DeferredList([link.ended for link in links])
+        ended = DeferredList([d for k in links for d in (k.ended, k.unlinked)])
         await self._within(
             ended.addCallback(lambda _: None), self.grace_period + CLOSE_TIMEOUT + 5
         )
