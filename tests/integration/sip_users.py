@@ -65,8 +65,8 @@ class User(threading.Thread):
         self._call_tag = b""
         self._commands: queue.Queue[str] = queue.Queue()
         self._stopping = threading.Event()
-        # The thread sleeps in select() until its connection or the test
-        # (through the bell) has something for it: no polling, so a
+        # The thread sleeps in poll() until its connection or the test
+        # (through the bell) has something for it: no busy polling, so a
         # thousand users cost next to no CPU beside the balancer.
         self._bell, self._ring = socket.socketpair()
         self._sock = socket.socket()
@@ -158,9 +158,8 @@ class User(threading.Thread):
     def _request(
         self, method: str, uri: bytes, call_id: bytes, cseq: int, extra: bytes = b""
     ) -> None:
-        to_tag = b";tag=" + self._call_tag if call_id.startswith(b"call") else b""
-        if method == "INVITE":
-            to_tag = b""
+        in_call = method in {"ACK", "BYE"}
+        to_tag = b";tag=" + self._call_tag if in_call else b""
         self._sock.sendall(
             b"%s %s SIP/2.0\r\nVia: SIP/2.0/TCP %s;branch=z9hG4bK-u%d-%d\r\n"
             b"Max-Forwards: 70\r\nFrom: <sip:u%d@%s>;tag=u%d\r\n"
