@@ -88,11 +88,14 @@ class Side(Protocol):
     #: The other side; set when the splice is attached, before reading starts.
     peer: Side
 
-    # Two per connection: what it adds goes in slots, not the dict that
-    # Protocol's own attributes need.
+    # Two per connection: what it adds goes in slots, and so do the two
+    # attributes of Protocol's that Twisted sets, which would otherwise
+    # make a dict for each side (88 to 272 bytes).  Protocol has no slots,
+    # so anything else set on a side still goes in one.
     __slots__ = (
         "_read_closed",
         "_write_closed",
+        "connected",
         "handshake",
         "inspector",
         "lost",
@@ -100,9 +103,14 @@ class Side(Protocol):
         "received",
         "send",
         "splice",
+        "transport",
     )
 
     def __init__(self, splice: Owner, tls: bool = False) -> None:
+        # Protocol's defaults, which its class attributes gave before the
+        # slots hid them: not connected, no transport.
+        self.connected = 0
+        self.transport = cast(SplicedTransport, None)
         self.splice = splice
         self._read_closed = False
         self._write_closed = False
