@@ -95,6 +95,19 @@ def test_client_is_paused_until_a_server_is_connected() -> None:
     assert client.producerState == "producing"
 
 
+def test_a_connected_server_side_keeps_no_deferred_of_its_connecting() -> None:
+    """Once connected, neither the side nor its factory keeps ``reached``.
+
+    The connector keeps its factory while the connection lasts, hours on a
+    SIP port: the fired Deferred and its canceller must not stay with it.
+    """
+    h = Harness()
+    h.accept()
+    factory = h.reactor.tcpClients[-1][2]
+    server, _ = h.succeed()
+    assert (server.reached, factory.reached) == (None, None)
+
+
 def test_bytes_are_relayed_both_ways_unchanged() -> None:
     h = Harness()
     client, client_t = h.accept()

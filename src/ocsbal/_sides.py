@@ -214,16 +214,19 @@ class ServerSide(Side):
     """The server's side: the connection the splice opens to a server.
 
     :ivar reached: fires once the connection to the server is made, or
-        fails with why it could not be; set by whoever connects it.
+        fails with why it could not be; set by whoever connects it, and
+        ``None`` once fired by the connection (a connection lasts for hours,
+        and need not keep a Deferred and its canceller all along).
     """
 
     from_server = True
     __slots__ = ("reached",)
-    reached: Deferred[None]
+    reached: Deferred[None] | None
 
     def connectionMade(self) -> None:
-        if not self.reached.called:
-            self.reached.callback(None)
+        reached, self.reached = self.reached, None
+        if reached is not None and not reached.called:
+            reached.callback(None)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         super().connectionLost(reason)
