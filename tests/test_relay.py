@@ -24,7 +24,7 @@ from ocsbal._listener import Listener
 from ocsbal._pool import AdminState, RunningPool, UnknownServerError
 from ocsbal._relay import Phase, Relay
 from ocsbal._report import connections_report
-from ocsbal._sides import _WriteThrough
+from ocsbal._sides import _write_through
 from ocsbal._sweep import closing_time, sweep
 from ocsbal.config import Pool, Port, PortProtocol, Server
 from ocsbal.scheduling import LeastConnections
@@ -485,7 +485,10 @@ def test_writes_go_straight_to_the_socket_and_stay_in_order_under_back_pressure(
     reactor = MemoryReactorClock()
     transport = tcp.Connection(ours, Protocol(), reactor)
     transport.connected = True  # as the reactor's accept makes it
-    write = _WriteThrough(transport).write
+
+    def write(data: bytes) -> None:
+        _write_through(transport, data)
+
     write(b"hello")
     assert theirs.recv(100) == b"hello"  # sent at once, no reactor turn
     assert reactor.getWriters() == []
