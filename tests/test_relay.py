@@ -24,7 +24,7 @@ from ocsbal._listener import Listener
 from ocsbal._pool import AdminState, RunningPool, UnknownServerError
 from ocsbal._relay import Phase, Relay
 from ocsbal._report import connections_report
-from ocsbal._sides import _WriteThrough
+from ocsbal._sides import _write_through
 from ocsbal._sweep import closing_time, sweep
 from ocsbal.config import Pool, Port, PortProtocol, Server
 from ocsbal.scheduling import LeastConnections
@@ -93,6 +93,19 @@ def test_client_is_paused_until_a_server_is_connected() -> None:
     assert h.reactor.tcpClients[0][1] == 5060  # the server's port is the VIP port
     h.succeed()
     assert client.producerState == "producing"
+
+
+def test_a_connected_server_side_keeps_no_deferred_of_its_connecting() -> None:
+    """Once connected, neither the side nor its factory keeps ``reached``.
+
+    The connector keeps its factory while the connection lasts, hours on a
+    SIP port: the fired Deferred and its canceller must not stay with it.
+    """
+    h = Harness()
+    h.accept()
+    factory = h.reactor.tcpClients[-1][2]
+    server, _ = h.succeed()
+    assert (server.reached, factory.reached) == (None, None)
 
 
 def test_bytes_are_relayed_both_ways_unchanged() -> None:
@@ -472,7 +485,10 @@ def test_writes_go_straight_to_the_socket_and_stay_in_order_under_back_pressure(
     reactor = MemoryReactorClock()
     transport = tcp.Connection(ours, Protocol(), reactor)
     transport.connected = True  # as the reactor's accept makes it
-    write = _WriteThrough(transport).write
+
+    def write(data: bytes) -> None:
+        _write_through(transport, data)
+
     write(b"hello")
     assert theirs.recv(100) == b"hello"  # sent at once, no reactor turn
     assert reactor.getWriters() == []

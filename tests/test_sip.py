@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ from ocsbal.sip import (
     Registrations,
     Request,
     Response,
+    SIPHeaders,
     SIPInspector,
     SIPTally,
 )
@@ -179,6 +182,16 @@ def test_any_cutting_of_a_stream_yields_the_same_events(
     assert feed(*chunks) == feed(stream)
 
 
+def test_an_inspector_between_messages_holds_no_buffer() -> None:
+    # Most connections sit between messages for hours: no buffer each.
+    inspector = SIPInspector()
+    inspector.feed(REGISTER[:40])
+    assert inspector.held == 40
+    inspector.feed(REGISTER[40:])
+    assert inspector.held == 0
+    assert not [r for r in gc.get_referents(inspector) if isinstance(r, bytearray)]
+
+
 @given(st.lists(st.binary(max_size=200), max_size=20), st.booleans())
 def test_arbitrary_bytes_never_raise_and_stay_bounded(
     chunks: list[bytes], from_server: bool
@@ -212,6 +225,17 @@ class TestRegistrations:
         account = Registrations()
         exchange(account, REGISTER, OK, now=100)
         assert account.bindings == {"sip:alice@contoso.com": 1300}
+        assert account.last_message == "200 OK (REGISTER)"
+
+    def test_an_answered_register_leaves_no_message_held(self) -> None:
+        # An idle connection keeps its account for hours: what it read (the
+        # messages, their parsed headers, the REGISTER awaiting its answer)
+        # must not stay with it, only its bindings and the last start line.
+        account = Registrations()
+        exchange(account, REGISTER, OK, now=100)
+        held = gc.get_referents(account)
+        assert not [r for r in held if isinstance(r, (Request, Response, SIPHeaders))]
+        assert len([r for r in held if isinstance(r, dict)]) == 1  # the bindings
         assert account.last_message == "200 OK (REGISTER)"
 
     def test_else_the_expires_header_else_3600(self) -> None:

@@ -72,15 +72,19 @@ class OneConnection(ClientFactory):
 
     def __init__(self, protocol: Protocol, reached: Deferred[None]) -> None:
         self._protocol = protocol
-        self.reached = reached
+        #: ``None`` once the protocol is built, when the connection is made
+        #: and can no longer fail to be: the connector keeps its factory for
+        #: as long as the connection lasts, which need not keep this too.
+        self.reached: Deferred[None] | None = reached
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:  # noqa: ARG002
         """The one protocol."""
+        self.reached = None
         return self._protocol
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:  # noqa: ARG002
         """Fail ``reached`` with why, unless it was cancelled."""
-        if not self.reached.called:
+        if self.reached is not None and not self.reached.called:
             self.reached.errback(reason)
 
 

@@ -159,8 +159,8 @@ class Outbound:
             d.errback(ConnectingCancelledError(connector.getDestination()))
             connector.stopConnecting()
 
-        side.reached = Deferred(cancel)
-        factory: ClientFactory = OneConnection(side, side.reached)
+        reached = side.reached = Deferred(cancel)
+        factory: ClientFactory = OneConnection(side, reached)
         tls = self.tls
         if tls is not None and port.protocol is PortProtocol.SIPS:
             # Not wrapClientTLS: TLS must take its clock from this reactor.
@@ -174,4 +174,4 @@ class Outbound:
         connector = reactor.connectTCP(
             server.address, port.number, factory, self._pool().connect_timeout, bind
         )
-        return side.reached
+        return reached

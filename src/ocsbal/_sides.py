@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import struct
 import termios
-from collections.abc import Callable
 from typing import Protocol as Shape
 from typing import cast
 
@@ -88,21 +87,29 @@ class Side(Protocol):
     #: The other side; set when the splice is attached, before reading starts.
     peer: Side
 
-    # Two per connection: what it adds goes in slots, not the dict that
-    # Protocol's own attributes need.
+    # Two per connection: what it adds goes in slots, and so do the two
+    # attributes of Protocol's that Twisted sets, which would otherwise
+    # make a dict for each side (88 to 272 bytes).  Protocol has no slots,
+    # so anything else set on a side still goes in one.
     __slots__ = (
         "_read_closed",
+        "_through",
         "_write_closed",
+        "connected",
         "handshake",
         "inspector",
         "lost",
         "peer",
         "received",
-        "send",
         "splice",
+        "transport",
     )
 
     def __init__(self, splice: Owner, tls: bool = False) -> None:
+        # Protocol's defaults, which its class attributes gave before the
+        # slots hid them: not connected, no transport.
+        self.connected = 0
+        self.transport = cast(SplicedTransport, None)
         self.splice = splice
         self._read_closed = False
         self._write_closed = False
@@ -110,17 +117,18 @@ class Side(Protocol):
         self.received = 0
         self.inspector: SIPInspector | None = None
         self.handshake: Deferred[None] | None = Deferred() if tls else None
-        #: Writes what this side reads to the peer; set when it is attached.
-        self.send: Callable[[bytes], None]
+        #: The peer's TCP connection, written to through :func:`_write_through`;
+        #: ``None`` where the peer's transport is another kind, written to as it is.
+        self._through: tcp.Connection | None = None
 
     def send_to(self, peer: Side) -> None:
         """Relay what this side reads to ``peer`` from now on."""
         self.peer = peer
         transport = peer.transport
-        if isinstance(transport, tcp.Connection):
-            self.send = _WriteThrough(transport).write
-        else:  # TLS, a held client's stand-in, or a test's transport
-            self.send = transport.write
+        # The connection itself, not a bound method made for it: that and
+        # its object would last as long as the connection, on both sides.
+        # TLS, a held client's stand-in, or a test's transport: as it is.
+        self._through = transport if isinstance(transport, tcp.Connection) else None
 
     def feed_from(self, peer: Side) -> None:
         """Take writes from ``peer``, as a streaming producer (flow control)."""
@@ -130,7 +138,11 @@ class Side(Protocol):
         # One clock read per chunk is all idle accounting costs (see _idle).
         now = self.splice.last_activity = self.splice.clock.seconds()
         self.received += len(data)
-        self.send(data)
+        through = self._through
+        if through is None:
+            self.peer.transport.write(data)
+        else:
+            _write_through(through, data)
         # Observed after it is on its way: inspection never delays or alters.
         if self.inspector is not None:
             self.splice.inspect(self, data, now)
@@ -206,24 +218,27 @@ class ServerSide(Side):
     """The server's side: the connection the splice opens to a server.
 
     :ivar reached: fires once the connection to the server is made, or
-        fails with why it could not be; set by whoever connects it.
+        fails with why it could not be; set by whoever connects it, and
+        ``None`` once fired by the connection (a connection lasts for hours,
+        and need not keep a Deferred and its canceller all along).
     """
 
     from_server = True
     __slots__ = ("reached",)
-    reached: Deferred[None]
+    reached: Deferred[None] | None
 
     def connectionMade(self) -> None:
-        if not self.reached.called:
-            self.reached.callback(None)
+        reached, self.reached = self.reached, None
+        if reached is not None and not reached.called:
+            reached.callback(None)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         super().connectionLost(reason)
         self.splice.server_lost()
 
 
-class _WriteThrough:
-    """Writes to a TCP connection's socket at once while nothing waits to go.
+def _write_through(transport: tcp.Connection, data: bytes) -> None:
+    """Write to a TCP connection's socket at once while nothing waits to go.
 
     ``transport.write`` only buffers, and sends on the reactor's next turn:
     for a message answered by a message, that is a turn and two epoll
@@ -233,27 +248,19 @@ class _WriteThrough:
     and error handling stay as they are.  Twisted keeps its buffer in
     ``dataBuffer`` and ``_tempDataLen``, which this reads.
     """
-
-    __slots__ = ("_transport",)
-
-    def __init__(self, transport: tcp.Connection) -> None:
-        self._transport = transport
-
-    def write(self, data: bytes) -> None:
-        transport = self._transport
-        if (
-            transport.dataBuffer
-            or transport._tempDataLen
-            or transport.disconnecting
-            or not transport.connected
-        ):
-            transport.write(data)
-            return
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int) and sent < len(data):
-            transport.write(data[sent:])
-        elif not isinstance(sent, int):  # lost: let Twisted find out and close
-            transport.write(data)
+    if (
+        transport.dataBuffer
+        or transport._tempDataLen
+        or transport.disconnecting
+        or not transport.connected
+    ):
+        transport.write(data)
+        return
+    sent = transport.writeSomeData(data)
+    if isinstance(sent, int) and sent < len(data):
+        transport.write(data[sent:])
+    elif not isinstance(sent, int):  # lost: let Twisted find out and close
+        transport.write(data)
 
 
 class Held:

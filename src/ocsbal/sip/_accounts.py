@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import NamedTuple, cast
 
+from ocsbal.sip._headers import SIPHeaders
 from ocsbal.sip._inspector import (
     METHODS,
     Event,
@@ -77,6 +78,8 @@ class Registrations:
         "_expiries",
         "_lapsed",
         "_last",
+        "_last_cseq",
+        "_last_head",
         "_pending",
         "_too_many_dialogs",
         "_up_invites",
@@ -92,9 +95,17 @@ class Registrations:
         self.max_bindings = max_bindings
         self.keepalives = 0
         self.gave_up: str | None = None
-        #: The last message either way; told as :attr:`last_message` when asked.
-        self._last: Request | Response | None = None
-        self._pending: dict[tuple[str, int], _Pending] = {}
+        # The last message either way, as little of it as :attr:`last_message`
+        # tells: its start line, and a response's CSeq method if its headers
+        # were read, else its head, to read the CSeq from when asked.  Not
+        # the message: a read header block holds several times the head,
+        # and an idle connection keeps its last message for hours.
+        self._last: bytes | None = None
+        self._last_cseq: str | None = None
+        self._last_head: bytes | None = None
+        #: The REGISTERs awaiting their final response, once there is one:
+        #: most of the time there is none, and an emptied dict keeps its table.
+        self._pending: dict[tuple[str, int], _Pending] | None = None
         #: When each binding expires, by address of record and Contact URI.
         self._expiries: dict[tuple[str, str], float] = {}
         #: Whether the last :meth:`lapsed` found a missed refresh.
@@ -124,11 +135,31 @@ class Registrations:
         A request's method and URI, or a response's status, reason and CSeq
         method.
         """
-        last = self._last
-        if last is None or isinstance(last, Request):
-            return None if last is None else f"{last.method} {last.uri}"
-        cseq = last.headers.cseq
-        return f"{last.status} {last.reason} ({cseq[1] if cseq else '?'})"
+        line = self._last
+        if line is None:
+            return None
+        method = self._last_cseq
+        head = self._last_head
+        if method is None and head is None:  # a request's
+            name, uri = line.split(b" ")[:2]
+            return f"{name.decode('ascii')} {uri.decode('utf-8', 'replace')}"
+        if method is None:
+            method = _cseq_method(SIPHeaders(cast(bytes, head)[len(line) :]))
+        reason = line[12:].decode("utf-8", "replace")
+        return f"{line[8:11].decode('ascii')} {reason} ({method})"
+
+    def _keep_request(self, request: Request) -> None:
+        self._last = request.start_line
+        self._last_cseq = self._last_head = None
+
+    def _keep_response(self, response: Response) -> None:
+        self._last = response.start_line
+        if response.headers_read:
+            self._last_cseq = _cseq_method(response.headers)
+            self._last_head = None
+        else:  # reading them now would cost every response what few ask
+            self._last_cseq = None
+            self._last_head = response.head
 
     def from_client(self, event: Event, now: float) -> None:  # noqa: ARG002
         """Count an event of the client's direction, seen at ``now``.
@@ -139,7 +170,7 @@ class Registrations:
         kind = type(event)
         if kind is Request:
             request = cast(Request, event)
-            self._last = request
+            self._keep_request(request)
             self._asked(request, from_client=True)
             if request.method != "REGISTER":
                 return
@@ -156,13 +187,16 @@ class Registrations:
                 for c in headers.contacts
             )
             key = (headers.call_id, headers.cseq[0])
-            self._pending.pop(key, None)  # a retransmission counts as the newest
-            self._pending[key] = _Pending(headers.to_uri, asked, headers.contact_star)
-            if len(self._pending) > self.max_pending:
-                del self._pending[next(iter(self._pending))]
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = {}
+            pending.pop(key, None)  # a retransmission counts as the newest
+            pending[key] = _Pending(headers.to_uri, asked, headers.contact_star)
+            if len(pending) > self.max_pending:
+                del pending[next(iter(pending))]
         elif kind is Response:
             response = cast(Response, event)
-            self._last = response
+            self._keep_response(response)
             if response.status >= 200:
                 self._answered(response, to_client=False)
         elif kind is Ping or kind is Pong:
@@ -177,14 +211,14 @@ class Registrations:
         kind = type(event)
         if kind is Response:
             response = cast(Response, event)
-            self._last = response
+            self._keep_response(response)
             if response.status >= 200:
                 self._answered(response, to_client=True)
                 if self._pending:
                     self._registered(response, now)
         elif kind is Request:
             request = cast(Request, event)
-            self._last = request
+            self._keep_request(request)
             self._asked(request, from_client=False)
         elif kind is Ping or kind is Pong:
             self.keepalives += 1
@@ -193,9 +227,12 @@ class Registrations:
         """Take a final response that may be a REGISTER's, seen at ``now``."""
         headers = response.headers
         cseq = headers.cseq
-        if not (cseq and cseq[1] == "REGISTER" and headers.call_id):
+        waiting = self._pending
+        if not (cseq and cseq[1] == "REGISTER" and headers.call_id and waiting):
             return
-        pending = self._pending.pop((headers.call_id, cseq[0]), None)
+        pending = waiting.pop((headers.call_id, cseq[0]), None)
+        if not waiting:
+            self._pending = None
         if pending is None or response.status >= 300:
             return
         if pending.star:
@@ -333,6 +370,12 @@ class Registrations:
         missed = self.missed_refresh(now, grace)
         new, self._lapsed = missed and not self._lapsed, missed
         return new
+
+
+def _cseq_method(headers: SIPHeaders) -> str:
+    """A response's CSeq method, as :attr:`Registrations.last_message` tells it."""
+    cseq = headers.cseq
+    return cseq[1] if cseq else "?"
 
 
 def _answers_invite(response: Response) -> bool:

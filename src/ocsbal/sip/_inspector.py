@@ -82,6 +82,11 @@ class _Message:
         """The request or status line."""
         return self.head[: self._line]
 
+    @property
+    def headers_read(self) -> bool:
+        """Whether :attr:`headers` has been read (so costs nothing to ask again)."""
+        return self._headers is not None
+
     def __eq__(self, other: object) -> bool:
         return (
             type(other) is type(self)
@@ -192,8 +197,10 @@ class SIPInspector:
         self.max_header_bytes = max_header_bytes
         self.from_server = from_server
         self.gave_up: str | None = None
-        #: The start of an incomplete header block (or a CR awaiting its LF).
-        self._tail = bytearray()
+        #: The start of an incomplete header block (or a CR awaiting its LF);
+        #: ``None`` while there is none, as there is between most reads, so
+        #: that an idle connection holds no buffer.
+        self._tail: bytearray | None = None
         #: Body bytes still to skip.
         self._skip = 0
         #: On the client's side, a CRLF that may be half of a ping.
@@ -202,7 +209,7 @@ class SIPInspector:
     @property
     def held(self) -> int:
         """Bytes held back: an incomplete header block, less than the cap."""
-        return len(self._tail)
+        return 0 if self._tail is None else len(self._tail)
 
     def feed(self, data: bytes) -> list[Event]:
         """Take the next bytes of the stream; return what they completed."""
@@ -215,7 +222,7 @@ class SIPInspector:
         buffer: bytes | bytearray = data
         searched = 0
         tail = self._tail
-        if tail:  # then no body was being skipped, and start is 0
+        if tail is not None:  # then no body was being skipped, and start is 0
             # The block's end was not in the tail; look from its last 3 bytes.
             searched = len(tail) - 3
             tail += data
@@ -225,12 +232,12 @@ class SIPInspector:
             end = self._frame(buffer, start, searched, events)
         except GiveUpError as e:
             self.gave_up = str(e)
-            self._tail = bytearray()
+            self._tail = None
             events.append(GaveUp(self.gave_up))
             return events
         if end == len(buffer):
-            self._tail = bytearray()
-        elif buffer is tail:
+            self._tail = None
+        elif tail is not None:  # then the buffer is the tail
             del tail[:end]
         else:
             self._tail = bytearray(data[end:])
