@@ -520,7 +520,7 @@ defaults
 """
 
 # A registrar and nothing else: locations in memory (db_mode 0), TCP only,
-# no log line per request.  As tests/integration/test_sipp_kamailio.py's.
+# no log line per request.  As tests/integration/kamailio.py's, which logs each.
 KAMAILIO_CFG = """\
 #!KAMAILIO
 debug=1

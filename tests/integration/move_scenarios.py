@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from harness import WAIT, Launcher, admin_call, pool_ini
+from harness import WAIT, Launcher, Process, admin_call, pool_ini
 from kamailio import registrars, requests, start_registrar
 from sip_users import User, users
 
@@ -107,6 +107,18 @@ class Outcome:
         )
 
 
+def finished(
+    everyone: list[User],
+    began: float,
+    kam2: Process,
+    balancer: Process,
+    seen: dict[str, Any],
+) -> Outcome:
+    """Stop the balancer; what the scenario saw, kam2's log and the balancer's."""
+    balancer.stop()
+    return Outcome(everyone, began, requests(kam2, "REGISTER"), balancer.output, seen)
+
+
 def wait_until(condition: Callable[[], bool], what: str, within: float = WAIT) -> float:
     """Poll ``condition()`` until true; return when it became so."""
     deadline = time.monotonic() + within
@@ -169,14 +181,7 @@ def drain(
                 user.hang_up()
             wait_until(lambda: not any(u.busy for u in callers), "hung up")
             seen["hung_up"] = setup.server("kam1")
-        balancer.stop()
-        return Outcome(
-            everyone,
-            began,
-            requests(kamailios["kam2"], "REGISTER"),
-            balancer.output,
-            seen,
-        )
+        return finished(everyone, began, kamailios["kam2"], balancer, seen)
 
 
 def rebalance(
@@ -211,11 +216,4 @@ def rebalance(
             seen["active"] = {
                 name: setup.server(name)["active"] for name in ("kam1", "kam2")
             }
-        balancer.stop()
-        return Outcome(
-            everyone,
-            began,
-            requests(kamailios["kam2"], "REGISTER"),
-            balancer.output,
-            seen,
-        )
+        return finished(everyone, began, kamailios["kam2"], balancer, seen)
