@@ -17,7 +17,8 @@ the other, for HAProxy and ocsbal:
   relayed connections in 20,000 files, so several bind the VIP with
   SO_REUSEPORT, which HAProxy sets by default, and the kernel spreads the
   connections over them), or ``twistd ocsbal`` on a pool of those eight
-  servers, ``5060 = sip``, with ``[pool] workers = N``: N is ``--workers``
+  servers, ``5060 = sip`` (or ``--port-type``: ``sips`` passes the bytes
+  through unread, as for TLS), with ``[pool] workers = N``: N is ``--workers``
   if given (``workers = 1`` too), else the clients / 8,000 rounded up, and
   the key is left out when that is 1 (ocsbal's own default then); the
   same N is the number of HAProxy processes (one of two threads when N is
@@ -592,7 +593,7 @@ listen sip
             lines.append(f"source = {self.ocsbal_source}")
         if self.write_workers:
             lines.append(f"workers = {self.procs}")
-        lines += ["", "[ports]", f"{PORT} = sip", ""]
+        lines += ["", "[ports]", f"{PORT} = {self.args.port_type}", ""]
         for name, address in FRONT_ENDS.items():
             lines += [f"[server:{name}]", f"address = {address}", ""]
         lines += ["[monitor]", "type = tcp", f"ports = {PORT}", "interval = 5", ""]
@@ -638,6 +639,7 @@ listen sip
         return {
             "workers": self.procs if self.write_workers else None,
             "source": self.ocsbal_source,
+            "port_type": self.args.port_type,
         }
 
     # --- clients
@@ -949,7 +951,7 @@ def table(results: list[dict[str, Any]]) -> str:
             return f"{s['processes']} x {s['threads_each']} thread(s)"
         processes = r["idle"]["processes"]
         workers = s["workers"] or "omitted"
-        return f"workers {workers}: {processes} proc."
+        return f"{s['port_type']}, workers {workers}: {processes} proc."
 
     def cpu(phase: str) -> Any:
         return lambda r: (
@@ -1082,6 +1084,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refresh", type=float, default=300, help="REGISTER refresh, s")
     p.add_argument("--subscribe", type=float, default=600, help="SUBSCRIBE every ~s")
     p.add_argument("--rate", type=float, default=1000, help="new connections/s, all")
+    p.add_argument(
+        "--port-type",
+        choices=["sip", "sips", "tcp"],
+        default="sip",
+        help="ocsbal's VIP port: sip (followed), sips (passed through: the "
+        "clients' plain SIP is relayed as TLS would be, unread) or tcp",
+    )
     p.add_argument("--timeout", type=float, default=10, help="answer timeout, s")
     p.add_argument(
         "--storm", action=argparse.BooleanOptionalAction, default=True, help="storm"
