@@ -29,7 +29,7 @@ CAUSES = {
     "server-down": "every server tried failed to connect",
     "limit": "a maxconn or a [limits] limit refused it",
     "admin": "the operator closed it (a forced removal, a restart's end)",
-    "moved": "closed at a quiet moment to move its client off a drained server",
+    "moved": "closed at a quiet moment to move its client: a drain's move, a rebalance",
     "shutdown": "ocsbal stopped",
 }
 

@@ -95,8 +95,8 @@ class _Pool:
             ),
             "moved": CounterMetricFamily(
                 "ocsbal_server_moved_connections",
-                "Connections closed at a quiet moment to move their clients off "
-                "the drained server.",
+                "Connections closed at a quiet moment to move their clients to "
+                "another server: off a drained server, or to rebalance.",
                 labels=server,
             ),
             "registrations": GaugeMetricFamily(
