@@ -15,6 +15,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -365,6 +366,41 @@ class ChangeTests(AdminTests):
             status, _ = self.call("PATCH", "/api/servers/fe1", body)
             assert status == 400, body
         assert self.service.servers.backend("fe1").state is AdminState.READY
+
+    def test_a_move_is_counted_and_said_once_a_minute(self) -> None:
+        self.service.set_state("fe2", AdminState.MAINT)  # both clients on fe1
+        self.connect()
+        self.connect()
+        first, second = self.service.relay.splices
+        for splice in (first, second):
+            splice.client.dataReceived(REGISTER)
+        first.server.dataReceived(REGISTERED)  # the other's REGISTER stays open
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        body = {"state": "drain", "move_within": 150}
+        assert self.call("PATCH", "/api/servers/fe1", body)[0] == 200
+        for _ in range(160):
+            self.reactor.advance(1)
+        assert first.closing  # quiet: moved
+        assert not second.closing  # its REGISTER unanswered: it stays
+        assert self.call("GET", "/api/servers/fe1")[1]["moved"] == 1
+        metric = 'ocsbal_server_moved_connections_total{pool="pool01",server="fe1"}'
+        assert f"{metric} 1.0" in self.call("GET", "/metrics")[1].decode()
+        # A line a minute while it lasts (the closed one is still counted
+        # left here: StringTransport never says a connection is lost).
+        progress = [line for line in lines if line.startswith("moving server fe1:")]
+        assert [(line[:26], line[-10:]) for line in progress] == [
+            ("moving server fe1: 1 moved", "90 s to go"),
+            ("moving server fe1: 1 moved", "30 s to go"),
+        ]
+        assert [line[:37] for line in lines if line.startswith("moved server")] == [
+            "moved server fe1: 1 connections moved"
+        ]
 
     def test_a_bad_patch_changes_nothing(self) -> None:
         for body, error in [
