@@ -1,17 +1,18 @@
-"""The pure parts of several processes: the AMP JSON argument, adding figures
-up, and servers ranked by the host's counts."""
+"""The pure parts of several processes: the AMP JSON argument, how often
+counts cross, adding figures up, and servers ranked by the host's counts."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 
-from ocsbal._amp import JSON
+from ocsbal._amp import JSON, Throttled
 from ocsbal._pool import RunningPool
 from ocsbal._report import add_figures
 from ocsbal.config import Pool, Server
@@ -61,6 +62,23 @@ def figures(active: int, sent: int, method_count: int, age: float) -> dict[str, 
         },
         "connections": [{"age": age}],
     }
+
+
+def test_counts_go_at_the_turns_end_and_a_burst_of_changes_goes_once_a_gap() -> None:
+    clock, calls = Clock(), []
+    soon = Throttled(clock, 0.01, lambda: calls.append(clock.seconds()))
+    soon()
+    clock.advance(0)
+    assert calls == [0.0]  # the first change, at once
+    for _ in range(50):  # a change every millisecond: one call every ten
+        soon()
+        clock.advance(0.001)
+    assert calls == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.04, 0.05])
+    clock.advance(1)
+    assert len(calls) == 6  # none asked for since
+    soon()
+    clock.advance(0)
+    assert calls[-1] == pytest.approx(1.05)  # quiet for long: at once again
 
 
 def test_figures_of_several_processes_add_up_as_one() -> None:

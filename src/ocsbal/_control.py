@@ -43,6 +43,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from ocsbal._amp import (
+    COUNTS_GAP,
     AdoptPort,
     BecomeUser,
     Configure,
@@ -54,6 +55,7 @@ from ocsbal._amp import (
     Log,
     MoveQuiet,
     Retire,
+    Throttled,
 )
 from ocsbal._connlog import FORMAT
 from ocsbal._endpoints import ReactorTCPTime
@@ -203,12 +205,12 @@ class ControlService(PoolService):
         self._old: set[WorkerLink] = set()
         self._restarts: Counter[int] = Counter()
         self._generation = 1
-        self._recount_due = False
         self._stopping = False
         #: Who waits for the restart in progress, if one is.
         self._restarting: list[Deferred[None]] | None = None
         self._previous_usr2: Any = signal.SIG_DFL
         super().__init__(pool, reactor, grace_period, state_file)
+        self._recount_soon = Throttled(self._reactor, COUNTS_GAP, self._recount)
 
     def _running(self, pool: Pool) -> RunningPool:
         return RunningPool(pool, self._reactor.seconds, self.tell_health)
@@ -397,13 +399,10 @@ class ControlService(PoolService):
             link.callRemote(Health, server=backend.name, up=backend.health.up)
 
     def counts_changed(self) -> None:
-        """Add up the workers' counts, and pass them on, at this turn's end."""
-        if not self._recount_due:
-            self._recount_due = True
-            self._reactor.callLater(0, self._recount)
+        """Add up the workers' counts, and pass them on, soon (:class:`Throttled`)."""
+        self._recount_soon()
 
     def _recount(self) -> None:
-        self._recount_due = False
         links = self._all()
         total = {kind: Counter[str]() for kind in ("servers", "leaving")}
         for link in links:

@@ -45,6 +45,7 @@ from zope.interface import provider
 
 from ocsbal import _connlog as connlog
 from ocsbal._amp import (
+    COUNTS_GAP,
     AdoptPort,
     BecomeUser,
     Configure,
@@ -56,6 +57,7 @@ from ocsbal._amp import (
     Log,
     MoveQuiet,
     Retire,
+    Throttled,
 )
 from ocsbal._endpoints import ReactorTCPTime, is_ipv6
 from ocsbal._moving import close_quiet_here
@@ -159,7 +161,7 @@ class ControlLink(amp.AMP):
         self.service: WorkerPoolService | None = None
         #: Listening sockets handed over and not yet listened on, by port.
         self.sockets: dict[int, int] = {}
-        self._push_due = False
+        self._push_soon = Throttled(reactor, COUNTS_GAP, self._push)
         self._stopping = False
         self._gone: Deferred[None] = Deferred()
         self._identity: tuple[int, int, list[int]] | None = None
@@ -319,13 +321,10 @@ class ControlLink(amp.AMP):
         self.shut_down()
 
     def counts_changed(self) -> None:
-        """Report this worker's counts at the end of this reactor turn."""
-        if not self._push_due:
-            self._push_due = True
-            self.reactor.callLater(0, self._push)
+        """Report this worker's counts soon (:class:`~ocsbal._amp.Throttled`)."""
+        self._push_soon()
 
     def _push(self) -> None:
-        self._push_due = False
         if self.service is None or self._link_down():
             return
         running = self.service.servers
