@@ -53,9 +53,10 @@ LAYERS: dict[str, set[str]] = {
     "_sides": {"sip"},
     "_outbound": {"_endpoints", "_logs", "_model", "_network", "_sides", "_tls"},
     "_limits": {"_sections"},
+    "_admission": set(),
     "_relay": {
-        *("_connlog", "_endpoints", "_limits", "_logs", "_model", "_outbound"),
-        *("_pool", "_sides", "_tls", "scheduling", "sip"),
+        *("_admission", "_connlog", "_endpoints", "_limits", "_logs", "_model"),
+        *("_outbound", "_pool", "_sides", "_tls", "scheduling", "sip"),
     },
     "_listener": {"_connlog", "_endpoints", "_limits", "_model", "_relay", "_sides"},
     "_sweep": {"_idle", "_relay"},

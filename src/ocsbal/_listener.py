@@ -3,13 +3,17 @@
 A :class:`Listener` is the factory of one VIP port.  A client over the
 pool's ``[limits]`` (:mod:`ocsbal._limits`) is closed at once, unread, with
 a rate-limited line and a count; every other one starts a
-:class:`~ocsbal._relay.Splice`.
+:class:`~ocsbal._relay.Splice`.  While a process connects as many clients
+as it takes at once (:mod:`ocsbal._admission`), its ports stop accepting
+(:func:`pause_accepting`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -20,12 +24,12 @@ from ocsbal._limits import source_of
 from ocsbal._relay import Relay, Splice
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress
+    from twisted.internet.interfaces import IAddress, IListeningPort
 
     from ocsbal._model import Port
     from ocsbal._sides import Side
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "pause_accepting"]
 
 
 class Listener(ServerFactory):
@@ -90,3 +94,18 @@ class Listener(ServerFactory):
                 down=0,
                 cause="limit",
             )
+
+
+def pause_accepting(ports: Iterable[IListeningPort], paused: bool) -> None:
+    """Stop accepting on TCP ports, or accept again; they stay bound.
+
+    Clients meanwhile wait in each port's accept queue, connected.  A port
+    closed or closing stays so; ports of other kinds (a test's) accept on.
+    """
+    for port in ports:
+        if not isinstance(port, tcp.Port) or port.disconnecting:
+            continue
+        if paused:
+            port.stopReading()
+        elif port.connected:
+            port.startReading()

@@ -33,6 +33,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
+from ocsbal._admission import Admission
 from ocsbal._connlog import closed
 from ocsbal._endpoints import ReactorTCPTime, failed_here, host_port
 from ocsbal._limits import SourceLimits
@@ -144,6 +145,10 @@ class Splice:
     def _move(self, phase: Phase) -> None:
         if phase not in _NEXT[self.phase]:
             raise RuntimeError(f"a splice cannot go from {self.phase} to {phase}")
+        if phase is Phase.CONNECTING:
+            self.relay.admission.began()
+        elif self.phase is Phase.CONNECTING:
+            self.relay.admission.ended()
         self.phase = phase
 
     @property
@@ -462,6 +467,8 @@ class Relay:
     :param reactor: provides TCP and the clock for timeouts.
     :param unsent: how many bytes written to a transport its peer has not
         taken yet (:func:`~ocsbal._sides.unsent_bytes`).
+    :param pause: told whether the VIP ports should stop accepting, or may
+        accept again (:class:`~ocsbal._admission.Admission`).
 
     :ivar splices: the connections whose client is connected.
     :ivar flushing: the connections whose client is gone while their server
@@ -477,6 +484,7 @@ class Relay:
         ``maxconn`` (the pool's or every server's), ``per_source_connections``
         and ``per_source_rate``.
     :ivar sip: what the SIP on all its connections said, counted.
+    :ivar admission: how many clients are being connected to servers.
     :ivar sources: what each client address holds, against ``[limits]``.
     :ivar log: where the lines of single connections go, which clients can
         repeat at will: rate-limited (:class:`~ocsbal._logs.LimitedLog`).
@@ -487,6 +495,7 @@ class Relay:
         servers: RunningPool,
         reactor: ReactorTCPTime,
         unsent: Callable[[object], int] = unsent_bytes,
+        pause: Callable[[bool], None] = lambda _: None,
     ) -> None:
         self.servers = servers
         self.reactor = reactor
@@ -503,6 +512,7 @@ class Relay:
         self.outbound = Outbound(lambda: self.pool, reactor, self.tls, self.log)
         self.sources = SourceLimits(servers.pool.limits, reactor.seconds)
         self._emptied: list[Deferred[None]] = []
+        self.admission = Admission(pause)
 
     @property
     def pool(self) -> Pool:

@@ -23,16 +23,13 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IReactorSocket,
-)
+from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from ocsbal._endpoints import ReactorTCPTime
 from ocsbal._idle import IdleTimeout, too_short_for_ocs
-from ocsbal._listener import Listener
+from ocsbal._listener import Listener, pause_accepting
 from ocsbal._moving import Mover, close_quiet_here
 from ocsbal._network import NetworkSetupError, check_network, listen_freebind
 from ocsbal._pool import AdminState, LastServerError, RunningPool, UnknownServerError
@@ -131,7 +128,7 @@ class PoolService(MultiService):
         pool, states = self.overrides.apply(pool)
         self.servers = self._running(pool)
         self._set_states(states)
-        self.relay = Relay(self.servers, reactor)
+        self.relay = Relay(self.servers, reactor, pause=self._pause_accepting)
         self._started = reactor.seconds()
         self._listening: dict[int, IListeningPort] = {}
         self._listeners: dict[int, Listener] = {}
@@ -310,8 +307,12 @@ class PoolService(MultiService):
             for port in bound.values():
                 port.stopListening()
             raise
+        pause_accepting(bound.values(), self.relay.admission.paused)
         self._listening.update(bound)
         self._listeners.update(listeners)
+
+    def _pause_accepting(self, paused: bool) -> None:
+        pause_accepting(self._listening.values(), paused)
 
     def _bind_port(self, number: int, factory: ServerFactory[Any]) -> IListeningPort:
         """Listen on VIP port ``number`` with ``factory``."""
