@@ -145,14 +145,15 @@ def test_no_server_server_down_and_limits() -> None:
         "-",
         "-",
     )
-    h = Harness(log=ON, servers=1, retries=0)
+    for retries in (0, 2):  # with retries left, but no other server to try
+        h = Harness(log=ON, servers=1, retries=retries)
 
-    def refused() -> None:
-        client, _ = h.accept()
-        h.refuse()
-        client.connectionLost(Failure(ConnectionDone()))
+        def refused() -> None:
+            client, _ = h.accept()
+            h.refuse()
+            client.connectionLost(Failure(ConnectionDone()))
 
-    assert one(refused)["cause"] == "server-down"
+        assert one(refused)["cause"] == "server-down", retries
     h = Harness(log=ON, servers=1)
     h.servers.backend("fe0").server = Server("fe0", "127.0.1.11", maxconn=1)
     h.accept()
