@@ -1,4 +1,4 @@
-"""``ocsbal check``: validate a pool file and print the effective pool."""
+"""``ocsbal check``: validate pool files and print the effective pools."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ def test_check_prints_the_effective_pool(capsys: pytest.CaptureFixture[str]) -> 
     assert out.startswith(f"; {EXAMPLES / 'edge.ini'}: valid;")
     assert "connect_timeout = 5\n" in out  # a default, filled in
     assert parse(out) == load(EXAMPLES / "edge.ini")
+
+
+def test_check_takes_several_files_and_checks_them_together(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each file's effective pool in turn; a clash between them is refused."""
+    internal, external = EXAMPLES / "edge.ini", EXAMPLES / "edge-external.ini"
+    assert main(["check", str(internal), str(external)]) == 0
+    out = capsys.readouterr().out
+    cut = out.index(f"; {external}: valid;")
+    first, second = out[:cut], out[cut:]
+    assert first.startswith(f"; {internal}: valid;")
+    assert parse(first) == load(internal)
+    assert parse(second) == load(external)
+    assert main(["check", str(internal), str(internal)]) == 1
+    assert f"{internal}: [pool] name = edge01: is already" in capsys.readouterr().err
 
 
 def test_check_warns_of_what_a_valid_pool_should_not_do(

@@ -130,7 +130,7 @@ def test_an_idle_connection_and_a_registration_that_expired() -> None:
     )
 
 
-def test_no_server_server_down_and_limits() -> None:
+def test_no_server_and_limits() -> None:
     h = Harness(log=ON, servers=1, retries=0)
     h.servers.record(h.servers.backend("fe0"), False, "refused")
     h.servers.record(h.servers.backend("fe0"), False, "refused")
@@ -145,14 +145,6 @@ def test_no_server_server_down_and_limits() -> None:
         "-",
         "-",
     )
-    h = Harness(log=ON, servers=1, retries=0)
-
-    def refused() -> None:
-        client, _ = h.accept()
-        h.refuse()
-        client.connectionLost(Failure(ConnectionDone()))
-
-    assert one(refused)["cause"] == "server-down"
     h = Harness(log=ON, servers=1)
     h.servers.backend("fe0").server = Server("fe0", "127.0.1.11", maxconn=1)
     h.accept()
@@ -166,6 +158,19 @@ def test_no_server_server_down_and_limits() -> None:
     arrive(h, "192.0.2.7", 40000)
     event = one(lambda: arrive(h, "192.0.2.7", 40001))
     assert (event["cause"], event["client"]) == ("limit", "192.0.2.7:40001")
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_server_down_with_retries_left_or_not(retries: int) -> None:
+    """The one server failed: with retries left there is no other to try."""
+    h = Harness(log=ON, servers=1, retries=retries)
+
+    def refused() -> None:
+        client, _ = h.accept()
+        h.refuse()
+        client.connectionLost(Failure(ConnectionDone()))
+
+    assert one(refused)["cause"] == "server-down"
 
 
 @pytest.mark.parametrize("cause", ["admin", "shutdown"])

@@ -163,11 +163,13 @@ def test_no_server_available_closes_the_client_without_connecting() -> None:
     assert client_t.disconnecting
 
 
-def test_rejection_is_logged_with_its_reason() -> None:
+@pytest.mark.parametrize("retries", [0, 2])
+def test_rejection_is_logged_with_its_reason(retries: int) -> None:
+    """The server's failure, also when retries are left but no other server."""
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        h = Harness(servers=1, retries=0)
+        h = Harness(servers=1, retries=retries)
         h.accept()
         h.refuse()
     finally:

@@ -243,6 +243,8 @@ class Splice:
                 backend = servers.pick(tried)
             except NoServerAvailable as e:
                 at_limit = isinstance(e, AtLimitError)
+                if tried and not at_limit:
+                    break  # retries left, but every server it could try failed
                 self._reject(str(e), "limit" if at_limit else "no-server")
                 return
             tried.append(backend)

@@ -105,12 +105,13 @@ def options(sock: socket.socket, n: int = 1) -> str:
     return server.split()[2]  # "Server: ocsbal-demo NAME (ADDRESS)"
 
 
-def register(sock: socket.socket, n: int = 1) -> None:
-    """Register ``user{n}`` over ``sock`` for an hour; the server says 200 OK."""
+def register(sock: socket.socket, n: int = 1, expires: int = 3600) -> None:
+    """Register ``user{n}`` over ``sock`` for ``expires`` seconds (an hour);
+    the server says 200 OK."""
     sock.sendall(
         b"REGISTER sip:itest.example.com SIP/2.0\r\nTo: <sip:user%d@itest>\r\n"
         b"Call-ID: r%d@itest\r\nCSeq: 1 REGISTER\r\nContact: <sip:user%d@c>\r\n"
-        b"Expires: 3600\r\nContent-Length: 0\r\n\r\n" % (n, n, n)
+        b"Expires: %d\r\nContent-Length: 0\r\n\r\n" % (n, n, n, expires)
     )
     response = read_until(sock, b"\r\n\r\n").decode()
     assert response.startswith("SIP/2.0 200 OK"), response

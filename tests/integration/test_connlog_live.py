@@ -8,7 +8,15 @@ import socket
 import time
 
 import pytest
-from harness import WAIT, Launcher, Process, admin_call, options, pool_ini
+from harness import (
+    WAIT,
+    Launcher,
+    Process,
+    admin_call,
+    options,
+    pool_ini,
+    register,
+)
 
 SIP_ONLY = {15060: "sip"}
 LINE = re.compile(
@@ -99,5 +107,59 @@ def test_each_connection_is_one_line_with_why_it_ended(
         wait_for(balancer, name(sock))
     balancer.stop()  # closes the last, held connection
     last.close()
+    logged = causes(balancer.output)
+    assert {client: logged.get(client) for client in seen} == seen
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_server_that_fails_or_closes_and_a_registration_that_expires(
+    launch: Launcher, workers: int
+) -> None:
+    """The causes the other test cannot provoke with its one server:
+    ``server-down``, ``server-closed`` and ``registration-expired``."""
+    block = 75 + workers
+    vip, admin = f"127.0.{block}.10", f"127.0.{block}.1:19900"
+    fe1, gone = f"127.0.{block}.11", f"127.0.{block}.13"
+    client = f"127.0.{block}.100"
+    # Nothing listens on gone's address; it is up from the start, and one
+    # check in five minutes cannot take it down before its client fails.
+    servers = {"fe1": (fe1, 1), "gone": (gone, 1)}
+    ini = pool_ini(
+        vip,
+        servers,
+        SIP_ONLY,
+        workers=workers,
+        idle_timeout=20,  # swept every second
+        reap_expired="yes",
+        registration_grace=1,
+    )
+    ini += (
+        "\n[monitor]\ninterval = 300\n"
+        "\n[log]\nconnections = yes\n"
+        f"\n[admin]\nlisten = tcp:19900:interface=127.0.{block}.1\n"
+    )
+    launch.servers(pool_ini(vip, {"fe1": (fe1, 1)}, SIP_ONLY))
+    balancer = launch.balancer(ini)
+    seen: dict[str, str] = {}
+
+    assert admin_call(admin, "PATCH", "/api/servers/fe1", {"state": "drain"})[0] == 200
+    with connect_from(client, vip) as sock:  # gone alone may be picked
+        seen[name(sock)] = "server-down"
+        wait_for(balancer, name(sock))
+    admin_call(admin, "PATCH", "/api/servers/gone", {"state": "maint"})
+    admin_call(admin, "PATCH", "/api/servers/fe1", {"state": "ready"})
+    with connect_from(client, vip) as sock:
+        # The demo server closes a connection whose SIP it cannot frame; the
+        # client reads its end, then closes too, which ends the connection.
+        sock.sendall(b"not SIP\r\n\r\n")
+        assert sock.recv(1) == b""
+        closed_by_server = name(sock)
+    seen[closed_by_server] = "server-closed"
+    wait_for(balancer, closed_by_server)
+    with connect_from(client, vip) as sock:
+        register(sock, expires=1)  # closed 1 s past its expiry, quiet or not
+        seen[name(sock)] = "registration-expired"
+        wait_for(balancer, name(sock))
+    balancer.stop()
     logged = causes(balancer.output)
     assert {client: logged.get(client) for client in seen} == seen

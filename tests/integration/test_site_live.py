@@ -45,6 +45,14 @@ def test_two_pools_one_daemon_one_interface(launch: Launcher) -> None:
 
     status, pools = admin_call(ADMIN, "GET", "/api/pools")
     assert (status, [p["name"] for p in pools]) == (200, ["itest", "director"])
+    with connect("127.0.68.20", 15060) as held:
+        options(held)
+        listed = {
+            pool: admin_call(ADMIN, "GET", f"/api/pools/{pool}/connections")[1]
+            for pool in ("itest", "director")
+        }
+    assert [c["server"] for c in listed["director"]] == ["dir1"]
+    assert listed["itest"] == []
     listed = ctl("--admin", ADMIN, "--pool", "director", "servers")
     assert listed.returncode == 0, listed.stderr
     assert "dir1" in listed.stdout
