@@ -447,6 +447,11 @@ def test_a_missed_refresh_is_reported_once_and_reaped_if_asked() -> None:
             "120 s"
         ]
         assert client_t.disconnecting is reap
+        closing = [formatEvent(e) for e in events if "closing" in e["log_format"]]
+        assert closing == reap * [
+            "closing connection from 127.0.0.1:40000 on port 5060 (server fe0): "
+            "its registration was not refreshed"
+        ]
 
 
 def test_the_closing_time_follows_the_registration() -> None:

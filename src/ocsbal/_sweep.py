@@ -24,6 +24,14 @@ __all__ = ["PROGRESS_WINDOW", "closing_time", "idle", "look", "stuck", "sweep"]
 #: only when the sweep looks, and one sweep may be a twentieth of a second.
 PROGRESS_WINDOW = 1.0
 
+#: The line of a connection the sweep closes, by cause.
+_CLOSING = {
+    "idle-timeout": "closing idle connection from {client} on port {port} "
+    "(server {server})",
+    "registration-expired": "closing connection from {client} on port {port} "
+    "(server {server}): its registration was not refreshed",
+}
+
 
 def sweep(relay: Relay) -> None:
     """Close the connections that have been idle too long.
@@ -78,8 +86,8 @@ def sweep(relay: Relay) -> None:
     for splice, cause in expiring.items():
         server = "none" if splice.backend is None else splice.backend.name
         relay.log.info(
-            "closing idle connection from {client} on port {port} (server {server})",
-            kind=(splice.port.number, server),
+            _CLOSING[cause],
+            kind=(splice.port.number, server, cause),
             client=splice.client_name,
             port=splice.port.number,
             server=server,
