@@ -18,7 +18,8 @@ the other, for HAProxy and ocsbal:
   SO_REUSEPORT, which HAProxy sets by default, and the kernel spreads the
   connections over them), or ``twistd ocsbal`` on a pool of those eight
   servers, ``5060 = sip`` (or ``--port-type``: ``sips`` passes the bytes
-  through unread, as for TLS), with ``[pool] workers = N``: N is ``--workers``
+  through unread, as for TLS; ``sips-terminate``, below, is real TLS), with
+  ``[pool] workers = N``: N is ``--workers``
   if given (``workers = 1`` too), else the clients / 8,000 rounded up, and
   the key is left out when that is 1 (ocsbal's own default then); the
   same N is the number of HAProxy processes (one of two threads when N is
@@ -31,6 +32,40 @@ the other, for HAProxy and ocsbal:
   refreshes its registration every ``--refresh`` seconds (300) and sends a
   SUBSCRIBE every ``--subscribe`` seconds or so (600): about 1 request a
   second for every 25 clients.
+
+Terminated TLS (``--port-type sips-terminate``): the pool over SIP/TLS,
+ended by the balancer.  ``bench/ocsim.c`` speaks no TLS, so HAProxy
+processes that are not measured wrap it, as bench/setups.py does for
+bench/run.py's SIP over TLS:
+
+- the clients connect in plain TCP to 127.0.200.50:5060, where the
+  clients' wrapper opens TLS to the VIP's port 5061, checking the pool's
+  certificate (``pool.ocsbal.test``, sent as SNI) as Office Communicator
+  does, from an address of its own a process (127.0.200.100 onwards);
+- the balancer ends that TLS on 127.0.200.10:5061 with the pool's
+  certificate and opens TLS to the front end it picks, on its port 5061,
+  checking the front end's certificate (``feN.pool.ocsbal.test``) against
+  the servers' authority: HAProxy with ``bind ... ssl crt``, ``server ...
+  ssl verify required ca-file ... verifyhost`` and a TCP health check
+  (``no-check-ssl``); ocsbal with ``5061 = sips``, ``[tls] mode =
+  terminate`` (``inspect = yes``, its default: the decrypted SIP is
+  followed) and ``tls_name`` for each server; neither resumes a session or
+  issues tickets (``no-ssl-reuse``, ``no-tls-tickets``,
+  ``tune.ssl.cachesize 0``: each connection is a full handshake);
+- the front ends' wrapper ends TLS on 127.0.210.11-18:5061, each address
+  with its front end's certificate, and relays the plain SIP to ocsim on
+  the same address's 5060.
+
+Each wrapper is clients / 8,000 (rounded up) HAProxy processes of one
+thread, taking ``--haproxy-maxconn`` each and sharing their addresses with
+SO_REUSEPORT, as the measured HAProxy does.  They are started once and
+serve both balancers' runs.  Their CPU and RSS are sampled as groups of
+their own (``tls_clients_side``, ``tls_servers_side``), beside the
+simulators', never in the balancer's figures.  The certificates (RSA
+2048, from ``trustme``, two authorities) are written to the work
+directory.  Every connection is three TLS handshakes' worth of CPU on
+this machine (the client wrapper's, the balancer's two, the front-end
+wrapper's), so ``--rate`` must be well under the plain runs'.
 
 For each balancer, in turn: start it; warm it up with 200 clients (so what
 all connections share is loaded) and read its memory; connect the clients
@@ -56,7 +91,8 @@ The figures, for each balancer:
   does not count pages the workers share once each;
 - CPU at steady state: ``utime + stime`` of every balancer process over
   the steady period, as a percentage of one core; the simulators' own
-  (clients, front ends) beside it, to show they are not the bottleneck;
+  (clients, front ends), and with terminated TLS the two wrappers', beside
+  it, to show they are not the bottleneck;
 - keep-alive round trip (ping to pong, through the balancer and a front
   end) p50, p99 and max, merged from every client process's histogram;
 - the storm: seconds until every client is registered again, failures
@@ -69,8 +105,10 @@ reports, the kernel limits, the machine) to ``--output``
 
 Addresses: 127.0.200.0/24 (the VIP .10; HAProxy's and ocsbal's server
 connections come from .20 onwards, one address a HAProxy process, so that
-they use no ports of 127.0.0.1), 127.0.201.0/24-127.0.209.0/24 (clients)
-and 127.0.210.0/24 (front ends), which nothing else on this machine uses;
+they use no ports of 127.0.0.1; with terminated TLS the clients' wrapper
+on .50 and its connections from .100 onwards), 127.0.201.0/24-127.0.209.0/24
+(clients) and 127.0.210.0/24 (front ends, and their TLS wrapper's 5061),
+which nothing else on this machine uses;
 the run refuses to start if anything listens there.  ocsbal's ``source``
 binds before it connects (port 0, without ``IP_BIND_ADDRESS_NO_PORT``), so
 one address gives all its workers at most about 28,000 server connections
@@ -96,6 +134,9 @@ minutes; the full run about 14 minutes a balancer)::
     # the full pool, both side by side: 13 HAProxy processes, workers = 13
     .venv/bin/python bench/pool_scale.py --clients 100000 --rate 2000
     .venv/bin/python bench/pool_scale.py --clients 40000 --balancers ocsbal --workers 5
+    # terminated TLS, both balancers, the wrappers around the simulators
+    .venv/bin/python bench/pool_scale.py --clients 4000 --steady 20 --rate 300 \
+        --port-type sips-terminate
 """
 
 from __future__ import annotations
