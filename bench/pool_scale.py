@@ -1161,7 +1161,7 @@ def table(results: list[dict[str, Any]]) -> str:
     def shape(r: dict[str, Any]) -> str:
         s = r["shape"]
         if r["balancer"] == "haproxy":
-            tls = ", TLS ended" if s.get("port_type") == "sips-terminate" else ""
+            tls = ", TLS" if s.get("port_type") == "sips-terminate" else ""
             return f"{s['processes']} x {s['threads_each']} thread(s){tls}"
         processes = r["idle"]["processes"]
         workers = s["workers"] or "omitted"
