@@ -1165,7 +1165,8 @@ def table(results: list[dict[str, Any]]) -> str:
             return f"{s['processes']} x {s['threads_each']} thread(s){tls}"
         processes = r["idle"]["processes"]
         workers = s["workers"] or "omitted"
-        return f"{s['port_type']}, workers {workers}: {processes} proc."
+        port = "TLS" if s["port_type"] == "sips-terminate" else s["port_type"]
+        return f"{port}, workers {workers}: {processes} proc."
 
     def cpu(phase: str) -> Any:
         return lambda r: (
