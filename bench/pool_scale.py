@@ -63,8 +63,8 @@ serve both balancers' runs.  Their CPU and RSS are sampled as groups of
 their own (``tls_clients_side``, ``tls_servers_side``), beside the
 simulators', never in the balancer's figures.  The certificates (RSA
 2048, from ``trustme``, two authorities) are written to the work
-directory.  Every connection is three TLS handshakes' worth of CPU on
-this machine (the client wrapper's, the balancer's two, the front-end
+directory.  Every client is two TLS handshakes, four ends of them on
+this machine (the clients' wrapper's, the balancer's two, the front-end
 wrapper's), so ``--rate`` must be well under the plain runs'.
 
 For each balancer, in turn: start it; warm it up with 200 clients (so what
