@@ -18,7 +18,8 @@ the other, for HAProxy and ocsbal:
   SO_REUSEPORT, which HAProxy sets by default, and the kernel spreads the
   connections over them), or ``twistd ocsbal`` on a pool of those eight
   servers, ``5060 = sip`` (or ``--port-type``: ``sips`` passes the bytes
-  through unread, as for TLS), with ``[pool] workers = N``: N is ``--workers``
+  through unread, as for TLS; ``sips-terminate``, below, is real TLS), with
+  ``[pool] workers = N``: N is ``--workers``
   if given (``workers = 1`` too), else the clients / 8,000 rounded up, and
   the key is left out when that is 1 (ocsbal's own default then); the
   same N is the number of HAProxy processes (one of two threads when N is
@@ -31,6 +32,40 @@ the other, for HAProxy and ocsbal:
   refreshes its registration every ``--refresh`` seconds (300) and sends a
   SUBSCRIBE every ``--subscribe`` seconds or so (600): about 1 request a
   second for every 25 clients.
+
+Terminated TLS (``--port-type sips-terminate``): the pool over SIP/TLS,
+ended by the balancer.  ``bench/ocsim.c`` speaks no TLS, so HAProxy
+processes that are not measured wrap it, as bench/setups.py does for
+bench/run.py's SIP over TLS:
+
+- the clients connect in plain TCP to 127.0.200.50:5060, where the
+  clients' wrapper opens TLS to the VIP's port 5061, checking the pool's
+  certificate (``pool.ocsbal.test``, sent as SNI) as Office Communicator
+  does, from an address of its own a process (127.0.200.100 onwards);
+- the balancer ends that TLS on 127.0.200.10:5061 with the pool's
+  certificate and opens TLS to the front end it picks, on its port 5061,
+  checking the front end's certificate (``feN.pool.ocsbal.test``) against
+  the servers' authority: HAProxy with ``bind ... ssl crt``, ``server ...
+  ssl verify required ca-file ... verifyhost`` and a TCP health check
+  (``no-check-ssl``); ocsbal with ``5061 = sips``, ``[tls] mode =
+  terminate`` (``inspect = yes``, its default: the decrypted SIP is
+  followed) and ``tls_name`` for each server; neither resumes a session or
+  issues tickets (``no-ssl-reuse``, ``no-tls-tickets``,
+  ``tune.ssl.cachesize 0``: each connection is a full handshake);
+- the front ends' wrapper ends TLS on 127.0.210.11-18:5061, each address
+  with its front end's certificate, and relays the plain SIP to ocsim on
+  the same address's 5060.
+
+Each wrapper is clients / 8,000 (rounded up) HAProxy processes of one
+thread, taking ``--haproxy-maxconn`` each and sharing their addresses with
+SO_REUSEPORT, as the measured HAProxy does.  They are started once and
+serve both balancers' runs.  Their CPU and RSS are sampled as groups of
+their own (``tls_clients_side``, ``tls_servers_side``), beside the
+simulators', never in the balancer's figures.  The certificates (RSA
+2048, from ``trustme``, two authorities) are written to the work
+directory.  Every client is two TLS handshakes, four ends of them on
+this machine (the clients' wrapper's, the balancer's two, the front-end
+wrapper's), so ``--rate`` must be well under the plain runs'.
 
 For each balancer, in turn: start it; warm it up with 200 clients (so what
 all connections share is loaded) and read its memory; connect the clients
@@ -56,7 +91,8 @@ The figures, for each balancer:
   does not count pages the workers share once each;
 - CPU at steady state: ``utime + stime`` of every balancer process over
   the steady period, as a percentage of one core; the simulators' own
-  (clients, front ends) beside it, to show they are not the bottleneck;
+  (clients, front ends), and with terminated TLS the two wrappers', beside
+  it, to show they are not the bottleneck;
 - keep-alive round trip (ping to pong, through the balancer and a front
   end) p50, p99 and max, merged from every client process's histogram;
 - the storm: seconds until every client is registered again, failures
@@ -69,8 +105,10 @@ reports, the kernel limits, the machine) to ``--output``
 
 Addresses: 127.0.200.0/24 (the VIP .10; HAProxy's and ocsbal's server
 connections come from .20 onwards, one address a HAProxy process, so that
-they use no ports of 127.0.0.1), 127.0.201.0/24-127.0.209.0/24 (clients)
-and 127.0.210.0/24 (front ends), which nothing else on this machine uses;
+they use no ports of 127.0.0.1; with terminated TLS the clients' wrapper
+on .50 and its connections from .100 onwards), 127.0.201.0/24-127.0.209.0/24
+(clients) and 127.0.210.0/24 (front ends, and their TLS wrapper's 5061),
+which nothing else on this machine uses;
 the run refuses to start if anything listens there.  ocsbal's ``source``
 binds before it connects (port 0, without ``IP_BIND_ADDRESS_NO_PORT``), so
 one address gives all its workers at most about 28,000 server connections
@@ -96,6 +134,9 @@ minutes; the full run about 14 minutes a balancer)::
     # the full pool, both side by side: 13 HAProxy processes, workers = 13
     .venv/bin/python bench/pool_scale.py --clients 100000 --rate 2000
     .venv/bin/python bench/pool_scale.py --clients 40000 --balancers ocsbal --workers 5
+    # terminated TLS, both balancers, the wrappers around the simulators
+    .venv/bin/python bench/pool_scale.py --clients 4000 --steady 20 --rate 300 \
+        --port-type sips-terminate
 """
 
 from __future__ import annotations
@@ -117,6 +158,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trustme
+
 sys.path.insert(0, str(Path(__file__).parent))
 from supervise import (
     WAIT,
@@ -133,7 +176,20 @@ HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
 VIP = "127.0.200.10"
 PORT = 5060
+#: SIP over TLS: the VIP's port, and the front ends' TLS wrappers' (``--port-type
+#: sips-terminate``).
+TLS_PORT = 5061
 FRONT_ENDS = {f"fe{k}": f"127.0.210.{10 + k}" for k in range(1, 9)}
+#: The pool's name, in its certificate; each front end's certificate name.
+FQDN = "pool.ocsbal.test"
+FRONT_END_NAMES = {name: f"{name}.{FQDN}" for name in FRONT_ENDS}
+#: Terminated TLS: where the clients' plain SIP goes (the TLS-originating
+#: wrapper, port 5060), and the wrapper processes' source addresses (.100
+#: onwards, one a process) for their TLS to the VIP.
+TLS_WRAPPER = "127.0.200.50"
+TLS_WRAPPER_SOURCE = ipaddress.IPv4Address("127.0.200.100")
+#: Connections a wrapper process is given, at most (it takes ``--haproxy-maxconn``).
+TLS_WRAPPER_SHARE = 8000
 #: The balancers' own source addresses (HAProxy: one a process).
 BALANCER_SOURCE = ipaddress.IPv4Address("127.0.200.20")
 #: The clients' source addresses, in order: .1-.254 of 127.0.201-209.
@@ -334,17 +390,19 @@ def cpu_percent(before: dict[str, Any], after: dict[str, Any]) -> float:
     return 100.0 * (after["cpu_s"] - before["cpu_s"]) / seconds if seconds > 0 else 0.0
 
 
-def cpu_figures(before: Any, after: Any) -> dict[str, dict[str, Any]]:
-    """CPU of the balancer, the clients and the front ends between samples,
-    and what the kernel's TCP counters counted meanwhile."""
-    names = ("balancer", "clients", "front_ends")
-    pairs = list(zip(names, before[:3], after[:3], strict=True))
-    b, a = before[0]["cpu_s_by_pid"], after[0]["cpu_s_by_pid"]
+def cpu_figures(
+    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """CPU of each group sampled (the balancer, the clients, the front ends,
+    and with terminated TLS the two wrappers) between samples, and what the
+    kernel's TCP counters counted meanwhile."""
+    names = [name for name in before if name != "netstat"]
+    b, a = before["balancer"]["cpu_s_by_pid"], after["balancer"]["cpu_s_by_pid"]
     return {
-        "cpu_percent": {name: cpu_percent(b, a) for name, b, a in pairs},
-        "cpu_seconds": {name: a["cpu_s"] - b["cpu_s"] for name, b, a in pairs},
+        "cpu_percent": {n: cpu_percent(before[n], after[n]) for n in names},
+        "cpu_seconds": {n: after[n]["cpu_s"] - before[n]["cpu_s"] for n in names},
         "balancer_cpu_seconds_by_pid": {p: a[p] - b.get(p, 0.0) for p in a},
-        "netstat": netstat_delta(before[3]["netstat"], after[3]["netstat"]),
+        "netstat": netstat_delta(before["netstat"], after["netstat"]),
     }
 
 
@@ -534,8 +592,18 @@ class Run:
         if source == "auto":
             source = str(BALANCER_SOURCE) if args.clients <= OCSBAL_SOURCE_MAX else ""
         self.ocsbal_source = "" if source == "none" else source
+        #: Terminated TLS: the VIP's port is 5061, and TLS wrappers (HAProxy,
+        #: not measured) sit on either side of the balancer.
+        self.tls = args.port_type == "sips-terminate"
+        self.vip_port = TLS_PORT if self.tls else PORT
+        #: Where the clients connect: the VIP, or the TLS-originating wrapper.
+        self.client_target = (TLS_WRAPPER, PORT) if self.tls else (VIP, PORT)
+        #: Processes of each wrapper (each side's share of the descriptors).
+        self.wrapper_procs = math.ceil(args.clients / TLS_WRAPPER_SHARE)
 
     def build(self) -> None:
+        if self.tls:
+            self.certificates()
         source = HERE / "ocsim.c"
         command = ["cc", "-O2", "-Wall", "-o", str(self.ocsim), str(source)]
         try:
@@ -544,6 +612,23 @@ class Run:
             raise BenchError("no C compiler: apt-get install gcc libc6-dev") from None
         except subprocess.CalledProcessError as e:
             raise BenchError(f"cannot build {source}:\n{e.stderr.decode()}") from None
+
+    def certificates(self) -> None:
+        """RSA 2048, as OCS certificates are (and as bench/setups.py makes
+        them): one authority for the pool's certificate, which the clients'
+        wrapper checks, another for the front ends' (``[tls] trust`` and
+        HAProxy's ``ca-file``)."""
+        rsa = trustme.KeyType.RSA
+        clients_ca, servers_ca = trustme.CA(key_type=rsa), trustme.CA(key_type=rsa)
+        pool = clients_ca.issue_cert(FQDN, key_type=rsa)
+        pool.private_key_and_cert_chain_pem.write_to_path(str(self.work / "pool.pem"))
+        clients_ca.cert_pem.write_to_path(str(self.work / "clients-ca.pem"))
+        for name, fe_name in FRONT_END_NAMES.items():
+            cert = servers_ca.issue_cert(fe_name, key_type=rsa)
+            cert.private_key_and_cert_chain_pem.write_to_path(
+                str(self.work / f"{name}.pem")
+            )
+        servers_ca.cert_pem.write_to_path(str(self.work / "servers-ca.pem"))
 
     def start_front_ends(self, supervisor: Supervisor) -> list[Service]:
         return [
@@ -555,24 +640,118 @@ class Run:
             for name, address in FRONT_ENDS.items()
         ]
 
+    # --- the TLS wrappers (terminated TLS only; not measured)
+
+    def tls_server_side_config(self) -> str:
+        """A process of the front ends' TLS: it ends TLS on each front end's
+        address, port 5061, with that front end's certificate, and relays
+        the plain SIP to ocsim on 5060."""
+        sections = "".join(
+            f"""listen tls-{name}
+    bind {address}:{TLS_PORT} ssl crt {self.work / name}.pem no-tls-tickets
+    maxconn {self.args.haproxy_maxconn}
+    server {name} {address}:{PORT}
+"""
+            for name, address in FRONT_ENDS.items()
+        )
+        return self.wrapper_global() + sections
+
+    def tls_client_side_config(self, index: int) -> str:
+        """A process of the clients' TLS: plain SIP in on 127.0.200.50:5060,
+        TLS out to the VIP's 5061, the pool's certificate checked (as Office
+        Communicator does), no session resumed."""
+        return (
+            self.wrapper_global()
+            + f"""listen tls-clients
+    bind {TLS_WRAPPER}:{PORT}
+    maxconn {self.args.haproxy_maxconn}
+    source {TLS_WRAPPER_SOURCE + index}
+    server vip {VIP}:{TLS_PORT} ssl verify required ca-file {self.work}/clients-ca.pem verifyhost {FQDN} sni str({FQDN}) no-ssl-reuse
+"""  # noqa: E501
+        )
+
+    def wrapper_global(self) -> str:
+        maxconn = self.args.haproxy_maxconn
+        return f"""global
+    nbthread 1
+    maxconn {maxconn}
+    tune.ssl.cachesize 0
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+"""
+
+    def start_tls_wrappers(
+        self, supervisor: Supervisor
+    ) -> tuple[list[Service], list[Service]]:
+        """The clients' and the front ends' TLS wrappers, all listening.
+
+        Each side is ``wrapper_procs`` HAProxy processes of one thread,
+        sharing its addresses with SO_REUSEPORT (HAProxy's default), as the
+        measured HAProxy does: a process relays at most ``--haproxy-maxconn``
+        connections in its 20,000 descriptors.
+        """
+        servers_side, clients_side = [], []
+        for k in range(self.wrapper_procs):
+            config = self.work / f"tls-servers-{k}.cfg"
+            config.write_text(self.tls_server_side_config())
+            servers_side.append(
+                supervisor.start(
+                    f"tls-servers-{k}", ["haproxy", "-db", "-f", str(config)]
+                )
+            )
+            config = self.work / f"tls-clients-{k}.cfg"
+            config.write_text(self.tls_client_side_config(k))
+            clients_side.append(
+                supervisor.start(
+                    f"tls-clients-{k}", ["haproxy", "-db", "-f", str(config)]
+                )
+            )
+        every = [*servers_side, *clients_side]
+        addresses = [(TLS_WRAPPER, PORT)]
+        addresses += [(address, TLS_PORT) for address in FRONT_ENDS.values()]
+        for host, port in addresses:
+            wait_listeners(every, host, port, self.wrapper_procs)
+        return clients_side, servers_side
+
     # --- balancers
 
     def haproxy_config(self, index: int, threads: int) -> str:
-        servers = "".join(
-            f"    server {name} {address}:{PORT} check inter 5s\n"
-            for name, address in FRONT_ENDS.items()
-        )
+        bind, tune = f"{VIP}:{PORT}", ""
+        if self.tls:
+            # As ocsbal: the pool's certificate, no session resumed or
+            # ticket issued, each front end's certificate checked against
+            # its name (sent as SNI) and the servers' authority; health
+            # checks connect only, as ocsbal's [monitor] type = tcp.
+            bind = f"{VIP}:{TLS_PORT} ssl crt {self.work}/pool.pem no-tls-tickets"
+            tune = "\n    tune.ssl.cachesize 0"
+
+        def server(name: str) -> str:
+            address = f"{FRONT_ENDS[name]}:{self.vip_port}"
+            line = f"    server {name} {address} check inter 5s"
+            if self.tls:
+                tls_name = FRONT_END_NAMES[name]
+                line += (
+                    f" ssl verify required ca-file {self.work}/servers-ca.pem"
+                    f" verifyhost {tls_name} sni str({tls_name})"
+                    " no-ssl-reuse no-check-ssl"
+                )
+            return line + "\n"
+
+        servers = "".join(server(name) for name in FRONT_ENDS)
         maxconn = self.args.haproxy_maxconn
         return f"""global
     nbthread {threads}
-    maxconn {maxconn}
+    maxconn {maxconn}{tune}
 defaults
     mode tcp
     timeout connect 5s
     timeout client 1h
     timeout server 1h
 listen sip
-    bind {VIP}:{PORT}
+    bind {bind}
     maxconn {maxconn}
     balance leastconn
     source {BALANCER_SOURCE + index}
@@ -593,10 +772,19 @@ listen sip
             lines.append(f"source = {self.ocsbal_source}")
         if self.write_workers:
             lines.append(f"workers = {self.procs}")
-        lines += ["", "[ports]", f"{PORT} = {self.args.port_type}", ""]
+        port_type = "sips" if self.tls else self.args.port_type
+        lines += ["", "[ports]", f"{self.vip_port} = {port_type}", ""]
         for name, address in FRONT_ENDS.items():
-            lines += [f"[server:{name}]", f"address = {address}", ""]
-        lines += ["[monitor]", "type = tcp", f"ports = {PORT}", "interval = 5", ""]
+            lines += [f"[server:{name}]", f"address = {address}"]
+            if self.tls:
+                lines.append(f"tls_name = {FRONT_END_NAMES[name]}")
+            lines.append("")
+        lines += ["[monitor]", "type = tcp", f"ports = {self.vip_port}"]
+        lines += ["interval = 5", ""]
+        if self.tls:
+            # inspect = yes, the default: the SIP decrypted is followed.
+            lines += ["[tls]", "mode = terminate", "certificate = pool.pem"]
+            lines += ["trust = servers-ca.pem", ""]
         return "\n".join(lines)
 
     def start_balancer(self, supervisor: Supervisor, kind: str) -> list[Service]:
@@ -611,22 +799,13 @@ listen sip
                         f"haproxy-{k}", ["haproxy", "-db", "-f", str(config)]
                     )
                 )
-            services[0].wait_listening(VIP, PORT)
-            deadline = time.monotonic() + WAIT
-            while listeners(VIP, PORT) < self.procs:
-                check_alive(services)
-                if time.monotonic() > deadline:
-                    raise BenchError(
-                        f"only {listeners(VIP, PORT)} of {self.procs} HAProxy "
-                        f"processes listen on {VIP}:{PORT}"
-                    )
-                time.sleep(0.1)
+            wait_listeners(services, VIP, self.vip_port, self.procs)
             return services
         config = self.work / "pool.ini"
         config.write_text(self.ocsbal_config())
         twistd = [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
         command = [*twistd, "ocsbal", "--config", str(config)]
-        return [supervisor.start("ocsbal", command, [(VIP, PORT)])]
+        return [supervisor.start("ocsbal", command, [(VIP, self.vip_port)])]
 
     def balancer_shape(self, kind: str) -> dict[str, Any]:
         if kind == "haproxy":
@@ -635,6 +814,7 @@ listen sip
                 "processes": self.procs,
                 "threads_each": threads,
                 "maxconn_each": self.args.haproxy_maxconn,
+                "port_type": self.args.port_type,
             }
         return {
             "workers": self.procs if self.write_workers else None,
@@ -662,7 +842,8 @@ listen sip
             addresses = math.ceil(n / self.args.per_source)
             if source + addresses > len(CLIENT_SOURCES):
                 raise BenchError("not enough client source addresses")
-            args = [str(self.ocsim), "clients", VIP, str(PORT), str(n)]
+            host, port = self.client_target
+            args = [str(self.ocsim), "clients", host, str(port), str(n)]
             args += [CLIENT_SOURCES[source], str(addresses), *self.client_options()]
             args += ["--first", str(first), "--seed", str(k + 1)]
             name = f"{label}-{k}"
@@ -698,6 +879,20 @@ def wait_front_ends_idle(services: list[Service], timeout: float = 30) -> int:
         if left == 0 or time.monotonic() > deadline:
             return left
         time.sleep(1)
+
+
+def wait_listeners(services: list[Service], host: str, port: int, count: int) -> None:
+    """Wait until ``count`` sockets listen on ``host:port`` (processes sharing
+    it with SO_REUSEPORT); raise if ``services`` exit or it takes too long."""
+    deadline = time.monotonic() + WAIT
+    while listeners(host, port) < count:
+        check_alive(services)
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"only {listeners(host, port)} of {count} processes listen on "
+                f"{host}:{port}:\n{services[0].output()}"
+            )
+        time.sleep(0.1)
 
 
 def check_alive(services: list[Any]) -> None:
@@ -754,9 +949,18 @@ class BalancerRun:
         kind: str,
         index: int,
         front_ends: list[Service],
+        *,
+        wrappers: tuple[list[Service], list[Service]] = ([], []),
     ) -> None:
         self.run, self.args, self.supervisor = run, run.args, supervisor
         self.kind, self.index, self.front_ends = kind, index, front_ends
+        #: The TLS wrappers, clients' side and front ends' side (terminated
+        #: TLS only): sampled beside the balancer, never counted in it.
+        self.wrappers = {
+            "tls_clients_side": Group(wrappers[0]),
+            "tls_servers_side": Group(wrappers[1]),
+        }
+        self.others = [*front_ends, *wrappers[0], *wrappers[1]]
         self.result: dict[str, Any] = {
             "balancer": kind,
             "shape": run.balancer_shape(kind),
@@ -765,7 +969,7 @@ class BalancerRun:
         self.fleets: list[Fleet] = []
         self.group, self.sims = Group([]), Group([])
         self.servers = Group(front_ends)
-        self.watchdog = Watchdog(self.args.max_rss, self.group, front_ends)
+        self.watchdog = Watchdog(self.args.max_rss, self.group, self.others)
 
     def __call__(self) -> dict[str, Any]:
         try:
@@ -787,14 +991,18 @@ class BalancerRun:
                 self.supervisor.stop(service)
         return self.result
 
-    def samples(self) -> tuple[dict[str, Any], ...]:
-        """The balancer's, the clients' and the front ends'; the kernel's counters."""
-        return (
-            self.group.sample(),
-            self.sims.sample(),
-            self.servers.sample(),
-            {"netstat": netstat()},
-        )
+    def samples(self) -> dict[str, dict[str, Any]]:
+        """The balancer's, the clients', the front ends' (and the TLS
+        wrappers', if any); the kernel's counters."""
+        found = {
+            "balancer": self.group.sample(),
+            "clients": self.sims.sample(),
+            "front_ends": self.servers.sample(),
+        }
+        if self.run.tls:
+            found.update({name: g.sample() for name, g in self.wrappers.items()})
+        found["netstat"] = netstat()
+        return found
 
     def stop_fleet(self, fleet: Fleet) -> None:
         for member in fleet.members:
@@ -814,7 +1022,7 @@ class BalancerRun:
             raise BenchError(f"the front ends still hold {left} connections")
         self.balancer = self.run.start_balancer(self.supervisor, self.kind)
         self.group.services = self.balancer
-        self.watchdog.services = [*self.balancer, *self.front_ends]
+        self.watchdog.services = [*self.balancer, *self.others]
         print(f"[{self.kind}] started: {len(self.balancer)} process(es)", flush=True)
 
     def warm_up(self) -> None:
@@ -876,27 +1084,32 @@ class BalancerRun:
         while time.monotonic() < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
             self.watchdog()
-            if len(samples) < (time.monotonic() - before[0]["t"]) / 5:
+            if len(samples) < (time.monotonic() - before["balancer"]["t"]) / 5:
                 samples.append(self.group.sample())
         after = self.samples()
         steady = window_summary(fleet.command("stats", "stats", 30))
         fe = front_end_stats(self.front_ends)
         held = steady["registered_min"]
         idle = self.result["idle"]
+        ours = after["balancer"]
         steady.update(
             {
                 **cpu_figures(before, after),
-                "balancer": after[0],
-                "rss_kib_max": max(s["rss_kib"] for s in [*samples, after[0]]),
+                "balancer": ours,
+                "rss_kib_max": max(s["rss_kib"] for s in [*samples, ours]),
                 "front_ends_open": {name: s.get("open") for name, s in fe.items()},
-                "rss_kib_per_connection": (after[0]["rss_kib"] - idle["rss_kib"]) / held
+                "rss_kib_per_connection": (ours["rss_kib"] - idle["rss_kib"]) / held
                 if held
                 else None,
-                "pss_kib_per_connection": (after[0]["pss_kib"] - idle["pss_kib"]) / held
+                "pss_kib_per_connection": (ours["pss_kib"] - idle["pss_kib"]) / held
                 if held
                 else None,
             }
         )
+        if self.run.tls:
+            steady["tls_wrappers_rss_kib"] = {
+                name: after[name]["rss_kib"] for name in self.wrappers
+            }
         self.result["steady"] = steady
         rtt = steady["keepalive_rtt"]
         print(
@@ -915,7 +1128,7 @@ class BalancerRun:
         )
         after = self.samples()
         summary.update(cpu_figures(before, after))
-        summary["rss_kib_after"] = after[0]["rss_kib"]
+        summary["rss_kib_after"] = after["balancer"]["rss_kib"]
         self.result["storm"] = summary
         print(
             f"[{self.kind}] storm: {summary['registered']}/{summary['clients']} "
@@ -948,10 +1161,12 @@ def table(results: list[dict[str, Any]]) -> str:
     def shape(r: dict[str, Any]) -> str:
         s = r["shape"]
         if r["balancer"] == "haproxy":
-            return f"{s['processes']} x {s['threads_each']} thread(s)"
+            tls = ", TLS" if s.get("port_type") == "sips-terminate" else ""
+            return f"{s['processes']} x {s['threads_each']} thread(s){tls}"
         processes = r["idle"]["processes"]
         workers = s["workers"] or "omitted"
-        return f"{s['port_type']}, workers {workers}: {processes} proc."
+        port = "TLS" if s["port_type"] == "sips-terminate" else s["port_type"]
+        return f"{port}, workers {workers}: {processes} proc."
 
     def cpu(phase: str) -> Any:
         return lambda r: (
@@ -963,6 +1178,12 @@ def table(results: list[dict[str, Any]]) -> str:
         return lambda r: (
             f"{r[phase]['cpu_percent']['clients']:.0f} / "
             f"{r[phase]['cpu_percent']['front_ends']:.0f}"
+        )
+
+    def wrappers(phase: str) -> Any:
+        return lambda r: (
+            f"{r[phase]['cpu_percent']['tls_clients_side']:.0f} / "
+            f"{r[phase]['cpu_percent']['tls_servers_side']:.0f}"
         )
 
     rtt = "keepalive_rtt"
@@ -978,6 +1199,7 @@ def table(results: list[dict[str, Any]]) -> str:
         ),
         row("ramp: failures / retries", results, lambda r: _fr(r["ramp"])),
         row("ramp: balancer CPU, % of a core (CPU s)", results, cpu("ramp")),
+        row("ramp: TLS wrappers' CPU, %: clients'/FEs'", results, wrappers("ramp")),
         row(
             "steady: held (fewest) / at end",
             results,
@@ -1012,6 +1234,14 @@ def table(results: list[dict[str, Any]]) -> str:
         ),
         row("steady: balancer CPU, % of a core (CPU s)", results, cpu("steady")),
         row("steady: clients / front ends CPU, %", results, sims("steady")),
+        row("steady: TLS wrappers' CPU, %: clients'/FEs'", results, wrappers("steady")),
+        row(
+            "steady: TLS wrappers' RSS, MiB",
+            results,
+            lambda r: " / ".join(
+                f"{k / 1024:.0f}" for k in r["steady"]["tls_wrappers_rss_kib"].values()
+            ),
+        ),
         row(
             "keep-alive RTT p50 / p99 / max, us",
             results,
@@ -1048,6 +1278,7 @@ def table(results: list[dict[str, Any]]) -> str:
         ),
         row("storm: balancer CPU, % of a core (CPU s)", results, cpu("storm")),
         row("storm: clients / front ends CPU, %", results, sims("storm")),
+        row("storm: TLS wrappers' CPU, %: clients'/FEs'", results, wrappers("storm")),
         row(
             "after storm: held (fewest), lost",
             results,
@@ -1086,10 +1317,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=1000, help="new connections/s, all")
     p.add_argument(
         "--port-type",
-        choices=["sip", "sips", "tcp"],
+        choices=["sip", "sips", "tcp", "sips-terminate"],
         default="sip",
         help="ocsbal's VIP port: sip (followed), sips (passed through: the "
-        "clients' plain SIP is relayed as TLS would be, unread) or tcp",
+        "clients' plain SIP is relayed as TLS would be, unread), tcp, or "
+        "sips-terminate: TLS on 5061, ended by the balancer (both of them) and "
+        "begun again to each front end, with HAProxy wrappers, not measured, "
+        "turning the clients' and front ends' plain SIP into TLS",
     )
     p.add_argument("--timeout", type=float, default=10, help="answer timeout, s")
     p.add_argument(
@@ -1186,9 +1420,14 @@ def main(argv: list[str] | None = None) -> int:
         run.build()
         with Supervisor(work) as supervisor:
             front_ends = run.start_front_ends(supervisor)
+            wrappers: tuple[list[Service], list[Service]] = ([], [])
+            if run.tls:
+                wrappers = run.start_tls_wrappers(supervisor)
             for index, kind in enumerate(args.balancers):
-                result = BalancerRun(run, supervisor, kind, index, front_ends)()
-                results.append(result)
+                balancer = BalancerRun(
+                    run, supervisor, kind, index, front_ends, wrappers=wrappers
+                )
+                results.append(balancer())
             report["front_ends"] = front_end_stats(front_ends)
     finally:
         restore_sysctls(restore)
