@@ -514,29 +514,6 @@ def test_writes_go_straight_to_the_socket_and_stay_in_order_under_back_pressure(
     theirs.close()
 
 
-@pytest.mark.parametrize("gone", [False, True])
-def test_a_client_gone_before_its_turn_gets_no_server(gone: bool) -> None:
-    """One that closed while it waited to be accepted is closed, unconnected."""
-    h = Harness()
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    theirs.sendall(b"REGISTER sip:contoso.com SIP/2.0\r\n")  # then it gave up
-    if gone:
-        theirs.close()
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    client = Listener(h.relay, SIP).buildProtocol(peer)
-    transport = tcp.Connection(ours, client, h.reactor)
-    transport.getPeer = lambda: peer  # type: ignore[method-assign]
-    transport.connected = True  # as the reactor's accept makes it
-    client.makeConnection(transport)
-    h.reactor.advance(0)
-    assert h.attempts() == ([] if gone else ["127.0.1.11"])
-    assert len(h.relay.splices) == (0 if gone else 1)
-    ours.close()
-    if not gone:
-        theirs.close()
-
-
 def sweep_until(h: Harness, done: Any, limit: float = 100) -> float:
     """Sweep every second until ``done()``; return the clock's time then."""
     while not done():

@@ -41,14 +41,7 @@ from ocsbal._logs import LimitedLog
 from ocsbal._model import PortProtocol
 from ocsbal._outbound import Outbound
 from ocsbal._pool import AtLimitError
-from ocsbal._sides import (
-    ClientSide,
-    Held,
-    ServerSide,
-    Side,
-    peer_gone,
-    unsent_bytes,
-)
+from ocsbal._sides import ClientSide, Held, ServerSide, Side, unsent_bytes
 from ocsbal._tls import failure_kind, tls_contexts, tls_reason
 from ocsbal.scheduling import NoServerAvailable
 from ocsbal.sip import Registrations, SIPInspector, SIPTally, follow
@@ -239,11 +232,6 @@ class Splice:
         ):
             return
         if self.phase in (Phase.CLOSING, Phase.CLOSED):  # closed as it handshook
-            return
-        if peer_gone(self.client.transport):
-            # It gave up while it waited to be accepted, as every client does
-            # in a storm too long for it: no server is worth connecting.
-            self.client.transport.abortConnection()
             return
         self._move(Phase.CONNECTING)
         self.client.transport.pauseProducing()

@@ -15,7 +15,6 @@ connection starts and ends, and which follows the SIP it reads.
 from __future__ import annotations
 
 import fcntl
-import select
 import struct
 import termios
 from typing import Protocol as Shape
@@ -38,7 +37,7 @@ from zope.interface import implementer
 
 from ocsbal.sip import SIPInspector
 
-__all__ = ["ClientSide", "ServerSide", "Side", "peer_gone", "unsent_bytes"]
+__all__ = ["ClientSide", "ServerSide", "Side", "unsent_bytes"]
 
 
 class SplicedTransport(ITCPTransport, IPushProducer, IConsumer):
@@ -330,18 +329,3 @@ def unsent_bytes(transport: object) -> int:
         return buffered
     queued: int = struct.unpack("i", queue)[0]
     return buffered + queued
-
-
-def peer_gone(transport: object) -> bool:
-    """Whether the peer of a TCP connection has closed it, or reset it.
-
-    ``POLLRDHUP`` says so even while bytes it sent wait unread: a client
-    that gave up while it waited in the accept queue sent its REGISTER,
-    then closed.  Anything but a TCP connection (TLS, whose client has just
-    shaken hands; a test's transport) is taken to be there.
-    """
-    if not isinstance(transport, tcp.Connection):
-        return False
-    poller = select.poll()
-    poller.register(transport.fileno(), select.POLLRDHUP)
-    return bool(poller.poll(0))
