@@ -228,6 +228,7 @@ class ReadTests(AdminTests):
             'ocsbal_server_admin_state{pool="pool01",server="fe1",state="drain"} 0.0',
             'ocsbal_listener_accepted_connections_total{pool="pool01",port="5060",'
             'protocol="sip"} 1.0',
+            'ocsbal_accept_pauses_total{pool="pool01"} 0.0',
         ]:
             assert line in lines
 

@@ -9,6 +9,7 @@ from twisted.internet.testing import MemoryReactorClock
 from ocsbal._admission import AT_ONCE, Admission
 from ocsbal._listener import pause_accepting
 from ocsbal._relay import Relay
+from ocsbal._report import figures
 from test_relay import Harness
 
 
@@ -38,6 +39,7 @@ def test_the_relay_counts_clients_while_they_connect_to_servers() -> None:
     h.relay = Relay(h.servers, h.reactor, pause=told.append)
     clients = [h.accept(40000 + n) for n in range(AT_ONCE)]
     assert (h.relay.admission.connecting, told) == (AT_ONCE, [True])
+    assert figures(h.relay)["accept_pauses"] == 1
     for index in range(AT_ONCE // 2):
         h.succeed(index)
     assert (h.relay.admission.connecting, told) == (AT_ONCE // 2, [True, False])

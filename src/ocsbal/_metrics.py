@@ -178,6 +178,14 @@ class _Pool:
         for limit, count in sorted(self.counted["limited"].items()):
             limited.add_metric([pool, limit], count)
         yield limited
+        pauses = CounterMetricFamily(
+            "ocsbal_accept_pauses",
+            "Times a process stopped accepting while it connected as many "
+            "clients as it takes at once.",
+            labels=["pool"],
+        )
+        pauses.add_metric([pool], self.counted.get("accept_pauses", 0))
+        yield pauses
         yield from self._sip(pool)
 
     def _sip(self, pool: str) -> Iterator[Metric]:

@@ -51,6 +51,7 @@ def figures(relay: Relay, connections: bool = False) -> dict[str, Any]:
             for port in relay.pool.ports
         },
         "limited": dict(relay.limited),
+        "accept_pauses": relay.admission.pauses,
         "sip": {
             "requests": dict(tally.requests),
             "responses": dict(tally.responses),
