@@ -55,10 +55,11 @@ __all__ = [
 #: Seconds at least between two messages of counts, each way.  With every
 #: change its own message, the control process answered each new connection
 #: with one to every worker: 12,000 clients connecting at 1,000 a second
-#: through four workers cost 20 s of CPU, 14 s with this gap.  Ten
-#: milliseconds of lag cost weighted least connections little: each
-#: worker's own counts stay exact.
-COUNTS_GAP = 0.01
+#: through four workers cost 19.8 s of CPU, 15.5 s with this gap.  A gap of
+#: 10 ms saved a little more (13.5-14.0 s), but four workers' weighted least
+#: connections then drifted past 3 of 120 connections from their shares:
+#: each worker's own counts are exact, the others' as old as the gap.
+COUNTS_GAP = 0.003
 
 
 class JSON(amp.Argument):
