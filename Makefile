@@ -27,8 +27,10 @@ BUILD_PACKAGES := gcc libc6-dev python3-dev
 #   The package enables keepalived.service, which does not start without an
 #   /etc/keepalived/keepalived.conf (none is shipped); the test's keepalived
 #   runs in its own namespaces with its own files.
+# haproxy: tests/test_pool_scale.py checks the configurations the
+#   100,000-client benchmark writes for it with haproxy -c.
 TEST_PACKAGES := $(BUILD_PACKAGES) chromium sip-tester kamailio iproute2 \
-                 keepalived curl
+                 keepalived curl haproxy
 # haproxy: the reference the relay is measured against; nginx-light (HTTP and
 # TLS server), wrk, sip-tester (SIPp) and kamailio: the loads and servers;
 # gcc also builds bench/loadgen.c and bench/ocsim.c, the load generators.

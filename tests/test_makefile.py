@@ -75,7 +75,7 @@ def test_make_test_installs_everything_the_tests_use(fresh: Path) -> None:
     commands = dry_run(fresh, "test")
     assert packages(commands) >= {
         *("chromium", "sip-tester", "kamailio", "iproute2", "keepalived", "curl"),
-        *("gcc", "libc6-dev", "python3-dev"),
+        *("haproxy", "gcc", "libc6-dev", "python3-dev"),
     }
     assert installs(commands) == ["-e '.[test]'"]
     # The compiler comes before the project, so that its SIP path is compiled.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
@@ -53,7 +54,10 @@ def _run(pool_scale: ModuleType, work: Path, *argv: str) -> Any:
 
 def _haproxy_valid(config: str, work: Path, name: str) -> None:
     if shutil.which("haproxy") is None:
-        pytest.skip("no haproxy")
+        message = "haproxy is missing; install it with: apt-get install haproxy"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     path = work / name
     path.write_text(config)
     checked = subprocess.run(
