@@ -21,8 +21,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -61,6 +62,24 @@ def told(output: str, text: str) -> int:
             repeats = REPEATS.search(line)
             total += int(repeats[1]) if repeats else 1
     return total
+
+
+T = TypeVar("T")
+
+
+def settled(read: Callable[[], T], done: Callable[[T], bool], within: float = 1.0) -> T:
+    """What ``read()`` gives once ``done`` says so, or after ``within`` seconds.
+
+    With workers, the control process hears of their counts at most every
+    ``ocsbal._amp.COUNTS_GAP`` and passes them on as often, so what it
+    reports of connections lags their opening and closing a little.
+    """
+    deadline = time.monotonic() + within
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = read()
+    return value
 
 
 def connect(host: str, port: int) -> socket.socket:

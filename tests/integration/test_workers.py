@@ -35,6 +35,7 @@ from harness import (
     pool_ini,
     register,
     require_root,
+    settled,
 )
 
 from ocsbal.config import OCS_PORTS
@@ -139,13 +140,11 @@ def test_weighted_least_connections_holds_across_the_host(
             landed[options(sock, n)] += 1
         for name, expected in {"fe1": 20, "fe2": 40, "fe3": 60}.items():
             assert abs(landed[name] - expected) <= 3, landed
-        # Every worker took a share: the kernel spread the connections.  Its
-        # counts reach the control process within ocsbal._amp.COUNTS_GAP.
-        deadline = time.monotonic() + 1.0
-        by_worker = [w["connections"] for w in workers(address)]
-        while sum(by_worker) != 120 and time.monotonic() < deadline:
-            time.sleep(0.02)
-            by_worker = [w["connections"] for w in workers(address)]
+        # Every worker took a share: the kernel spread the connections.
+        by_worker = settled(
+            lambda: [w["connections"] for w in workers(address)],
+            lambda counts: sum(counts) == 120,
+        )
         assert all(n > 0 for n in by_worker), (by_worker, every)
         assert sum(by_worker) == 120
     finally:
@@ -286,7 +285,10 @@ def test_more_connections_than_one_process_may_open_are_held(
                 options(sock, n)
             _, servers_now = admin_call(address, "GET", "/api/servers")
             assert sum(s["active"] for s in servers_now) == 1500
-            by_worker = [w["connections"] for w in workers(address)]
+            by_worker = settled(
+                lambda: [w["connections"] for w in workers(address)],
+                lambda counts: sum(counts) == 1500,
+            )
             assert sum(by_worker) == 1500
             assert max(by_worker) < 1024 // 2, by_worker
         finally:
