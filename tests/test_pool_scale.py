@@ -9,13 +9,11 @@ them.  The other port types must write what they wrote before.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,24 +22,15 @@ import pytest
 from cryptography import x509
 from service_identity.cryptography import verify_certificate_hostname
 
+from bench_modules import bench_module
 from ocsbal._tls import tls_problems
 from ocsbal.config import load
-
-ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
 def pool_scale() -> ModuleType:
     """bench/pool_scale.py, imported as the benchmark runs it."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(
-        "pool_scale", ROOT / "bench" / "pool_scale.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("pool_scale")
 
 
 def _run(pool_scale: ModuleType, work: Path, *argv: str) -> Any:

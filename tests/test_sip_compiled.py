@@ -9,9 +9,7 @@ conversations, RFC 4475's torture messages and the tests' hostile ones.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -23,21 +21,13 @@ import ocsbal.sip
 import pure_sip
 import test_sip
 import test_sip_hostile
+from bench_modules import bench_module
 from test_sip_torture import corpus
-
-ROOT = Path(__file__).parents[1]
 
 
 def _conversations() -> ModuleType:
     """bench/conversations.py: what the benchmarks carry."""
-    spec = importlib.util.spec_from_file_location(
-        "conversations", ROOT / "bench" / "conversations.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("conversations")
 
 
 def _streams() -> dict[str, tuple[bytes, bytes]]:
