@@ -31,8 +31,9 @@ __all__ = ["AT_ONCE", "Admission"]
 #: 30,000 clients reconnecting through four workers on two cores, each
 #: client giving up after 3 s (bench/pool_scale.py): with 64, all were
 #: registered again in 10.5, 12.4 and 12.7 s (three runs); with no limit,
-#: in 13.3 and 37.8 s, and in the third not all within 60 s.  50 and 200
-#: did as 64; 1,000 as no limit.
+#: in 13.3 and 37.8 s, and in the third not all within 60 s.  (Two runs of
+#: 64 before those: 26.4 s, and not within 60 s on a loaded machine.)  50
+#: and 200 did as 64; 1,000 as no limit.
 AT_ONCE = 64
 
 
