@@ -307,7 +307,8 @@ class PoolService(MultiService):
             for port in bound.values():
                 port.stopListening()
             raise
-        pause_accepting(bound.values(), self.relay.admission.paused)
+        if self.relay.admission.paused:  # a port bound meanwhile waits too
+            pause_accepting(bound.values(), True)
         self._listening.update(bound)
         self._listeners.update(listeners)
 
